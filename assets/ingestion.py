@@ -1,0 +1,138 @@
+"""The `images` asset: one drop's files hashed, decoded and recorded in the warehouse."""
+
+import dagster as dg
+from pydantic import Field
+
+from assets.metadata import column_schema, counts_markdown, preview_table
+from core.ingest.accounting import account_for_drop
+from core.ingest.decode import DecodeLimits
+from core.ingest.ingest import (
+    DropIngestor,
+    IngestOptions,
+    IngestReport,
+    default_workers,
+    recorded_paths,
+)
+from core.ingest.scan import DropRef, is_loose_drop_id
+from core.warehouse import Warehouse
+from orchestration.partitions import image_drops
+from resources.drop_folder import DropFolderResource
+from resources.warehouse import WarehouseResource
+
+NOTHING_LOST_CHECK = "nothing_lost"
+PREVIEW_ROWS = 20
+
+
+class IngestConfig(dg.Config):
+    files: list[str] | None = Field(
+        default=None,
+        description="Loose drops only: the files the sensor grouped, relative to the drop root.",
+    )
+    workers: int = Field(default_factory=default_workers, description="Hash/decode threads.")
+    batch_size: int = Field(default=256, ge=1, description="Files written per transaction.")
+    max_file_mb: float = Field(default=256, gt=0, description="Larger files are `too_large`.")
+    max_megapixels: float = Field(default=150, gt=0, description="Larger canvases are `too_large`.")
+
+    def options(self) -> IngestOptions:
+        limits = DecodeLimits(
+            max_bytes=int(self.max_file_mb * 1024 * 1024),
+            max_pixels=int(self.max_megapixels * 1_000_000),
+        )
+        return IngestOptions(limits=limits, workers=self.workers, batch_size=self.batch_size)
+
+
+def resolve_drop(drop_id: str, files: list[str] | None, warehouse: Warehouse) -> DropRef:
+    if not is_loose_drop_id(drop_id):
+        return DropRef.folder(drop_id)
+    files = files or recorded_paths(warehouse, drop_id)
+    if not files:
+        raise dg.Failure(
+            f"loose drop {drop_id!r} has no file list: launch it from the drop sensor's run, or "
+            "re-execute that run, so its `files` config comes along"
+        )
+    return DropRef.loose(drop_id, files)
+
+
+def _metadata(report: IngestReport, warehouse: Warehouse) -> dict[str, object]:
+    preview = warehouse.query(
+        """
+        SELECT f.path, i.format, i.width, i.height, i.mode, f.is_duplicate, i.captured_at, i.notes
+        FROM image_files f JOIN images i USING (image_id)
+        WHERE f.drop_id = ? ORDER BY f.path LIMIT ?
+        """,
+        [report.drop_id, PREVIEW_ROWS],
+    )
+    rejected = warehouse.query(
+        "SELECT path, reason, error FROM rejected_files WHERE drop_id = ? ORDER BY path LIMIT ?",
+        [report.drop_id, PREVIEW_ROWS],
+    )
+    totals = warehouse.rows(
+        "SELECT (SELECT count(*) FROM images),"
+        " (SELECT count(*) FROM image_files WHERE drop_id = $d),"
+        " (SELECT count(*) FROM rejected_files WHERE drop_id = $d)",
+        {"d": report.drop_id},
+    )[0]
+    mb_per_s = report.bytes_read / 1e6 / report.seconds if report.seconds else 0.0
+    return {
+        "dagster/row_count": int(totals[0]),
+        "dagster/partition_row_count": int(totals[1]),
+        "dagster/column_schema": column_schema(warehouse, "images"),
+        "dagster/table_name": "images",
+        "files_seen": report.files_seen,
+        "files_unchanged": report.files_unchanged,
+        "files_processed": report.files_processed,
+        "images_new": report.images_new,
+        "files_duplicate": report.files_duplicate,
+        "files_rejected_in_drop": int(totals[2]),
+        "rejected_this_run": counts_markdown(report.rejected, key="reason"),
+        "files_vanished": len(report.vanished_paths),
+        "files_per_s": dg.MetadataValue.float(round(report.files_per_s, 2)),
+        "mb_per_s": dg.MetadataValue.float(round(mb_per_s, 2)),
+        "seconds": dg.MetadataValue.float(round(report.seconds, 3)),
+        "preview": preview_table(preview),
+        "rejected_preview": preview_table(rejected),
+    }
+
+
+@dg.asset(
+    partitions_def=image_drops,
+    group_name="ingestion",
+    kinds={"duckdb", "python"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            NOTHING_LOST_CHECK,
+            asset="images",
+            blocking=True,
+            description="Every file seen in the drop has exactly one image_files or rejected_files row.",
+        )
+    ],
+)
+def images(
+    context: dg.AssetExecutionContext,
+    config: IngestConfig,
+    warehouse: WarehouseResource,
+    drop_folder: DropFolderResource,
+) -> dg.MaterializeResult:
+    """Decoded, deduplicated images of one drop (`images`, `image_files`, `rejected_files`)."""
+    store = warehouse.get()
+    drop = resolve_drop(context.partition_key, config.files, store)
+    ingestor = DropIngestor(store, drop_folder.path, config.options(), log=context.log.info)
+    report = ingestor.ingest(drop)
+    accounting = account_for_drop(store, drop.drop_id, report.seen_paths)
+    if report.vanished_paths:
+        context.log.warning(
+            f"{len(report.vanished_paths)} files recorded earlier are gone from the drop; "
+            f"their rows are kept (first: {report.vanished_paths[:5]})"
+        )
+    check = dg.AssetCheckResult(
+        check_name=NOTHING_LOST_CHECK,
+        passed=accounting.balanced,
+        metadata={
+            "files_seen": accounting.files_seen,
+            "image_file_rows": accounting.image_file_rows,
+            "rejected_rows": accounting.rejected_rows,
+            "missing": dg.MetadataValue.json(accounting.missing[:50]),
+            "counted_twice": dg.MetadataValue.json(accounting.in_both[:50]),
+        },
+    )
+    return dg.MaterializeResult(metadata=_metadata(report, store), check_results=[check])

@@ -1,0 +1,400 @@
+"""Ingest one drop into the warehouse: stat, hash, decode, and record every file exactly once.
+
+Work is done in batches. Each batch is hashed in a thread pool (hashlib and Pillow release the
+GIL), only bytes never seen before are decoded, and the batch's rows are written in one DuckDB
+transaction, so a crash leaves whole batches or nothing. A file whose size and mtime match its
+row from an earlier run is not read at all; when they differ, the content hash decides.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+
+from core.ingest.decode import DecodeLimits, ImageInfo, inspect_image
+from core.ingest.hashing import sha256_file
+from core.ingest.reasons import Rejected, RejectReason
+from core.ingest.scan import DropRef, SeenFile, scan_drop
+from core.progress import Progress
+from core.warehouse import Warehouse
+
+# Reasons that depend only on the bytes: an unchanged file keeps them, so it is not re-read.
+CONTENT_REASONS = frozenset(
+    {
+        RejectReason.EMPTY,
+        RejectReason.NOT_AN_IMAGE,
+        RejectReason.TRUNCATED,
+        RejectReason.CORRUPT,
+        RejectReason.TOO_LARGE,
+        RejectReason.UNSUPPORTED_MODE,
+    }
+)
+
+_IMAGES = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("byte_size", pa.int64()),
+        ("format", pa.string()),
+        ("mode", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("exif_orientation", pa.int16()),
+        ("frame_count", pa.int32()),
+        ("captured_at", pa.timestamp("us")),
+        ("notes", pa.list_(pa.string())),
+        ("path", pa.string()),
+    ]
+)
+_FILES = pa.schema(
+    [
+        ("path", pa.string()),
+        ("image_id", pa.string()),
+        ("byte_size", pa.int64()),
+        ("mtime_ns", pa.int64()),
+    ]
+)
+_REJECTED = pa.schema(
+    [
+        ("path", pa.string()),
+        ("reason", pa.string()),
+        ("error", pa.string()),
+        ("byte_size", pa.int64()),
+        ("mtime_ns", pa.int64()),
+        ("sha256", pa.string()),
+    ]
+)
+
+
+def default_workers() -> int:
+    return min(16, (os.cpu_count() or 2) + 2)
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    limits: DecodeLimits = field(default_factory=DecodeLimits)
+    workers: int = field(default_factory=default_workers)
+    batch_size: int = 256
+
+
+@dataclass
+class Outcome:
+    """What happened to one file in this run."""
+
+    seen: SeenFile
+    sha256: str | None = None
+    info: ImageInfo | None = None
+    problem: Rejected | None = None
+
+
+@dataclass
+class IngestReport:
+    drop_id: str
+    files_seen: int = 0
+    files_unchanged: int = 0  # matched their earlier row by size and mtime: not read
+    files_processed: int = 0
+    images_new: int = 0
+    files_duplicate: int = 0  # processed files whose bytes were already an image
+    rejected: Counter[str] = field(default_factory=Counter)  # reason -> files, this run
+    bytes_read: int = 0
+    seconds: float = 0.0
+    seen_paths: list[str] = field(default_factory=list)
+    vanished_paths: list[str] = field(default_factory=list)  # rows whose file is gone
+
+    @property
+    def files_per_s(self) -> float:
+        return self.files_processed / self.seconds if self.seconds > 0 else 0.0
+
+
+def _is_unchanged(seen: SeenFile, known: tuple[int | None, int | None, str | None] | None) -> bool:
+    if known is None or seen.problem is not None or seen.size is None:
+        return False
+    size, mtime_ns, reason = known
+    if (size, mtime_ns) != (seen.size, seen.mtime_ns):
+        return False
+    return reason is None or reason in CONTENT_REASONS
+
+
+def _known_rows(
+    warehouse: Warehouse, drop_id: str
+) -> dict[str, tuple[int | None, int | None, str | None]]:
+    with warehouse.transaction() as conn:
+        rows = conn.execute(
+            "SELECT path, byte_size, mtime_ns, NULL FROM image_files WHERE drop_id = ?"
+            " UNION ALL SELECT path, byte_size, mtime_ns, reason FROM rejected_files WHERE drop_id = ?",
+            [drop_id, drop_id],
+        ).fetchall()
+    return {path: (size, mtime, reason) for path, size, mtime, reason in rows}
+
+
+def _hash(outcome: Outcome, limits: DecodeLimits) -> Outcome:
+    seen = outcome.seen
+    if seen.size == 0:
+        outcome.problem = Rejected(RejectReason.EMPTY, "file has zero bytes")
+    elif seen.size is not None and seen.size > limits.max_bytes:
+        outcome.problem = Rejected(
+            RejectReason.TOO_LARGE, f"{seen.size} bytes is over the {limits.max_bytes} byte limit"
+        )
+    else:
+        try:
+            outcome.sha256, _ = sha256_file(seen.location, max_bytes=limits.max_bytes)
+        except OverflowError as error:
+            outcome.problem = Rejected(RejectReason.TOO_LARGE, str(error))
+        except OSError as error:
+            outcome.problem = Rejected(RejectReason.UNREADABLE, f"{type(error).__name__}: {error}")
+    return outcome
+
+
+def _decode(outcome: Outcome, limits: DecodeLimits) -> Outcome:
+    try:
+        outcome.info = inspect_image(outcome.seen.location, limits)
+    except Rejected as problem:
+        outcome.problem = problem
+    except MemoryError:
+        outcome.problem = Rejected(RejectReason.TOO_LARGE, "decoding ran out of memory")
+    except Exception as error:  # a decoder bug on one file must not fail the drop
+        outcome.problem = Rejected(RejectReason.CORRUPT, f"{type(error).__name__}: {error}")
+    return outcome
+
+
+def _batches(items: list[SeenFile], size: int) -> Iterator[list[SeenFile]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class DropIngestor:
+    """Ingests drops into one warehouse; reusable across drops, safe across processes."""
+
+    def __init__(
+        self,
+        warehouse: Warehouse,
+        drop_root: Path,
+        options: IngestOptions | None = None,
+        log: Callable[[str], None] = lambda _line: None,
+    ) -> None:
+        self.warehouse = warehouse
+        self.drop_root = Path(drop_root)
+        self.options = options or IngestOptions()
+        self.log = log
+
+    def ingest(self, drop: DropRef) -> IngestReport:
+        started = time.monotonic()
+        seen = scan_drop(self.drop_root, drop)
+        known = _known_rows(self.warehouse, drop.drop_id)
+        report = IngestReport(drop_id=drop.drop_id, files_seen=len(seen))
+        report.seen_paths = [f.path for f in seen]
+        seen_set = set(report.seen_paths)
+        report.vanished_paths = sorted(p for p in known if p not in seen_set)
+        todo = [f for f in seen if not _is_unchanged(f, known.get(f.path))]
+        report.files_unchanged = len(seen) - len(todo)
+        self.log(
+            f"drop {drop.drop_id}: {len(seen)} files, {report.files_unchanged} unchanged since the "
+            f"last run, {len(todo)} to process"
+        )
+        progress = Progress(f"ingest {drop.drop_id}", len(todo), self.log, unit="files")
+        with ThreadPoolExecutor(self.options.workers, thread_name_prefix="ingest") as pool:
+            for batch in _batches(todo, self.options.batch_size):
+                outcomes = self._process(pool, batch)
+                self._write(drop.drop_id, outcomes, report)
+                progress.advance(len(batch))
+        progress.finish()
+        self._record_drop(drop, report, changed=bool(todo))
+        report.files_processed = len(todo)
+        report.seconds = time.monotonic() - started
+        return report
+
+    def _process(self, pool: ThreadPoolExecutor, batch: list[SeenFile]) -> list[Outcome]:
+        limits = self.options.limits
+        outcomes = [Outcome(seen=f, problem=f.problem) for f in batch]
+        readable = [o for o in outcomes if o.problem is None]
+        list(pool.map(lambda o: _hash(o, limits), readable))
+        hashes = sorted({o.sha256 for o in readable if o.sha256})
+        with self.warehouse.transaction() as conn:
+            known = {
+                row[0]
+                for row in conn.execute(
+                    "SELECT image_id FROM images WHERE image_id IN (SELECT unnest(?::VARCHAR[]))",
+                    [hashes],
+                ).fetchall()
+            }
+        first_of_hash: dict[str, Outcome] = {}
+        for outcome in readable:
+            if outcome.sha256 and outcome.sha256 not in known:
+                first_of_hash.setdefault(outcome.sha256, outcome)
+        list(pool.map(lambda o: _decode(o, limits), first_of_hash.values()))
+        for outcome in readable:  # same bytes, same verdict: copy it to the other paths
+            first = first_of_hash.get(outcome.sha256 or "")
+            if first is not None and first is not outcome:
+                outcome.info, outcome.problem = first.info, first.problem
+        return outcomes
+
+    def _write(self, drop_id: str, outcomes: list[Outcome], report: IngestReport) -> None:
+        now = datetime.now(timezone.utc)
+        images, files, rejected = [], [], []
+        for o in outcomes:
+            if o.problem is not None:
+                rejected.append(
+                    {
+                        "path": o.seen.path,
+                        "reason": o.problem.reason.value,
+                        "error": o.problem.error,
+                        "byte_size": o.seen.size,
+                        "mtime_ns": o.seen.mtime_ns,
+                        "sha256": o.sha256,
+                    }
+                )
+                report.rejected[o.problem.reason.value] += 1
+                continue
+            assert o.sha256 is not None
+            report.bytes_read += o.seen.size or 0
+            files.append(
+                {
+                    "path": o.seen.path,
+                    "image_id": o.sha256,
+                    "byte_size": o.seen.size,
+                    "mtime_ns": o.seen.mtime_ns,
+                }
+            )
+            if o.info is not None:
+                images.append(
+                    {
+                        "image_id": o.sha256,
+                        "byte_size": o.seen.size,
+                        "format": o.info.format,
+                        "mode": o.info.mode,
+                        "width": o.info.width,
+                        "height": o.info.height,
+                        "exif_orientation": o.info.exif_orientation,
+                        "frame_count": o.info.frame_count,
+                        "captured_at": o.info.captured_at,
+                        "notes": list(o.info.notes),
+                        "path": o.seen.path,
+                    }
+                )
+        incoming_images = pa.Table.from_pylist(images, schema=_IMAGES)
+        incoming_files = pa.Table.from_pylist(files, schema=_FILES)
+        incoming_rejected = pa.Table.from_pylist(rejected, schema=_REJECTED)
+        with self.warehouse.transaction() as conn:
+            conn.register("incoming_images", incoming_images)
+            conn.register("incoming_files", incoming_files)
+            conn.register("incoming_rejected", incoming_rejected)
+            # A path that changed from rejected to good (or back) moves between the tables.
+            conn.execute(
+                "DELETE FROM rejected_files WHERE drop_id = ? AND path IN (SELECT path FROM incoming_files)",
+                [drop_id],
+            )
+            conn.execute(
+                "DELETE FROM image_files WHERE drop_id = ? AND path IN (SELECT path FROM incoming_rejected)",
+                [drop_id],
+            )
+            # Duplicate: the bytes were already an image (first seen at another path) or an
+            # earlier path of this batch carries them.
+            conn.execute(
+                """
+                CREATE OR REPLACE TEMP TABLE staged_files AS
+                SELECT ? AS drop_id, f.path, f.image_id,
+                       CASE WHEN i.image_id IS NOT NULL
+                            THEN NOT (i.first_drop_id = ? AND i.first_path = f.path)
+                            ELSE row_number() OVER (PARTITION BY f.image_id ORDER BY f.path) > 1
+                       END AS is_duplicate,
+                       f.byte_size, f.mtime_ns
+                FROM incoming_files f LEFT JOIN images i USING (image_id)
+                """,
+                [drop_id, drop_id],
+            )
+            new_images = conn.execute(
+                """
+                INSERT INTO images
+                SELECT image_id, byte_size, format, mode, width, height, exif_orientation,
+                       frame_count, captured_at, notes, ? AS first_drop_id, path AS first_path,
+                       ? AS ingested_at
+                FROM (SELECT *, row_number() OVER (PARTITION BY image_id ORDER BY path) AS nth
+                      FROM incoming_images)
+                WHERE nth = 1
+                ON CONFLICT (image_id) DO NOTHING
+                """,
+                [drop_id, now],
+            ).fetchone()
+            conn.execute(
+                """
+                INSERT INTO image_files
+                SELECT drop_id, path, image_id, is_duplicate, byte_size, mtime_ns, ? FROM staged_files
+                ON CONFLICT (drop_id, path) DO UPDATE SET
+                    image_id = excluded.image_id, is_duplicate = excluded.is_duplicate,
+                    byte_size = excluded.byte_size, mtime_ns = excluded.mtime_ns,
+                    ingested_at = excluded.ingested_at
+                """,
+                [now],
+            )
+            duplicates = conn.execute(
+                "SELECT count(*) FROM staged_files WHERE is_duplicate"
+            ).fetchone()
+            conn.execute(
+                """
+                INSERT INTO rejected_files
+                SELECT ?, path, reason, error, byte_size, mtime_ns, sha256, ? FROM incoming_rejected
+                ON CONFLICT (drop_id, path) DO UPDATE SET
+                    rejected_at = CASE
+                        WHEN rejected_files.reason = excluded.reason
+                         AND rejected_files.error = excluded.error
+                         AND rejected_files.byte_size IS NOT DISTINCT FROM excluded.byte_size
+                         AND rejected_files.mtime_ns IS NOT DISTINCT FROM excluded.mtime_ns
+                        THEN rejected_files.rejected_at ELSE excluded.rejected_at END,
+                    reason = excluded.reason, error = excluded.error,
+                    byte_size = excluded.byte_size, mtime_ns = excluded.mtime_ns,
+                    sha256 = excluded.sha256
+                """,
+                [drop_id, now],
+            )
+            conn.execute("DROP TABLE staged_files")
+        report.images_new += int(new_images[0]) if new_images else 0
+        report.files_duplicate += int(duplicates[0]) if duplicates else 0
+
+    def _record_drop(self, drop: DropRef, report: IngestReport, *, changed: bool) -> None:
+        now = datetime.now(timezone.utc)
+        with self.warehouse.transaction() as conn:
+            conn.execute(
+                """
+                INSERT INTO drops
+                SELECT $drop_id, $kind, $now, $now, $seen,
+                       (SELECT count(*) FROM image_files WHERE drop_id = $drop_id),
+                       (SELECT count(*) FROM rejected_files WHERE drop_id = $drop_id),
+                       (SELECT count(*) FROM images WHERE first_drop_id = $drop_id)
+                ON CONFLICT (drop_id) DO UPDATE SET
+                    last_ingested_at = CASE
+                        WHEN NOT $changed AND drops.files_seen = excluded.files_seen
+                         AND drops.files_ingested = excluded.files_ingested
+                         AND drops.files_rejected = excluded.files_rejected
+                        THEN drops.last_ingested_at ELSE excluded.last_ingested_at END,
+                    files_seen = excluded.files_seen, files_ingested = excluded.files_ingested,
+                    files_rejected = excluded.files_rejected, images_new = excluded.images_new
+                """,
+                {
+                    "drop_id": drop.drop_id,
+                    "kind": drop.kind,
+                    "now": now,
+                    "seen": report.files_seen,
+                    "changed": changed,
+                },
+            )
+
+
+def recorded_paths(warehouse: Warehouse, drop_id: str) -> list[str]:
+    """Paths an earlier run recorded for `drop_id`: the file list of a loose drop re-run by hand."""
+    if not warehouse.path.exists():
+        return []
+    return [
+        row[0]
+        for row in warehouse.rows(
+            "SELECT path FROM image_files WHERE drop_id = $d"
+            " UNION SELECT path FROM rejected_files WHERE drop_id = $d ORDER BY 1",
+            {"d": drop_id},
+        )
+    ]

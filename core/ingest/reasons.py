@@ -1,0 +1,29 @@
+"""Why a file was rejected: a machine-readable reason plus the error text, never a silent skip."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class RejectReason(str, Enum):
+    EMPTY = "empty"  # zero bytes
+    NOT_AN_IMAGE = "not_an_image"  # no decoder recognises the bytes
+    TRUNCATED = "truncated"  # recognised, but the data ends early
+    CORRUPT = "corrupt"  # recognised, but the decoder failed on the data
+    TOO_LARGE = "too_large"  # over the byte or pixel limit (decompression bombs land here)
+    UNSUPPORTED_MODE = "unsupported_mode"  # a pixel format we cannot turn into RGB
+    PATH_ESCAPE = "path_escape"  # a link that resolves outside the drop root
+    NOT_A_REGULAR_FILE = "not_a_regular_file"  # FIFO, socket, device, link to a directory
+    UNREADABLE = "unreadable"  # the OS refused or failed the read (permissions, vanished, I/O)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Rejected(Exception):
+    """Raised inside ingestion for one file; the caller turns it into a rejected_files row."""
+
+    def __init__(self, reason: RejectReason, error: str) -> None:
+        super().__init__(f"{reason.value}: {error}")
+        self.reason = reason
+        self.error = error

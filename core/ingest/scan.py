@@ -1,0 +1,145 @@
+"""Which files make up a drop, and which of them can be read at all.
+
+A drop is either a sub-folder of the drop root (walked recursively) or a list of loose files at
+the root that the sensor grouped together. Hidden entries (names starting with '.') and the
+`_READY` marker are not part of a drop. Every other entry is returned exactly once, with the
+problem found from its directory entry alone (a link leaving the drop root, a FIFO, a folder that
+cannot be listed) so the caller can record it instead of losing it.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+from core.ingest.reasons import Rejected, RejectReason
+
+READY_MARKER = "_READY"
+LOOSE_PREFIX = "_loose-"
+_FORBIDDEN_IN_DROP_ID = ("/", "\\", "\x00", "...")
+
+
+class InvalidDrop(ValueError):
+    """The partition key does not name a drop that can be ingested."""
+
+
+@dataclass(frozen=True)
+class DropRef:
+    drop_id: str
+    kind: Literal["folder", "loose"]
+    files: tuple[str, ...] = ()  # loose drops: paths relative to the drop root
+
+    @classmethod
+    def folder(cls, drop_id: str) -> DropRef:
+        return cls(drop_id=drop_id, kind="folder")
+
+    @classmethod
+    def loose(cls, drop_id: str, files: list[str] | tuple[str, ...]) -> DropRef:
+        return cls(drop_id=drop_id, kind="loose", files=tuple(sorted(files)))
+
+
+@dataclass(frozen=True)
+class SeenFile:
+    path: str  # relative to the drop root, '/'-separated; the key of every row
+    location: Path  # what to open: the file itself, or a link's target inside the root
+    size: int | None
+    mtime_ns: int | None
+    problem: Rejected | None = None
+
+
+def is_loose_drop_id(drop_id: str) -> bool:
+    return drop_id.startswith(LOOSE_PREFIX)
+
+
+def validate_drop_id(drop_id: str) -> None:
+    if not drop_id or drop_id in {".", ".."} or drop_id.startswith("."):
+        raise InvalidDrop(f"{drop_id!r} is not a valid drop name")
+    if any(part in drop_id for part in _FORBIDDEN_IN_DROP_ID) or not drop_id.isprintable():
+        raise InvalidDrop(f"drop name {drop_id!r} contains a path separator or control character")
+
+
+def display_path(relative: str) -> str:
+    """Text for a path: file names that are not valid UTF-8 keep their bytes as escapes."""
+    try:
+        relative.encode("utf-8")
+        return relative
+    except UnicodeEncodeError:
+        return os.fsencode(relative).decode("utf-8", errors="backslashreplace")
+
+
+def _classify(root: Path, full: Path, relative: str) -> SeenFile:
+    path = display_path(relative)
+    try:
+        info = os.lstat(full)
+    except OSError as error:
+        return SeenFile(path, full, None, None, Rejected(RejectReason.UNREADABLE, str(error)))
+    location = full
+    if stat.S_ISLNK(info.st_mode):
+        target = Path(os.path.realpath(full))
+        if not target.is_relative_to(root):
+            problem = Rejected(
+                RejectReason.PATH_ESCAPE, f"link resolves to {target}, outside the drop root"
+            )
+            return SeenFile(path, full, None, None, problem)
+        try:
+            info = os.stat(target)
+        except OSError as error:
+            problem = Rejected(RejectReason.UNREADABLE, f"broken link: {error}")
+            return SeenFile(path, full, None, None, problem)
+        location = target
+    if not stat.S_ISREG(info.st_mode):
+        kind = "directory" if stat.S_ISDIR(info.st_mode) else "special file"
+        problem = Rejected(RejectReason.NOT_A_REGULAR_FILE, f"{kind}, not a regular file")
+        return SeenFile(path, location, None, None, problem)
+    return SeenFile(path, location, info.st_size, info.st_mtime_ns)
+
+
+def _walk_folder(root: Path, folder: Path) -> list[SeenFile]:
+    seen: list[SeenFile] = []
+
+    def unlistable(error: OSError) -> None:
+        relative = os.path.relpath(error.filename or folder, root)
+        problem = Rejected(RejectReason.UNREADABLE, f"folder could not be listed: {error}")
+        seen.append(SeenFile(display_path(relative) + "/", folder, None, None, problem))
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unlistable, followlinks=False):
+        here = Path(dirpath)
+        linked_dirs = [d for d in dirnames if (here / d).is_symlink()]
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in linked_dirs)
+        for name in sorted([*filenames, *linked_dirs]):
+            if name.startswith(".") or (here == folder and name == READY_MARKER):
+                continue
+            full = here / name
+            seen.append(_classify(root, full, full.relative_to(root).as_posix()))
+    return sorted(seen, key=lambda f: f.path)
+
+
+def _loose_files(root: Path, files: tuple[str, ...]) -> list[SeenFile]:
+    seen: list[SeenFile] = []
+    for relative in files:
+        pure = PurePosixPath(relative)
+        if pure.is_absolute() or ".." in pure.parts:
+            problem = Rejected(
+                RejectReason.PATH_ESCAPE, f"{relative!r} points outside the drop root"
+            )
+            seen.append(SeenFile(display_path(relative), root, None, None, problem))
+            continue
+        seen.append(_classify(root, root / pure, relative))
+    return sorted(seen, key=lambda f: f.path)
+
+
+def scan_drop(drop_root: Path, drop: DropRef) -> list[SeenFile]:
+    """Every file of `drop`, sorted by path, each with its stat or the problem found."""
+    validate_drop_id(drop.drop_id)
+    root = Path(os.path.realpath(drop_root))
+    if not root.is_dir():
+        raise InvalidDrop(f"drop root {drop_root} is not a folder")
+    if drop.kind == "loose":
+        return _loose_files(root, drop.files)
+    folder = root / drop.drop_id
+    if folder.is_symlink() or not folder.is_dir():
+        raise InvalidDrop(f"drop {drop.drop_id!r} is not a folder under {root}")
+    return _walk_folder(root, folder)

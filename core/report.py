@@ -1,0 +1,58 @@
+"""The plain-text summary the demo prints: what is in the warehouse, straight from SQL."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from core.warehouse import Warehouse
+
+TABLES = ("drops", "images", "image_files", "rejected_files")
+
+
+def _section(title: str, frame: pl.DataFrame) -> str:
+    with pl.Config(
+        tbl_rows=40,
+        tbl_cols=12,
+        tbl_width_chars=180,
+        fmt_str_lengths=64,
+        tbl_hide_dataframe_shape=True,
+    ):
+        return f"\n{title}\n{frame}"
+
+
+def summary(warehouse: Warehouse, tables: tuple[str, ...] = TABLES) -> str:
+    present = {
+        name for (name,) in warehouse.rows("SELECT table_name FROM information_schema.tables")
+    }
+    counts = pl.DataFrame(
+        {
+            "table": [t for t in tables if t in present],
+            "rows": [
+                warehouse.rows(f'SELECT count(*) FROM "{t}"')[0][0] for t in tables if t in present
+            ],
+        }
+    )
+    parts = [
+        _section("Rows per table", counts),
+        _section(
+            "Drops",
+            warehouse.query(
+                "SELECT drop_id, kind, files_seen, files_ingested, files_rejected, images_new"
+                " FROM drops ORDER BY first_ingested_at"
+            ),
+        ),
+        _section(
+            "Images (first 10)",
+            warehouse.query(
+                "SELECT left(image_id, 12) AS image_id, first_path, format, width, height, mode,"
+                " frame_count, notes FROM images ORDER BY first_path LIMIT 10"
+            ),
+        ),
+        _section(
+            "Rejected files by reason",
+            warehouse.query(
+                "SELECT reason, count(*) AS files FROM rejected_files GROUP BY 1 ORDER BY 2 DESC"
+            ),
+        ),
+    ]
+    return "\n".join(parts)

@@ -1,0 +1,110 @@
+"""Versioned schema of the warehouse.
+
+Each migration runs once, in order, inside the writer's lock; `schema_migrations` records which
+ran. Features append migrations with new numbers and never edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "ingestion tables",
+        """
+        CREATE TABLE drops (
+            drop_id           VARCHAR PRIMARY KEY,
+            kind              VARCHAR NOT NULL,      -- 'folder' or 'loose'
+            first_ingested_at TIMESTAMPTZ NOT NULL,
+            last_ingested_at  TIMESTAMPTZ NOT NULL,
+            files_seen        INTEGER NOT NULL,      -- at the last ingestion
+            files_ingested    INTEGER NOT NULL,      -- image_files rows of the drop
+            files_rejected    INTEGER NOT NULL,      -- rejected_files rows of the drop
+            images_new        INTEGER NOT NULL       -- images this drop was the first to bring
+        );
+
+        CREATE TABLE images (
+            image_id          VARCHAR PRIMARY KEY,   -- SHA-256 of the file bytes, hex
+            byte_size         BIGINT NOT NULL,
+            format            VARCHAR NOT NULL,      -- Pillow's format name: JPEG, PNG, ...
+            mode              VARCHAR NOT NULL,      -- the file's own mode; models get RGB
+            width             INTEGER NOT NULL,      -- after EXIF orientation
+            height            INTEGER NOT NULL,
+            exif_orientation  SMALLINT,
+            frame_count       INTEGER NOT NULL,      -- > 1: animated, the first frame is used
+            captured_at       TIMESTAMP,             -- EXIF DateTimeOriginal, camera local time
+            notes             VARCHAR[] NOT NULL,    -- what decoding changed or chose
+            first_drop_id     VARCHAR NOT NULL,
+            first_path        VARCHAR NOT NULL,      -- relative to the drop root
+            ingested_at       TIMESTAMPTZ NOT NULL
+        );
+
+        CREATE TABLE image_files (
+            drop_id           VARCHAR NOT NULL,
+            path              VARCHAR NOT NULL,      -- relative to the drop root
+            image_id          VARCHAR NOT NULL,
+            is_duplicate      BOOLEAN NOT NULL,      -- the bytes were already known
+            byte_size         BIGINT NOT NULL,
+            mtime_ns          BIGINT NOT NULL,
+            ingested_at       TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (drop_id, path)
+        );
+
+        CREATE TABLE rejected_files (
+            drop_id           VARCHAR NOT NULL,
+            path              VARCHAR NOT NULL,      -- relative to the drop root
+            reason            VARCHAR NOT NULL,      -- see core.ingest.reasons.RejectReason
+            error             VARCHAR NOT NULL,
+            byte_size         BIGINT,
+            mtime_ns          BIGINT,
+            sha256            VARCHAR,
+            rejected_at       TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (drop_id, path)
+        );
+        """,
+    ),
+]
+
+SCHEMA_VERSION = max(number for number, _, _ in MIGRATIONS)
+
+
+def applied_versions(conn: duckdb.DuckDBPyConnection) -> set[int]:
+    exists = conn.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_migrations'"
+    ).fetchone()
+    if not exists or exists[0] == 0:
+        return set()
+    return {int(row[0]) for row in conn.execute("SELECT version FROM schema_migrations").fetchall()}
+
+
+def migrate(conn: duckdb.DuckDBPyConnection) -> set[int]:
+    """Apply, in order, each migration `conn`'s database has not recorded, one transaction each."""
+    applied = applied_versions(conn)
+    unknown = applied - {number for number, _, _ in MIGRATIONS}
+    if unknown:
+        raise RuntimeError(
+            f"warehouse has schema migrations {sorted(unknown)} this code does not know; "
+            "upgrade the pipeline before writing to it"
+        )
+    if not applied:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version INTEGER PRIMARY KEY, name VARCHAR NOT NULL,"
+            " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
+    for number, name, ddl in sorted(MIGRATIONS):
+        if number in applied:
+            continue
+        conn.execute("BEGIN TRANSACTION")
+        try:
+            conn.execute(ddl)
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [number, name]
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        applied.add(number)
+    return applied

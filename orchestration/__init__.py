@@ -1,0 +1,1 @@
+"""Dagster wiring: settings, partitions, jobs, resource sets and the one `Definitions` object."""

@@ -1,0 +1,29 @@
+"""The code location: every asset, check, job, sensor and resource, assembled in one place."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import dagster as dg
+
+from assets.ingestion import images
+from orchestration.jobs import image_pipeline_job
+from orchestration.resources import build_resources
+from orchestration.settings import Settings
+from sensors.drop_sensor import build_drop_sensor
+
+
+def build_definitions(
+    settings: Settings | None = None, *, clock: Callable[[], float] = time.time
+) -> dg.Definitions:
+    settings = settings or Settings.from_env()
+    return dg.Definitions(
+        assets=[images],
+        jobs=[image_pipeline_job],
+        sensors=[build_drop_sensor(settings, clock)],
+        resources=build_resources(settings),
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,16 @@
+"""Resource sets by environment: `local` (demo defaults under data/) and `prod` (explicit paths)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestration.settings import Settings
+from resources.drop_folder import DropFolderResource
+from resources.warehouse import WarehouseResource
+
+
+def build_resources(settings: Settings) -> dict[str, Any]:
+    return {
+        "warehouse": WarehouseResource(path=str(settings.warehouse_path)),
+        "drop_folder": DropFolderResource(root=str(settings.drop_root)),
+    }

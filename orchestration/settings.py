@@ -1,0 +1,57 @@
+"""Deployment settings, read from environment variables once, when the code location loads.
+
+Paths are not secrets, so they come from plain variables with local defaults. Secrets (API keys)
+never live here: resources read them through `dagster.EnvVar` at launch time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+Environment = Literal["local", "prod"]
+
+
+class MissingSetting(RuntimeError):
+    """A production deployment must name its paths; it never falls back to the demo's."""
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    environment: Environment = "local"
+    warehouse_path: Path = REPO_ROOT / "data" / "warehouse.duckdb"
+    drop_root: Path = REPO_ROOT / "data" / "drops"
+    sensor_running_by_default: bool = True
+    sensor_interval_s: int = Field(default=30, ge=1)
+    quiet_period_s: float = Field(default=30.0, ge=0)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if environ is None else environ)
+        environment = env.get("IMAGE_PIPELINE_ENV", "local")
+        values: dict[str, object] = {"environment": environment}
+        if environment == "prod":
+            missing = [k for k in ("IMAGE_PIPELINE_WAREHOUSE", "IMAGE_DROP_ROOT") if not env.get(k)]
+            if missing:
+                raise MissingSetting(f"IMAGE_PIPELINE_ENV=prod needs {', '.join(missing)} set")
+        if env.get("IMAGE_PIPELINE_WAREHOUSE"):
+            values["warehouse_path"] = Path(env["IMAGE_PIPELINE_WAREHOUSE"]).expanduser()
+        if env.get("IMAGE_DROP_ROOT"):
+            values["drop_root"] = Path(env["IMAGE_DROP_ROOT"]).expanduser()
+        if env.get("IMAGE_DROP_SENSOR"):
+            status = env["IMAGE_DROP_SENSOR"].lower()
+            if status not in {"running", "stopped"}:
+                raise ValueError(
+                    f"IMAGE_DROP_SENSOR must be 'running' or 'stopped', not {status!r}"
+                )
+            values["sensor_running_by_default"] = status == "running"
+        if env.get("IMAGE_DROP_INTERVAL_SECONDS"):
+            values["sensor_interval_s"] = int(env["IMAGE_DROP_INTERVAL_SECONDS"])
+        if env.get("IMAGE_DROP_QUIET_SECONDS"):
+            values["quiet_period_s"] = float(env["IMAGE_DROP_QUIET_SECONDS"])
+        return cls.model_validate(values)

@@ -1,0 +1,1 @@
+"""One resource per external system the pipeline talks to."""

@@ -1,0 +1,1 @@
+"""Sensors: the drop sensor that turns new folders into partitions and runs."""
