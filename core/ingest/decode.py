@@ -73,7 +73,7 @@ def _open(path: Path, limits: DecodeLimits) -> Image.Image:
         raise Rejected(RejectReason.UNREADABLE, str(error)) from error
     except (SyntaxError, ValueError, EOFError, OSError) as error:
         # Pillow raises these from format plugins whose header parse fails half way.
-        raise Rejected(RejectReason.CORRUPT, f"{type(error).__name__}: {error}") from error
+        raise _decoder_error(error) from error
     width, height = image.size
     if width <= 0 or height <= 0:
         image.close()
@@ -95,13 +95,17 @@ def _load(image: Image.Image) -> None:
             image.load()
     except Image.DecompressionBombError as error:
         raise Rejected(RejectReason.TOO_LARGE, str(error)) from error
-    except OSError as error:
-        text = str(error)
-        if "truncated" in text.lower() or "broken data stream" in text.lower():
-            raise Rejected(RejectReason.TRUNCATED, text) from error
-        raise Rejected(RejectReason.CORRUPT, f"{type(error).__name__}: {text}") from error
-    except (SyntaxError, ValueError, EOFError, MemoryError) as error:
-        raise Rejected(RejectReason.CORRUPT, f"{type(error).__name__}: {error}") from error
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise _decoder_error(error) from error
+
+
+def _decoder_error(error: Exception) -> Rejected:
+    """Pillow reports data that ends early in several wordings; everything else is corrupt."""
+    text = f"{type(error).__name__}: {error}"
+    lowered = text.lower()
+    if "truncated" in lowered or "broken data stream" in lowered or isinstance(error, EOFError):
+        return Rejected(RejectReason.TRUNCATED, text)
+    return Rejected(RejectReason.CORRUPT, text)
 
 
 def _captured_at(exif: Image.Exif) -> tuple[datetime | None, str | None]:

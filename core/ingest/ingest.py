@@ -114,11 +114,13 @@ class IngestReport:
 
 
 def _is_unchanged(seen: SeenFile, known: tuple[int | None, int | None, str | None] | None) -> bool:
-    if known is None or seen.problem is not None or seen.size is None:
+    if known is None:
         return False
     size, mtime_ns, reason = known
     if (size, mtime_ns) != (seen.size, seen.mtime_ns):
         return False
+    if seen.problem is not None:  # decided from the directory entry: same verdict, same row
+        return reason == seen.problem.reason.value
     return reason is None or reason in CONTENT_REASONS
 
 

@@ -1,0 +1,89 @@
+"""Short-lived connections: schema on first write, atomic transactions, waiting instead of failing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from core.warehouse import SCHEMA_VERSION, LockTimeout, Warehouse, WarehouseNotFound
+from core.warehouse.schema import MIGRATIONS
+
+
+def test_first_write_creates_every_migration_once(warehouse: Warehouse):
+    warehouse.ensure_schema()
+    warehouse.ensure_schema()
+    versions = [row[0] for row in warehouse.rows("SELECT version FROM schema_migrations ORDER BY 1")]
+    assert versions == sorted(number for number, _, _ in MIGRATIONS)
+    assert max(versions) == SCHEMA_VERSION
+
+
+def test_a_database_from_newer_code_is_not_written(warehouse: Warehouse):
+    warehouse.ensure_schema()
+    with warehouse.transaction() as conn:
+        conn.execute("INSERT INTO schema_migrations (version, name) VALUES (9999, 'from the future')")
+    with pytest.raises(RuntimeError, match="9999"), warehouse.transaction():
+        pass
+
+
+def test_a_failed_transaction_leaves_nothing(warehouse: Warehouse):
+    warehouse.ensure_schema()
+    with pytest.raises(ZeroDivisionError), warehouse.transaction() as conn:
+        conn.execute("INSERT INTO drops VALUES ('d', 'folder', now(), now(), 1, 1, 0, 1)")
+        _ = 1 / 0
+    assert warehouse.rows("SELECT count(*) FROM drops") == [(0,)]
+
+
+def test_reading_a_warehouse_that_does_not_exist_says_so(tmp_path: Path):
+    with pytest.raises(WarehouseNotFound, match="make demo"):
+        Warehouse(tmp_path / "nope.duckdb").query("SELECT 1")
+
+
+def test_a_reader_waits_for_a_writer_and_sees_its_commit(warehouse: Warehouse):
+    warehouse.ensure_schema()
+    inside = threading.Event()
+
+    def write_slowly() -> None:
+        with warehouse.transaction() as conn:
+            inside.set()
+            conn.execute("INSERT INTO drops VALUES ('d', 'folder', now(), now(), 1, 1, 0, 1)")
+            time.sleep(0.5)
+
+    writer = threading.Thread(target=write_slowly)
+    writer.start()
+    inside.wait()
+    assert warehouse.rows("SELECT count(*) FROM drops") == [(1,)]
+    writer.join()
+
+
+def test_lock_waits_end_with_a_clear_timeout(warehouse: Warehouse):
+    warehouse.ensure_schema()
+    impatient = Warehouse(warehouse.path, lock_timeout_s=0.2)
+    with warehouse.transaction(), pytest.raises(LockTimeout, match="timed out"):
+        impatient.query("SELECT 1")
+
+
+def test_a_foreign_process_holding_the_file_is_waited_out(warehouse: Warehouse):
+    """The DuckDB CLI or a notebook does not take our lock; we retry DuckDB's own lock error."""
+    warehouse.ensure_schema()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('held', flush=True);"
+            " time.sleep(1.5); c.close()",
+            str(warehouse.path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with pytest.raises(duckdb.IOException):
+        duckdb.connect(str(warehouse.path), read_only=True)  # what a naive reader gets
+    assert warehouse.rows("SELECT count(*) FROM drops") == [(0,)]
+    holder.wait(timeout=30)
