@@ -3,7 +3,6 @@
 import dagster as dg
 
 from assets.ingestion import images
-from orchestration.partitions import image_drops
 
 PIPELINE_JOB_NAME = "image_pipeline"
 
@@ -12,6 +11,5 @@ pipeline_assets = dg.AssetSelection.assets(images)
 image_pipeline_job = dg.define_asset_job(
     PIPELINE_JOB_NAME,
     selection=pipeline_assets,
-    partitions_def=image_drops,
     description="Ingest a drop and run every downstream stage on it.",
 )

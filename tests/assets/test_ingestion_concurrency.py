@@ -64,14 +64,19 @@ def test_a_sql_loop_in_another_process_never_fails_a_run_and_always_gets_answers
     assert warehouse.rows("SELECT count(*) FROM image_files") == [(FILES_PER_DROP,)]
 
 
-def test_two_runs_of_different_drops_started_at_once_both_succeed(tmp_path, warehouse, drop_root, reader):
+def test_two_runs_of_different_drops_started_at_once_both_succeed(
+    tmp_path, warehouse, drop_root, reader
+):
     make_drop(drop_root, "left", seed=2)
     make_drop(drop_root, "right", seed=3)
     runs = [_run_in_process(tmp_path, warehouse, drop_root, drop) for drop in ("left", "right")]
     for process, _ in runs:
         process.join(timeout=300)
     tally = reader()
-    assert [json.loads(out.read_text()) for _, out in runs] == [{"success": True}, {"success": True}]
+    assert [json.loads(out.read_text()) for _, out in runs] == [
+        {"success": True},
+        {"success": True},
+    ]
     assert tally["errors"] == []
     assert warehouse.rows("SELECT drop_id, files_ingested FROM drops ORDER BY 1") == [
         ("left", FILES_PER_DROP),

@@ -14,6 +14,7 @@ from core.ingest.scan import DropRef
 from core.warehouse import Warehouse
 from tests.fixtures.bad_inputs import DROP, Expect, build_corpus, make_unreadable
 
+
 @pytest.fixture
 def corpus(tmp_path: Path, drop_root: Path) -> dict[str, Expect]:
     outside = tmp_path / "outside"
@@ -53,7 +54,10 @@ def _cases() -> list:
         root, outside = Path(scratch, "drops"), Path(scratch, "outside")
         root.mkdir()
         outside.mkdir()
-        return [pytest.param(path, id=expect.kind) for path, expect in build_corpus(root, outside).items()]
+        return [
+            pytest.param(path, id=expect.kind)
+            for path, expect in build_corpus(root, outside).items()
+        ]
 
 
 @pytest.mark.parametrize("path", _cases())

@@ -24,7 +24,9 @@ def snapshot(warehouse: Warehouse) -> dict:
 
 
 def test_samples_become_images_with_their_properties(ingested_samples: Warehouse):
-    rows = ingested_samples.query("SELECT first_path, format, mode, width, height FROM images ORDER BY 1")
+    rows = ingested_samples.query(
+        "SELECT first_path, format, mode, width, height FROM images ORDER BY 1"
+    )
     assert rows.height == 7
     assert rows.row(0) == ("samples/astronaut.jpg", "JPEG", "RGB", 512, 512)
     assert ("samples/camera.jpg", "JPEG", "L", 512, 512) in rows.rows()
@@ -78,20 +80,28 @@ def test_a_file_fixed_after_rejection_moves_to_image_files(ingested_samples, dro
     broken.write_bytes(jpeg_bytes(seed=7)[:300])
     ingester = DropIngestor(ingested_samples, drop_root)
     ingester.ingest(DropRef.folder("samples"))
-    assert ingested_samples.rows("SELECT reason FROM rejected_files WHERE path = 'samples/late.jpg'") == [
-        ("truncated",)
-    ]
+    assert ingested_samples.rows(
+        "SELECT reason FROM rejected_files WHERE path = 'samples/late.jpg'"
+    ) == [("truncated",)]
     broken.write_bytes(jpeg_bytes(seed=7))
     ingester.ingest(DropRef.folder("samples"))
     assert ingested_samples.rows("SELECT count(*) FROM rejected_files")[0][0] == 0
-    assert ingested_samples.rows("SELECT count(*) FROM image_files WHERE path = 'samples/late.jpg'")[0][0] == 1
+    assert (
+        ingested_samples.rows("SELECT count(*) FROM image_files WHERE path = 'samples/late.jpg'")[
+            0
+        ][0]
+        == 1
+    )
 
 
 def test_vanished_files_keep_their_rows_and_are_reported(ingested_samples, drop_root):
     (drop_root / "samples" / "rocket.jpg").unlink()
     report = DropIngestor(ingested_samples, drop_root).ingest(DropRef.folder("samples"))
     assert report.vanished_paths == ["samples/rocket.jpg"]
-    assert ingested_samples.rows("SELECT count(*) FROM image_files WHERE drop_id = 'samples'")[0][0] == 7
+    assert (
+        ingested_samples.rows("SELECT count(*) FROM image_files WHERE drop_id = 'samples'")[0][0]
+        == 7
+    )
 
 
 def test_loose_drop_ingests_exactly_its_listed_files(warehouse, drop_root):
@@ -101,14 +111,18 @@ def test_loose_drop_ingests_exactly_its_listed_files(warehouse, drop_root):
     report = DropIngestor(warehouse, drop_root).ingest(drop)
     assert report.files_seen == 3
     assert recorded_paths(warehouse, drop.drop_id) == ["../../etc/passwd", "a.jpg", "b.jpg"]
-    assert warehouse.rows("SELECT path, reason FROM rejected_files") == [("../../etc/passwd", "path_escape")]
+    assert warehouse.rows("SELECT path, reason FROM rejected_files") == [
+        ("../../etc/passwd", "path_escape")
+    ]
 
 
 def test_small_batches_write_the_same_rows_as_one_batch(tmp_path, drop_root, sample_drop):
     one = Warehouse(tmp_path / "one.duckdb")
     many = Warehouse(tmp_path / "many.duckdb")
     DropIngestor(one, drop_root, IngestOptions(batch_size=1000)).ingest(DropRef.folder("samples"))
-    DropIngestor(many, drop_root, IngestOptions(batch_size=2, workers=1)).ingest(DropRef.folder("samples"))
+    DropIngestor(many, drop_root, IngestOptions(batch_size=2, workers=1)).ingest(
+        DropRef.folder("samples")
+    )
     query = "SELECT * EXCLUDE (ingested_at) FROM images ORDER BY ALL"
     assert one.query(query).equals(many.query(query))
 
@@ -119,7 +133,9 @@ def test_a_file_that_vanishes_before_hashing_is_rejected_as_unreadable(tmp_path)
     assert outcome.problem is not None and outcome.problem.reason.value == "unreadable"
 
 
-def test_files_over_the_byte_limit_are_too_large_without_being_read(warehouse, drop_root, sample_drop):
+def test_files_over_the_byte_limit_are_too_large_without_being_read(
+    warehouse, drop_root, sample_drop
+):
     options = IngestOptions(limits=DecodeLimits(max_bytes=100_000))
     DropIngestor(warehouse, drop_root, options).ingest(DropRef.folder("samples"))
     assert warehouse.rows("SELECT path, reason, sha256 FROM rejected_files") == [

@@ -18,10 +18,15 @@ def test_hidden_entries_and_the_ready_marker_are_not_part_of_a_drop(drop_root: P
     (folder / "sub").mkdir()
     (folder / "sub" / "_READY").write_bytes(b"")  # only the top-level marker is special
     (folder / "a.jpg").write_bytes(b"x")
-    assert [f.path for f in scan_drop(drop_root, DropRef.folder("d"))] == ["d/a.jpg", "d/sub/_READY"]
+    assert [f.path for f in scan_drop(drop_root, DropRef.folder("d"))] == [
+        "d/a.jpg",
+        "d/sub/_READY",
+    ]
 
 
-@pytest.mark.parametrize("drop_id", ["", ".", "..", "../etc", "a/b", ".hidden", "a...b", "tab\there"])
+@pytest.mark.parametrize(
+    "drop_id", ["", ".", "..", "../etc", "a/b", ".hidden", "a...b", "tab\there"]
+)
 def test_partition_keys_that_are_not_a_folder_name_are_refused(drop_root: Path, drop_id: str):
     with pytest.raises(InvalidDrop):
         scan_drop(drop_root, DropRef.folder(drop_id))
@@ -38,5 +43,9 @@ def test_a_linked_sub_folder_is_recorded_not_followed(tmp_path: Path, drop_root:
     folder.mkdir()
     (folder / "inside").symlink_to(drop_root)
     (folder / "outside").symlink_to(tmp_path)
-    seen = {f.path: f.problem.reason.value for f in scan_drop(drop_root, DropRef.folder("d")) if f.problem}
+    seen = {
+        f.path: f.problem.reason.value
+        for f in scan_drop(drop_root, DropRef.folder("d"))
+        if f.problem
+    }
     assert seen == {"d/inside": "not_a_regular_file", "d/outside": "path_escape"}

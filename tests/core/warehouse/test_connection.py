@@ -18,7 +18,9 @@ from core.warehouse.schema import MIGRATIONS
 def test_first_write_creates_every_migration_once(warehouse: Warehouse):
     warehouse.ensure_schema()
     warehouse.ensure_schema()
-    versions = [row[0] for row in warehouse.rows("SELECT version FROM schema_migrations ORDER BY 1")]
+    versions = [
+        row[0] for row in warehouse.rows("SELECT version FROM schema_migrations ORDER BY 1")
+    ]
     assert versions == sorted(number for number, _, _ in MIGRATIONS)
     assert max(versions) == SCHEMA_VERSION
 
@@ -26,7 +28,9 @@ def test_first_write_creates_every_migration_once(warehouse: Warehouse):
 def test_a_database_from_newer_code_is_not_written(warehouse: Warehouse):
     warehouse.ensure_schema()
     with warehouse.transaction() as conn:
-        conn.execute("INSERT INTO schema_migrations (version, name) VALUES (9999, 'from the future')")
+        conn.execute(
+            "INSERT INTO schema_migrations (version, name) VALUES (9999, 'from the future')"
+        )
     with pytest.raises(RuntimeError, match="9999"), warehouse.transaction():
         pass
 

@@ -1,0 +1,47 @@
+"""The code location loads, and its settings behave the way the README promises."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+
+from orchestration.definitions import build_definitions, defs
+from orchestration.jobs import PIPELINE_JOB_NAME
+from orchestration.settings import MissingSetting, Settings
+from sensors.drop_sensor import SENSOR_NAME
+
+
+def test_definitions_load():
+    dg.Definitions.validate_loadable(defs)
+    assert defs.resolve_job_def(PIPELINE_JOB_NAME) is not None
+
+
+def test_the_drop_sensor_runs_by_default_and_can_be_switched_off():
+    running = build_definitions(Settings.from_env({}))
+    assert running.resolve_sensor_def(SENSOR_NAME).default_status == dg.DefaultSensorStatus.RUNNING
+    stopped = build_definitions(Settings.from_env({"IMAGE_DROP_SENSOR": "stopped"}))
+    assert stopped.resolve_sensor_def(SENSOR_NAME).default_status == dg.DefaultSensorStatus.STOPPED
+
+
+def test_the_sensor_never_gets_more_than_the_drop_folder():
+    sensor = defs.resolve_sensor_def(SENSOR_NAME)
+    assert sensor.required_resource_keys == {"drop_folder"}
+
+
+def test_production_never_falls_back_to_demo_paths():
+    with pytest.raises(MissingSetting, match="IMAGE_PIPELINE_WAREHOUSE"):
+        Settings.from_env({"IMAGE_PIPELINE_ENV": "prod", "IMAGE_DROP_ROOT": "/srv/drops"})
+    settings = Settings.from_env(
+        {
+            "IMAGE_PIPELINE_ENV": "prod",
+            "IMAGE_DROP_ROOT": "/srv/drops",
+            "IMAGE_PIPELINE_WAREHOUSE": "/srv/w.duckdb",
+        }
+    )
+    assert str(settings.warehouse_path) == "/srv/w.duckdb"
+
+
+def test_local_defaults_live_under_data():
+    settings = Settings.from_env({})
+    assert settings.warehouse_path.parent.name == "data"
+    assert settings.drop_root.name == "drops"
