@@ -29,7 +29,8 @@ class IngestConfig(dg.Config):
         description="Loose drops only: the files the sensor grouped, relative to the drop root.",
     )
     workers: int = Field(default_factory=default_workers, description="Hash/decode threads.")
-    batch_size: int = Field(default=256, ge=1, description="Files written per transaction.")
+    batch_size: int = Field(default=1024, ge=1, description="Most files written per transaction.")
+    batch_mb: float = Field(default=256, gt=0, description="Most file megabytes per transaction.")
     max_file_mb: float = Field(default=256, gt=0, description="Larger files are `too_large`.")
     max_megapixels: float = Field(default=150, gt=0, description="Larger canvases are `too_large`.")
 
@@ -38,7 +39,12 @@ class IngestConfig(dg.Config):
             max_bytes=int(self.max_file_mb * 1024 * 1024),
             max_pixels=int(self.max_megapixels * 1_000_000),
         )
-        return IngestOptions(limits=limits, workers=self.workers, batch_size=self.batch_size)
+        return IngestOptions(
+            limits=limits,
+            workers=self.workers,
+            batch_size=self.batch_size,
+            batch_bytes=int(self.batch_mb * 1024 * 1024),
+        )
 
 
 def resolve_drop(drop_id: str, files: list[str] | None, warehouse: Warehouse) -> DropRef:

@@ -2,7 +2,7 @@
 
 Work is done in batches. Each batch is hashed in a thread pool (hashlib and Pillow release the
 GIL), only bytes never seen before are decoded, and the batch's rows are written in one DuckDB
-transaction, so a crash leaves whole batches or nothing. A file whose size and mtime match its
+transaction while the next batch is being decoded, so a crash leaves whole batches or nothing. A file whose size and mtime match its
 row from an earlier run is not read at all; when they differ, the content hash decides.
 """
 
@@ -12,7 +12,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -81,7 +81,8 @@ def default_workers() -> int:
 class IngestOptions:
     limits: DecodeLimits = field(default_factory=DecodeLimits)
     workers: int = field(default_factory=default_workers)
-    batch_size: int = 256
+    batch_size: int = 1024  # files per transaction, at most
+    batch_bytes: int = 256 * 1024 * 1024  # file bytes per transaction, at most
 
 
 @dataclass
@@ -166,9 +167,19 @@ def _decode(outcome: Outcome, limits: DecodeLimits) -> Outcome:
     return outcome
 
 
-def _batches(items: list[SeenFile], size: int) -> Iterator[list[SeenFile]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def _batches(items: list[SeenFile], max_files: int, max_bytes: int) -> Iterator[list[SeenFile]]:
+    """Cut by count and by bytes: many small files amortise a transaction, large ones keep
+    batches (and the work a crash can lose) short."""
+    batch: list[SeenFile] = []
+    size = 0
+    for item in items:
+        batch.append(item)
+        size += item.size or 0
+        if len(batch) >= max_files or size >= max_bytes:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
 
 
 class DropIngestor:
@@ -201,11 +212,21 @@ class DropIngestor:
             f"last run, {len(todo)} to process"
         )
         progress = Progress(f"ingest {drop.drop_id}", len(todo), self.log, unit="files")
-        with ThreadPoolExecutor(self.options.workers, thread_name_prefix="ingest") as pool:
-            for batch in _batches(todo, self.options.batch_size):
+        # One writer thread commits batch k while the pool hashes and decodes batch k+1; waiting
+        # for the previous write before queueing the next keeps at most two batches in memory.
+        with (
+            ThreadPoolExecutor(self.options.workers, thread_name_prefix="ingest") as pool,
+            ThreadPoolExecutor(1, thread_name_prefix="ingest-writer") as writer,
+        ):
+            pending: Future[None] | None = None
+            for batch in _batches(todo, self.options.batch_size, self.options.batch_bytes):
                 outcomes = self._process(pool, batch)
-                self._write(drop.drop_id, outcomes, report)
+                if pending is not None:
+                    pending.result()
+                pending = writer.submit(self._write, drop.drop_id, outcomes, report)
                 progress.advance(len(batch))
+            if pending is not None:
+                pending.result()
         progress.finish()
         self._record_drop(drop, report, changed=bool(todo))
         report.files_processed = len(todo)
