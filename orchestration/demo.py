@@ -16,7 +16,7 @@ import dagster as dg
 
 from core.report import summary
 from core.warehouse import Warehouse
-from orchestration.definitions import defs
+from orchestration.definitions import build_definitions
 from orchestration.jobs import PIPELINE_JOB_NAME
 from orchestration.partitions import image_drops
 from orchestration.settings import REPO_ROOT, Settings
@@ -37,23 +37,27 @@ def stage_samples(drop_root: Path) -> Path:
     return target
 
 
-def main() -> int:
-    settings = Settings.from_env()
-    os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT / ".dagster_home"))
-    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+def run_demo(settings: Settings, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
+    """Stage the samples as drop `samples` and run the whole chain on it in this process."""
     folder = stage_samples(settings.drop_root)
     print(f"demo drop: {folder}")
     print(f"warehouse: {settings.warehouse_path}")
-    instance = dg.DagsterInstance.get()
     if not instance.has_dynamic_partition(image_drops.name, DEMO_DROP):
         instance.add_dynamic_partitions(image_drops.name, [DEMO_DROP])
-    job = defs.resolve_job_def(PIPELINE_JOB_NAME)
-    result = job.execute_in_process(
+    job = build_definitions(settings).resolve_job_def(PIPELINE_JOB_NAME)
+    return job.execute_in_process(
         partition_key=DEMO_DROP,
         instance=instance,
         run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
         raise_on_error=False,
     )
+
+
+def main() -> int:
+    settings = Settings.from_env()
+    os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT / ".dagster_home"))
+    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    result = run_demo(settings, dg.DagsterInstance.get())
     print(summary(Warehouse(settings.warehouse_path)))
     if not result.success:
         print(f"\nrun {result.run_id} failed: see `make ui` for its logs", file=sys.stderr)
