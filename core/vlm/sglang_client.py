@@ -119,7 +119,12 @@ class SGLangClient(VLMBackend):
                         f"{_error_text(ready)}"
                     )
                 info = http.get(f"{self.base_url}/model_info")
-                info.raise_for_status()
+                if info.status_code != 200:
+                    hint = " (check the API key)" if info.status_code in (401, 403) else ""
+                    raise SGLangUnavailable(
+                        f"SGLang server at {self.base_url} refused /model_info: "
+                        f"{_error_text(info)}{hint}"
+                    )
         except httpx.HTTPError as error:
             raise SGLangUnavailable(
                 f"SGLang server at {self.base_url} is unreachable: {type(error).__name__}: {error}"

@@ -70,7 +70,7 @@ class _DroppedConnection(Exception):
 
 @dataclass
 class FakeSGLangConfig:
-    model_path: str = "standin/tiny-llava"
+    model_path: str = "standin/tiny-llava-v1"
     served_model_name: str | None = None
     service_time_s: float = 0.0
     capacity: int = 8
@@ -97,6 +97,7 @@ class FakeSGLangServer:
         self.requests_by_key: dict[str, int] = defaultdict(int)
         self.counters: dict[str, float] = defaultdict(float)
         self.modes_served: dict[str, int] = defaultdict(int)
+        self.log: list[tuple[str, int | None, str]] = []  # (image key, token budget, mode)
         self._cache: dict[tuple[str, str, str, int], tuple[str, str, int, int]] = {}
         self._prefixes: set[str] = set()
         self._model_lock = threading.Lock()
@@ -316,6 +317,8 @@ class FakeSGLangServer:
         key = image_key(image_bytes[0]) if image_bytes else "text-only"
         mode = self._next_mode(key)
         self.modes_served[mode] += 1
+        budget = body.get("max_completion_tokens") or body.get("max_tokens")
+        self.log.append((key, budget, mode))
         if mode == "400":
             return _error(400, "Error while processing image: scripted bad request")
         if self._slots is None:
@@ -440,3 +443,16 @@ class _DroppingResponse(Response):
         )
         await send({"type": "http.response.body", "body": b'{"id":', "more_body": True})
         raise _DroppedConnection("fake: connection dropped")
+
+
+_STANDIN: TransformersBackend | None = None
+
+
+def standin_backend() -> TransformersBackend:
+    """The tiny stand-in LLaVA (built once under data/models/, shared by every test)."""
+    global _STANDIN
+    if _STANDIN is None:
+        from core.vlm.standin import STANDIN_MODEL_ID, ensure_standin
+
+        _STANDIN = TransformersBackend(ensure_standin(), model_id=STANDIN_MODEL_ID, threads=1)
+    return _STANDIN
