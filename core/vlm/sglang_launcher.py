@@ -82,6 +82,16 @@ def build_args(settings: LaunchSettings, port: int) -> list[str]:
     return args
 
 
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class SGLangProcess:
     """One launched server. `start()` returns once `/ready` answers 200, or raises and cleans up."""
 
@@ -182,20 +192,26 @@ class SGLangProcess:
             time.sleep(0.5)
 
     def stop(self) -> None:
-        """SIGTERM to the process group, SIGKILL after the grace period. Safe to call twice."""
+        """SIGTERM to the process group, SIGKILL after the grace period. Safe to call twice.
+
+        The group is signalled even when the leader already exited: SGLang's scheduler and
+        detokenizer processes can outlive a crashed launcher and keep holding the GPU.
+        """
         process = self.process
-        if process is None or process.poll() is not None:
-            self._join_reader()
+        if process is None:
             return
-        self.log(f"stopping SGLang (pid {process.pid})")
+        group = process.pid  # start_new_session: the leader's pid is the group id
+        if process.poll() is None:
+            self.log(f"stopping SGLang (pid {process.pid})")
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=self.stop_grace_s)
-        except subprocess.TimeoutExpired:
-            self.log("SGLang ignored SIGTERM; sending SIGKILL")
+            os.killpg(group, signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_grace_s
+        while time.monotonic() < deadline and (process.poll() is None or _group_alive(group)):
+            time.sleep(0.05)
+        if process.poll() is None or _group_alive(group):
+            self.log("SGLang did not stop on SIGTERM; sending SIGKILL")
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
+                os.killpg(group, signal.SIGKILL)
             process.wait(timeout=10)
         self._join_reader()
 
