@@ -46,6 +46,7 @@ class TransformersBackend(VLMBackend):
         self.threads = threads
         self.log = log or (lambda _: None)
         self._lock = threading.Lock()
+        self._load_lock = threading.Lock()
         self._model: Any = None
         self._processor: Any = None
         self._compiler: Any = None
@@ -58,6 +59,11 @@ class TransformersBackend(VLMBackend):
     def _load(self) -> None:
         if self._model is not None:
             return
+        with self._load_lock:
+            if self._model is None:
+                self._load_now()
+
+    def _load_now(self) -> None:
         import torch
         import xgrammar as xgr
         from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -90,7 +96,13 @@ class TransformersBackend(VLMBackend):
         return self._grammars[schema_json]
 
     def generate(
-        self, pictures: list[Any], prompt: str, schema_json: str | None, max_tokens: int
+        self,
+        pictures: list[Any],
+        prompt: str,
+        schema_json: str | None,
+        max_tokens: int,
+        *,
+        temperature: float = 0.0,
     ) -> list[tuple[str, str, int, int]]:
         """(text, finish_reason, prompt_tokens, completion_tokens) per picture, one batch."""
         import torch
@@ -105,7 +117,8 @@ class TransformersBackend(VLMBackend):
             output = self._model.generate(
                 **inputs,
                 max_new_tokens=max_tokens,
-                do_sample=False,
+                do_sample=temperature > 0,
+                **({"temperature": temperature, "top_k": 0} if temperature > 0 else {}),
                 logits_processor=processors,
                 pad_token_id=self._processor.tokenizer.pad_token_id,
             )
