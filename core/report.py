@@ -6,7 +6,17 @@ import polars as pl
 
 from core.warehouse import Warehouse
 
-TABLES = ("drops", "images", "image_files", "rejected_files")
+TABLES = (
+    "drops",
+    "images",
+    "image_files",
+    "rejected_files",
+    "vlm_extractions",
+    "task_scenery_people",
+    "task_scenery_people__people",
+    "task_age_gender",
+    "task_basketball_action",
+)
 
 
 def _section(title: str, frame: pl.DataFrame) -> str:
@@ -55,4 +65,28 @@ def summary(warehouse: Warehouse, tables: tuple[str, ...] = TABLES) -> str:
             ),
         ),
     ]
+    if "vlm_extractions" in present:
+        parts.append(
+            _section(
+                "VLM extractions by task, model and status",
+                warehouse.query(
+                    "SELECT task, model_id, status, count(*) AS images,"
+                    " round(median(latency_ms), 1) AS p50_ms FROM vlm_extractions"
+                    " GROUP BY ALL ORDER BY task, model_id, status"
+                ),
+            )
+        )
+    if "task_scenery_people" in present:
+        parts.append(
+            _section(
+                "scenery_people (first 10)",
+                warehouse.query(
+                    "SELECT i.first_path, s.scenery, count(p.idx) AS people, s.model_id"
+                    " FROM task_scenery_people s JOIN images i USING (image_id)"
+                    " LEFT JOIN task_scenery_people__people p ON p.image_id = s.image_id"
+                    " AND p.model_id = s.model_id AND p.task_fingerprint = s.task_fingerprint"
+                    " GROUP BY ALL ORDER BY i.first_path LIMIT 10"
+                ),
+            )
+        )
     return "\n".join(parts)

@@ -2,11 +2,12 @@
 
 import dagster as dg
 
+from assets.extraction import vlm_extractions
 from assets.ingestion import images
 
 PIPELINE_JOB_NAME = "image_pipeline"
 
-pipeline_assets = dg.AssetSelection.assets(images)
+pipeline_assets = dg.AssetSelection.assets(images, vlm_extractions)
 
 image_pipeline_job = dg.define_asset_job(
     PIPELINE_JOB_NAME,

@@ -2,15 +2,57 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from orchestration.settings import Settings
+import dagster as dg
+
+from orchestration.settings import MissingSetting, Settings
 from resources.drop_folder import DropFolderResource
+from resources.sglang_server import SGLangServer
+from resources.vlm import VLMResource
 from resources.warehouse import WarehouseResource
+
+
+def build_vlm_resources(
+    settings: Settings, environ: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """`vlm` and `sglang`. Local: the embedded stand-in unless a model or server is named.
+
+    Prod names its backend explicitly (IMAGE_PIPELINE_VLM_BACKEND) and never gets a stand-in.
+    """
+    env = dict(os.environ if environ is None else environ)
+    backend = env.get("IMAGE_PIPELINE_VLM_BACKEND")
+    model = env.get("IMAGE_PIPELINE_VLM_MODEL")
+    url = env.get("IMAGE_PIPELINE_SGLANG_URL")
+    api_key = dg.EnvVar("SGLANG_API_KEY") if env.get("SGLANG_API_KEY") else None
+    sglang = SGLangServer(url=url, api_key=api_key) if url else SGLangServer()
+    if settings.environment == "prod":
+        if backend not in ("sglang", "transformers"):
+            raise MissingSetting(
+                "IMAGE_PIPELINE_ENV=prod needs IMAGE_PIPELINE_VLM_BACKEND=sglang|transformers"
+            )
+        if backend == "sglang" and not url:
+            raise MissingSetting(
+                "IMAGE_PIPELINE_VLM_BACKEND=sglang needs IMAGE_PIPELINE_SGLANG_URL"
+            )
+        if backend == "transformers" and not model:
+            raise MissingSetting(
+                "IMAGE_PIPELINE_VLM_BACKEND=transformers needs IMAGE_PIPELINE_VLM_MODEL"
+            )
+        vlm = VLMResource(backend=backend, model_path=model or "", allow_standin=False)
+        return {"vlm": vlm, "sglang": sglang}
+    backend = backend or ("sglang" if url else "transformers")
+    if backend == "sglang":
+        return {"vlm": VLMResource(backend="sglang"), "sglang": sglang}
+    if model:
+        return {"vlm": VLMResource(model_path=model), "sglang": sglang}
+    return {"vlm": VLMResource(standin=True), "sglang": sglang}
 
 
 def build_resources(settings: Settings) -> dict[str, Any]:
     return {
         "warehouse": WarehouseResource(path=str(settings.warehouse_path)),
         "drop_folder": DropFolderResource(root=str(settings.drop_root)),
+        **build_vlm_resources(settings),
     }

@@ -64,6 +64,32 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        3,
+        "vlm extractions",
+        """
+        -- One row per image, task version and model. Typed task tables (task_<name>,
+        -- task_<name>__<field>) are derived from the task definitions and created by the writer.
+        CREATE TABLE vlm_extractions (
+            image_id          VARCHAR NOT NULL,
+            task              VARCHAR NOT NULL,
+            task_fingerprint  VARCHAR NOT NULL,      -- hash of the task's instruction + schema
+            model_id          VARCHAR NOT NULL,
+            status            VARCHAR NOT NULL,      -- 'ok', 'invalid', 'truncated', 'error'
+            raw_text          VARCHAR,               -- the model's output as returned
+            parsed_json       JSON,                  -- validated output, `ok` rows only
+            error             VARCHAR,
+            latency_ms        DOUBLE,                -- per image, including retries
+            prompt_tokens     INTEGER,
+            completion_tokens INTEGER,
+            cached_tokens     INTEGER,               -- prompt tokens served from the prefix cache
+            attempts          INTEGER NOT NULL,
+            drop_id           VARCHAR NOT NULL,      -- the partition that extracted it
+            created_at        TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (image_id, task, task_fingerprint, model_id)
+        );
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = max(number for number, _, _ in MIGRATIONS)

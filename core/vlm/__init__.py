@@ -1,0 +1,1 @@
+"""Vision-language backends behind one interface: an SGLang HTTP client and in-process transformers."""

@@ -1,0 +1,220 @@
+"""Starting and stopping `python -m sglang.launch_server` as a child process group.
+
+The server binds to 127.0.0.1 only; readiness is `GET /ready` == 200 (not `/v1/models`, which
+answers before warm-up ends); its output is streamed line by line to a log callback; `stop()`
+sends SIGTERM to the whole process group (SGLang forks scheduler and detokenizer processes),
+then SIGKILL after a grace period. The API key goes to the child through its environment and
+the command line we log masks it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+
+import httpx
+from pydantic import BaseModel, Field
+
+HOST = "127.0.0.1"
+
+
+class SGLangLaunchError(RuntimeError):
+    """The server did not become ready; the message says why and shows its last log lines."""
+
+
+class LaunchSettings(BaseModel):
+    model_path: str
+    chat_template: str = Field(
+        description="Always explicit: SGLang's guess from the path can silently drop images."
+    )
+    tokenizer_path: str | None = None
+    tp_size: int = Field(default=1, ge=1)
+    dp_size: int = Field(default=1, ge=1)
+    port: int = Field(default=0, ge=0, le=65535, description="0: pick a free port.")
+    mem_fraction_static: float | None = Field(default=None, gt=0, le=1)
+    context_length: int | None = Field(default=None, ge=1)
+    served_model_name: str | None = None
+    enable_metrics: bool = True
+    enable_cache_report: bool = True
+    compact_json: bool = Field(
+        default=True, description="--constrained-json-disable-any-whitespace"
+    )
+    schedule_policy: str | None = "lpm"
+    extra_args: list[str] = Field(default_factory=list)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def build_args(settings: LaunchSettings, port: int) -> list[str]:
+    """Arguments after the executable, without the API key (added by `SGLangProcess.argv`)."""
+    args = ["--model-path", settings.model_path, "--host", HOST, "--port", str(port)]
+    args += ["--chat-template", settings.chat_template]
+    args += ["--tp-size", str(settings.tp_size), "--dp-size", str(settings.dp_size)]
+    if settings.tokenizer_path:
+        args += ["--tokenizer-path", settings.tokenizer_path]
+    if settings.mem_fraction_static is not None:
+        args += ["--mem-fraction-static", str(settings.mem_fraction_static)]
+    if settings.context_length is not None:
+        args += ["--context-length", str(settings.context_length)]
+    if settings.served_model_name:
+        args += ["--served-model-name", settings.served_model_name]
+    if settings.schedule_policy:
+        args += ["--schedule-policy", settings.schedule_policy]
+    if settings.enable_metrics:
+        args.append("--enable-metrics")
+    if settings.enable_cache_report:
+        args.append("--enable-cache-report")
+    if settings.compact_json:
+        args.append("--constrained-json-disable-any-whitespace")
+    args += settings.extra_args
+    return args
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class SGLangProcess:
+    """One launched server. `start()` returns once `/ready` answers 200, or raises and cleans up."""
+
+    def __init__(
+        self,
+        settings: LaunchSettings,
+        *,
+        command: Sequence[str] = (sys.executable, "-m", "sglang.launch_server"),
+        api_key: str | None = None,
+        ready_timeout_s: float = 1800.0,
+        stop_grace_s: float = 30.0,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.settings = settings
+        self.command = list(command)
+        self.api_key = api_key
+        self.ready_timeout_s = ready_timeout_s
+        self.stop_grace_s = stop_grace_s
+        self.log = log
+        self.port = settings.port or free_port()
+        self.process: subprocess.Popen[str] | None = None
+        self.tail: deque[str] = deque(maxlen=40)
+        self._reader: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def argv(self) -> list[str]:
+        args = build_args(self.settings, self.port)
+        return self.command + args + (["--api-key", self.api_key] if self.api_key else [])
+
+    def printable_argv(self) -> str:
+        argv = self.argv()
+        if self.api_key:
+            argv = [("***" if a == self.api_key else a) for a in argv]
+        return " ".join(argv)
+
+    def _mask(self, line: str) -> str:
+        return line.replace(self.api_key, "***") if self.api_key else line
+
+    def _pump(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for line in self.process.stdout:
+            line = self._mask(line.rstrip())
+            self.tail.append(line)
+            self.log(f"[sglang] {line}")
+
+    def start(self) -> None:
+        self.log(f"starting SGLang: {self.printable_argv()}")
+        try:
+            self.process = subprocess.Popen(
+                self.argv(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                bufsize=1,
+                start_new_session=True,  # its own process group: stop() reaches every child
+            )
+        except OSError as error:
+            raise SGLangLaunchError(
+                f"cannot start SGLang ({self.command[0]}): {error}; is sglang installed on "
+                "this host (pip install 'image-labeling-pipeline[sglang]')?"
+            ) from error
+        self._reader = threading.Thread(target=self._pump, daemon=True)
+        self._reader.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout_s
+        last = "no answer yet"
+        while True:
+            assert self.process is not None
+            code = self.process.poll()
+            if code is not None:
+                raise SGLangLaunchError(
+                    f"SGLang exited with code {code} before it was ready; last log lines:\n"
+                    + "\n".join(self.tail)
+                )
+            try:
+                response = httpx.get(f"{self.url}/ready", timeout=5.0)
+                if response.status_code == 200:
+                    self.log(f"SGLang ready at {self.url}")
+                    return
+                last = f"/ready answered {response.status_code}"
+            except httpx.HTTPError as error:
+                last = f"{type(error).__name__} on /ready"
+            if time.monotonic() > deadline:
+                raise SGLangLaunchError(
+                    f"SGLang at {self.url} not ready after {self.ready_timeout_s:.0f}s "
+                    f"({last}); last log lines:\n" + "\n".join(self.tail)
+                )
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        """SIGTERM to the process group, SIGKILL after the grace period. Safe to call twice.
+
+        The group is signalled even when the leader already exited: SGLang's scheduler and
+        detokenizer processes can outlive a crashed launcher and keep holding the GPU.
+        """
+        process = self.process
+        if process is None:
+            return
+        group = process.pid  # start_new_session: the leader's pid is the group id
+        if process.poll() is None:
+            self.log(f"stopping SGLang (pid {process.pid})")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_grace_s
+        while time.monotonic() < deadline and (process.poll() is None or _group_alive(group)):
+            time.sleep(0.05)
+        if process.poll() is None or _group_alive(group):
+            self.log("SGLang did not stop on SIGTERM; sending SIGKILL")
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
+            process.wait(timeout=10)
+        self._join_reader()
+
+    def _join_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.join(timeout=5)

@@ -1,0 +1,134 @@
+"""Reading what is left to extract, and writing results: one transaction per batch.
+
+Work is keyed by (image_id, task, task_fingerprint, model_id). An image is pending for a task
+when it has no row for that key, or only an `error` row: errors are transient (server, network,
+unreadable file) and are retried by the next run, while `invalid` and `truncated` are the model's
+deterministic answer at temperature 0 and stay until the task or the model changes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+
+from core.tasks.base import Task
+from core.vlm.types import ExtractionResult, ImageInput
+from core.warehouse import Warehouse
+
+RETRYABLE_STATUSES = ("error",)
+
+
+def pending_images(
+    warehouse: Warehouse, drop_id: str, drop_root: Path, task: Task, model_id: str
+) -> list[ImageInput]:
+    """The drop's distinct images with no final result for this task version and model."""
+    rows = warehouse.rows(
+        """
+        SELECT f.image_id, min(f.path) AS path
+        FROM image_files f
+        WHERE f.drop_id = $drop
+          AND NOT EXISTS (
+            SELECT 1 FROM vlm_extractions e
+            WHERE e.image_id = f.image_id AND e.task = $task
+              AND e.task_fingerprint = $fp AND e.model_id = $model
+              AND e.status NOT IN (SELECT unnest($retry))
+          )
+        GROUP BY f.image_id
+        ORDER BY path
+        """,
+        {
+            "drop": drop_id,
+            "task": task.name,
+            "fp": task.fingerprint,
+            "model": model_id,
+            "retry": list(RETRYABLE_STATUSES),
+        },
+    )
+    return [ImageInput(image_id=image_id, path=drop_root / path) for image_id, path in rows]
+
+
+def ensure_task_tables(conn: duckdb.DuckDBPyConnection, task: Task) -> None:
+    """Create the task's tables, and add columns a task gained since they were created."""
+    for statement in task.tables.ddl():
+        conn.execute(statement)
+    wanted = {task.tables.table: task.tables.columns}
+    wanted |= {child.table: child.columns for child in task.tables.children}
+    for table, columns in wanted.items():
+        present = {
+            name
+            for (name,) in conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [table]
+            ).fetchall()
+        }
+        for name, kind in columns:
+            if name not in present:
+                conn.execute(f'ALTER TABLE "{table}" ADD COLUMN "{name}" {kind}')
+
+
+def write_batch(
+    warehouse: Warehouse,
+    task: Task,
+    model_id: str,
+    drop_id: str,
+    results: Sequence[ExtractionResult],
+) -> None:
+    """Upsert one batch of results and their typed rows, all in one transaction."""
+    if not results:
+        return
+    now = datetime.now(UTC)
+    image_ids = [r.image_id for r in results]
+    key = {"ids": image_ids, "task": task.name, "fp": task.fingerprint, "model": model_id}
+    extraction_rows = [
+        (
+            r.image_id,
+            task.name,
+            task.fingerprint,
+            model_id,
+            r.status,
+            r.raw_text,
+            json.dumps(r.parsed) if r.status == "ok" and r.parsed is not None else None,
+            r.error,
+            r.latency_ms,
+            r.prompt_tokens,
+            r.completion_tokens,
+            r.cached_tokens,
+            r.attempts,
+            drop_id,
+            now,
+        )
+        for r in results
+    ]
+    typed: dict[str, list[tuple]] = {name: [] for name in task.tables.names}
+    for r in results:
+        if r.status == "ok" and r.parsed is not None:
+            for table, rows in task.rows(r.image_id, model_id, r.parsed).items():
+                typed[table] += rows
+    keys = [name for name, _ in task.tables.KEY_COLUMNS]
+    columns = {task.tables.table: keys + [c for c, _ in task.tables.columns]}
+    for child in task.tables.children:
+        columns[child.table] = [*keys, "idx", *(c for c, _ in child.columns)]
+    with warehouse.transaction() as conn:
+        ensure_task_tables(conn, task)
+        conn.execute(
+            "DELETE FROM vlm_extractions WHERE image_id IN (SELECT unnest($ids))"
+            " AND task = $task AND task_fingerprint = $fp AND model_id = $model",
+            key,
+        )
+        conn.executemany(
+            "INSERT INTO vlm_extractions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            extraction_rows,
+        )
+        for table, rows in typed.items():
+            conn.execute(
+                f'DELETE FROM "{table}" WHERE image_id IN (SELECT unnest($ids))'
+                " AND task_fingerprint = $fp AND model_id = $model",
+                {"ids": image_ids, "fp": task.fingerprint, "model": model_id},
+            )
+            if rows:
+                names = ", ".join(f'"{c}"' for c in columns[table])
+                marks = ", ".join("?" * len(columns[table]))
+                conn.executemany(f'INSERT INTO "{table}" ({names}) VALUES ({marks})', rows)

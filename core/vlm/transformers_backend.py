@@ -1,0 +1,206 @@
+"""In-process LLaVA through transformers: the CPU-capable embedded backend.
+
+Generation is batched and constrained by the task's JSON schema with xgrammar, compiled as
+*compact* JSON (`any_whitespace=False`): with whitespace allowed, weak models (and the random
+stand-in, in every sample we tried) emit newlines until the token limit. The same loader reads a
+real checkpoint (default: a small LLaVA-OneVision) or the locally built stand-in.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from core.ingest.decode import load_rgb
+from core.tasks.base import Task
+from core.vlm.prompt import chat_messages
+from core.vlm.types import ExtractionResult, ImageInput, VLMBackend, judge
+
+DEFAULT_MODEL = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
+
+
+class TransformersBackend(VLMBackend):
+    """Loads the model lazily, on the first batch, so building the resource is cheap."""
+
+    def __init__(
+        self,
+        model_path: str | Path = DEFAULT_MODEL,
+        *,
+        model_id: str | None = None,
+        device: str = "cpu",
+        batch_size: int = 4,
+        max_completion_tokens: int | None = None,
+        min_image_side: int = 384,
+        threads: int | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.model_path = str(model_path)
+        self._model_id = model_id or self.model_path
+        self.device = device
+        self.batch_size = batch_size
+        self.max_completion_tokens = max_completion_tokens
+        self.min_image_side = min_image_side
+        self.threads = threads
+        self.log = log or (lambda _: None)
+        self._lock = threading.Lock()
+        self._load_lock = threading.Lock()
+        self._model: Any = None
+        self._processor: Any = None
+        self._compiler: Any = None
+        self._grammars: dict[str, Any] = {}
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id
+
+    def _load(self) -> None:
+        if self._model is not None:
+            return
+        with self._load_lock:
+            if self._model is None:
+                self._load_now()
+
+    def _load_now(self) -> None:
+        import torch
+        import xgrammar as xgr
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        started = time.monotonic()
+        processor = AutoProcessor.from_pretrained(self.model_path)
+        processor.tokenizer.padding_side = "left"  # generation continues at the right edge
+        model = AutoModelForImageTextToText.from_pretrained(self.model_path)
+        model = model.to(self.device).eval()
+        vocab_size = model.config.get_text_config().vocab_size
+        stop_ids = model.generation_config.eos_token_id
+        info = xgr.TokenizerInfo.from_huggingface(
+            processor.tokenizer, vocab_size=vocab_size, stop_token_ids=stop_ids
+        )
+        self._processor, self._model = processor, model
+        self._compiler = xgr.GrammarCompiler(info)
+        eos = stop_ids if isinstance(stop_ids, list) else [stop_ids]
+        self._eos = {int(t) for t in eos if t is not None}
+        self.log(f"loaded {self.model_path} in {time.monotonic() - started:.1f}s on {self.device}")
+
+    def grammar(self, schema_json: str) -> Any:
+        """Compact-JSON grammar for a schema string, compiled once per string."""
+        self._load()
+        if schema_json not in self._grammars:
+            self._grammars[schema_json] = self._compiler.compile_json_schema(
+                schema_json, any_whitespace=False, separators=(",", ":"), strict_mode=True
+            )
+        return self._grammars[schema_json]
+
+    def generate(
+        self,
+        pictures: list[Any],
+        prompt: str,
+        schema_json: str | None,
+        max_tokens: int,
+        *,
+        temperature: float = 0.0,
+    ) -> list[tuple[str, str, int, int]]:
+        """(text, finish_reason, prompt_tokens, completion_tokens) per picture, one batch."""
+        import torch
+        from xgrammar.contrib.hf import LogitsProcessor
+
+        self._load()
+        inputs = self._processor(
+            images=pictures, text=[prompt] * len(pictures), return_tensors="pt", padding=True
+        ).to(self.device)
+        processors = [LogitsProcessor(self.grammar(schema_json))] if schema_json else []
+        with torch.inference_mode():
+            output = self._model.generate(
+                **inputs,
+                max_new_tokens=max_tokens,
+                do_sample=temperature > 0,
+                **({"temperature": temperature, "top_k": 0} if temperature > 0 else {}),
+                logits_processor=processors,
+                pad_token_id=self._processor.tokenizer.pad_token_id,
+            )
+        prompt_len = inputs["input_ids"].shape[1]
+        lengths = inputs["attention_mask"].sum(dim=1).tolist()
+        results = []
+        for row, length in zip(output[:, prompt_len:].tolist(), lengths, strict=True):
+            stop_at = next((i for i, t in enumerate(row) if t in self._eos), None)
+            tokens = row if stop_at is None else row[:stop_at]
+            text = self._processor.tokenizer.decode(tokens, skip_special_tokens=True)
+            finish = "length" if stop_at is None else "stop"
+            results.append((text, finish, int(length), len(tokens) + (stop_at is not None)))
+        return results
+
+    def prompt(self, task: Task) -> str:
+        self._load()
+        return self._processor.apply_chat_template(
+            chat_messages(task), add_generation_prompt=True, tokenize=False
+        )
+
+    def extract(self, images: Sequence[ImageInput], task: Task) -> list[ExtractionResult]:
+        max_tokens = self.max_completion_tokens or task.max_completion_tokens
+        results: list[ExtractionResult] = []
+        with self._lock:  # one generate at a time: the model is not thread-safe
+            prompt = self.prompt(task)
+            for start in range(0, len(images), self.batch_size):
+                chunk = list(images[start : start + self.batch_size])
+                results += self._extract_chunk(chunk, task, prompt, max_tokens)
+        return results
+
+    def _extract_chunk(
+        self, chunk: list[ImageInput], task: Task, prompt: str, max_tokens: int
+    ) -> list[ExtractionResult]:
+        started = time.monotonic()
+        pictures: list[Any] = []
+        failed: dict[int, str] = {}
+        for i, image in enumerate(chunk):
+            try:
+                pictures.append(load_rgb(image.path, min_side=self.min_image_side))
+            except Exception as error:  # one unreadable file must not fail its batch
+                failed[i] = f"cannot read image: {type(error).__name__}: {error}"
+        try:
+            outputs = iter(
+                self.generate(pictures, prompt, task.schema_json, max_tokens) if pictures else []
+            )
+        except Exception as error:
+            if len(chunk) == 1:
+                return [self._failure(chunk[0], f"{type(error).__name__}: {error}", started)]
+            # Isolate the bad one: retry each image alone.
+            return [
+                r for image in chunk for r in self._extract_chunk([image], task, prompt, max_tokens)
+            ]
+        latency_ms = (time.monotonic() - started) * 1000 / max(1, len(pictures))
+        results = []
+        for i, image in enumerate(chunk):
+            if i in failed:
+                results.append(self._failure(image, failed[i], started))
+                continue
+            text, finish, prompt_tokens, completion_tokens = next(outputs)
+            verdict = judge(task, text, finish, max_tokens)
+            results.append(
+                ExtractionResult(
+                    image_id=image.image_id,
+                    status=verdict.status,
+                    raw_text=text,
+                    parsed=verdict.parsed,
+                    error=verdict.error,
+                    latency_ms=latency_ms,
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    cached_tokens=0,
+                    attempts=1,
+                )
+            )
+        return results
+
+    @staticmethod
+    def _failure(image: ImageInput, error: str, started: float) -> ExtractionResult:
+        return ExtractionResult(
+            image_id=image.image_id,
+            status="error",
+            error=error,
+            latency_ms=(time.monotonic() - started) * 1000,
+            attempts=1,
+        )

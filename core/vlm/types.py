@@ -1,0 +1,83 @@
+"""The backend interface and the result every backend returns, one per image."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.tasks.base import Task, TaskOutputError
+
+Status = Literal["ok", "invalid", "truncated", "error"]
+STATUSES: tuple[Status, ...] = ("ok", "invalid", "truncated", "error")
+
+
+class ImageInput(BaseModel):
+    """One image to label: its content id and where its bytes are."""
+
+    model_config = ConfigDict(frozen=True)
+
+    image_id: str
+    path: Path
+
+
+class ExtractionResult(BaseModel):
+    """What became of one image for one task: a parsed answer or a failure with its reason."""
+
+    image_id: str
+    status: Status
+    raw_text: str | None = None
+    parsed: dict[str, Any] | None = None
+    error: str | None = None
+    latency_ms: float = 0.0
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cached_tokens: int | None = None
+    attempts: int = Field(default=1, ge=0)
+
+
+class Judgement(BaseModel):
+    status: Status
+    parsed: dict[str, Any] | None = None
+    error: str | None = None
+
+
+def judge(task: Task, text: str | None, finish_reason: str | None, max_tokens: int) -> Judgement:
+    """Classify one generation: truncated at the token limit, invalid for the schema, or ok.
+
+    The server's constraint is not trusted: every output is validated again with pydantic.
+    """
+    if finish_reason == "length":
+        return Judgement(
+            status="truncated", error=f"output hit the token limit ({max_tokens} tokens)"
+        )
+    if text is None:
+        return Judgement(status="invalid", error=f"no content (finish_reason={finish_reason})")
+    try:
+        parsed = task.parse(text)
+    except TaskOutputError as error:
+        return Judgement(status="invalid", error=str(error))
+    return Judgement(status="ok", parsed=parsed.model_dump(mode="json"))
+
+
+class VLMBackend(abc.ABC):
+    """Labels batches of images for a task; one image's failure never fails the batch."""
+
+    @property
+    @abc.abstractmethod
+    def model_id(self) -> str:
+        """Recorded on every row, so results of different models never mix."""
+
+    @abc.abstractmethod
+    def extract(self, images: Sequence[ImageInput], task: Task) -> list[ExtractionResult]:
+        """One result per input image, in input order."""
+
+    def server_metrics(self) -> dict[str, float]:
+        """Server-side counters for asset metadata, where the backend has a server."""
+        return {}
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release models or connections."""

@@ -1,0 +1,121 @@
+"""The SGLang GPU server: a running one (or an sglang-router) by URL, or one we launch per run."""
+
+import dagster as dg
+from pydantic import Field, PrivateAttr
+
+from core.vlm.metrics import parse_prometheus, summarize
+from core.vlm.sglang_client import SGLangClient, SGLangClientConfig
+from core.vlm.sglang_launcher import LaunchSettings, SGLangProcess
+
+
+class SGLangLaunch(dg.Config):
+    """How to start `python -m sglang.launch_server` on this host (bound to 127.0.0.1)."""
+
+    model_path: str = Field(
+        description="HF id or local dir, e.g. lmms-lab/llava-onevision-qwen2-7b-ov."
+    )
+    chat_template: str = Field(
+        description="Passed as --chat-template: chatml-llava (OneVision), vicuna_v1.1 (1.5)..."
+    )
+    tokenizer_path: str | None = None
+    tp_size: int = Field(default=1, ge=1, description="Tensor parallel over this node's GPUs.")
+    dp_size: int = Field(default=1, ge=1, description="Data-parallel replicas inside the server.")
+    port: int = Field(default=0, ge=0, description="0: a free port.")
+    mem_fraction_static: float | None = None
+    context_length: int | None = None
+    extra_args: list[str] = Field(default=[])
+    command: list[str] = Field(
+        default=["python", "-m", "sglang.launch_server"],
+        description="Executable and leading arguments; tests point this at a fake.",
+    )
+    ready_timeout_s: float = Field(default=1800.0, gt=0, description="Weights + CUDA graphs.")
+    stop_grace_s: float = Field(default=30.0, ge=0)
+
+
+class SGLangServer(dg.ConfigurableResource):
+    """Exactly one of `url` or `launch`; with neither, asking for the server is an error.
+
+    With `launch`, the server starts when a step that needs it starts (never at import or
+    construction), and stops when the step ends, also when setup itself fails.
+    """
+
+    url: str | None = Field(default=None, description="Running server or sglang-router.")
+    launch: SGLangLaunch | None = None
+    api_key: str | None = Field(
+        default=None, description="Bearer key; set with dg.EnvVar, never logged."
+    )
+    max_in_flight: int = Field(default=64, ge=1, description="Concurrent requests per batch.")
+    timeout_s: float = Field(default=300.0, gt=0)
+    max_attempts: int = Field(default=5, ge=1)
+
+    _process: SGLangProcess | None = PrivateAttr(default=None)
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.url or self.launch)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        if self.url and self.launch:
+            raise dg.DagsterInvalidConfigError(
+                "SGLangServer: set `url` or `launch`, not both", [], None
+            )
+        if self.launch is None:
+            return
+        launch = self.launch
+        settings = LaunchSettings(
+            model_path=launch.model_path,
+            chat_template=launch.chat_template,
+            tokenizer_path=launch.tokenizer_path,
+            tp_size=launch.tp_size,
+            dp_size=launch.dp_size,
+            port=launch.port,
+            mem_fraction_static=launch.mem_fraction_static,
+            context_length=launch.context_length,
+            extra_args=launch.extra_args,
+        )
+        logger = context.log
+        process = SGLangProcess(
+            settings,
+            command=launch.command,
+            api_key=self.api_key,
+            ready_timeout_s=launch.ready_timeout_s,
+            stop_grace_s=launch.stop_grace_s,
+            log=logger.info if logger else print,
+        )
+        process.start()  # stops the process group itself if it never becomes ready
+        self._process = process
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._process is not None:
+            self._process.stop()
+            self._process = None
+
+    @property
+    def base_url(self) -> str:
+        if self._process is not None:
+            return self._process.url
+        if self.url:
+            return self.url.rstrip("/")
+        raise RuntimeError("SGLangServer has neither `url` nor `launch` configured")
+
+    def client(self, model_id: str | None = None) -> SGLangClient:
+        return SGLangClient(
+            SGLangClientConfig(
+                base_url=self.base_url,
+                api_key=self.api_key,
+                model_id=model_id,
+                max_in_flight=self.max_in_flight,
+                timeout_s=self.timeout_s,
+                max_attempts=self.max_attempts,
+            )
+        )
+
+    def metrics(self) -> dict[str, float]:
+        """Prefix-cache hit rate, throughput, queue depth from /metrics; {} if not enabled."""
+        import httpx
+
+        try:
+            response = httpx.get(f"{self.base_url}/metrics", timeout=5.0)
+        except httpx.HTTPError:
+            return {}
+        return summarize(parse_prometheus(response.text)) if response.status_code == 200 else {}

@@ -1,0 +1,150 @@
+"""The production SGLang client against the SGLang test double, over real HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from core.tasks.registry import get_task
+from core.vlm.sglang_client import SGLangClient, SGLangClientConfig, SGLangUnavailable, encode_image
+from core.vlm.standin import STANDIN_MODEL_ID
+from core.vlm.types import ImageInput
+from orchestration.settings import REPO_ROOT
+from tests.fakes.sglang_server import (
+    FakeSGLangConfig,
+    FakeSGLangServer,
+    image_key,
+    standin_backend,
+)
+
+SAMPLES = sorted((REPO_ROOT / "data" / "samples").glob("*.jpg"))
+TASK = get_task("age_gender")
+
+
+def _images(count: int = 3) -> list[ImageInput]:
+    return [ImageInput(image_id=f"img{i}", path=path) for i, path in enumerate(SAMPLES[:count])]
+
+
+def _key(path: Path) -> str:
+    return image_key(encode_image(path))
+
+
+def _client(url: str, **overrides) -> SGLangClient:
+    config = {"base_url": url, "backoff_base_s": 0.01, "backoff_max_s": 0.05} | overrides
+    return SGLangClient(SGLangClientConfig(**config))
+
+
+def _serve(faults: dict[str, list[str]] | None = None, **knobs) -> FakeSGLangServer:
+    return FakeSGLangServer(standin_backend(), FakeSGLangConfig(faults=faults or {}, **knobs))
+
+
+def test_happy_path_returns_validated_results_in_input_order_with_token_counts():
+    images = _images(3)
+    with _serve() as server:
+        client = _client(server.url)
+        assert client.check_ready()["model_path"] == STANDIN_MODEL_ID
+        results = client.extract(images, TASK)
+    assert [r.image_id for r in results] == ["img0", "img1", "img2"]
+    for result in results:
+        assert result.status == "ok", result.error
+        assert TASK.parse(result.raw_text).model_dump() == result.parsed
+        assert result.attempts == 1 and result.prompt_tokens > 0 and result.completion_tokens > 0
+    # The instruction comes before the image, so later requests hit the prefix cache.
+    assert sum(r.cached_tokens for r in results) > 0
+    assert client.model_id == STANDIN_MODEL_ID
+
+
+def test_503_500_and_dropped_connections_are_retried():
+    images = _images(3)
+    faults = {
+        _key(images[0].path): ["503", "503"],
+        _key(images[1].path): ["drop"],
+        _key(images[2].path): ["500"],
+    }
+    with _serve(faults) as server:
+        results = _client(server.url).extract(images, TASK)
+    assert [r.status for r in results] == ["ok", "ok", "ok"]
+    assert [r.attempts for r in results] == [3, 2, 2]
+
+
+def test_transport_retries_are_bounded_and_end_in_an_error_row():
+    images = _images(2)
+    faults = {_key(images[0].path): ["503"] * 10}
+    with _serve(faults) as server:
+        results = _client(server.url, max_attempts=3).extract(images, TASK)
+    assert results[0].status == "error" and results[0].attempts == 3
+    assert "queue is full" in results[0].error
+    assert results[1].status == "ok"  # one image's failure never fails its batch
+
+
+def test_4xx_is_never_retried():
+    images = _images(2)
+    key = _key(images[0].path)
+    with _serve({key: ["400", "ok"]}) as server:
+        results = _client(server.url).extract(images, TASK)
+        sent = [mode for k, _, mode in server.log if k == key]
+    assert results[0].status == "error" and results[0].attempts == 1
+    assert "HTTP 400" in results[0].error and "Error while processing image" in results[0].error
+    assert sent == ["400"]
+
+
+def test_truncation_is_retried_once_with_a_larger_budget():
+    images = _images(2)
+    first, second = _key(images[0].path), _key(images[1].path)
+    faults = {first: ["unclosed"], second: ["whitespace", "unclosed"]}
+    with _serve(faults) as server:
+        results = _client(server.url).extract(images, TASK)
+        budgets = {k: [b for kk, b, _ in server.log if kk == k] for k in (first, second)}
+    assert results[0].status == "ok" and results[0].attempts == 2
+    assert budgets[first] == [TASK.max_completion_tokens, 2 * TASK.max_completion_tokens]
+    assert results[1].status == "truncated" and results[1].attempts == 2
+    assert "token limit" in results[1].error and results[1].parsed is None
+
+
+@pytest.mark.parametrize(("mode", "message"), [("extra_key", "Extra"), ("bad_enum", "age_group")])
+def test_schema_violations_the_server_let_through_are_caught(mode, message):
+    images = _images(1)
+    with _serve({_key(images[0].path): [mode, mode]}) as server:
+        (result,) = _client(server.url, invalid_retries=1).extract(images, TASK)
+    assert result.status == "invalid" and message in result.error and result.attempts == 2
+    assert result.raw_text is not None and result.parsed is None
+
+
+def test_an_unreadable_image_fails_alone():
+    images = [*_images(1), ImageInput(image_id="gone", path=Path("/nonexistent/x.jpg"))]
+    with _serve() as server:
+        results = _client(server.url).extract(images, TASK)
+    assert [r.status for r in results] == ["ok", "error"]
+    assert "cannot read image" in results[1].error
+
+
+def test_a_server_that_is_down_gives_a_clear_error():
+    with _serve() as server:
+        url = server.url
+    with pytest.raises(SGLangUnavailable, match=f"{url} is unreachable"):
+        _client(url).check_ready(timeout_s=2)
+    with _serve() as server:
+        client = _client(server.url)
+        client.check_ready()
+        server.ready = False
+        with pytest.raises(SGLangUnavailable, match="not ready"):
+            client.check_ready()
+
+
+def test_a_server_that_goes_away_mid_run_raises_instead_of_writing_failures():
+    with _serve() as server:
+        client = _client(server.url, max_attempts=2)
+        client.check_ready()
+    with pytest.raises(SGLangUnavailable, match="stopped answering"):
+        client.extract(_images(2), TASK)
+
+
+def test_api_key_is_sent_and_metrics_are_summarised():
+    with _serve(api_key="s3cret") as server:
+        with pytest.raises(SGLangUnavailable, match=r"401.*check the API key"):
+            _client(server.url).check_ready()  # /ready is exempt from auth, /model_info is not
+        results = _client(server.url, api_key="s3cret").extract(_images(2), TASK)
+        metrics = _client(server.url, api_key="s3cret").server_metrics()
+    assert [r.status for r in results] == ["ok", "ok"]
+    assert metrics["requests_total"] == 2 and 0 < metrics["prefix_cache_hit_rate"] < 1

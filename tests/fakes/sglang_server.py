@@ -1,0 +1,458 @@
+"""A test double of SGLang's HTTP API (0.5.23), served on 127.0.0.1 from a background thread.
+
+It speaks the wire format of /work/shared/reference/sglang-api.md: `POST /v1/chat/completions`
+with `image_url` data-URL parts and a `json_schema` response format, `GET /ready` (503 until
+ready), `/health`, `/model_info`, `/v1/models`, `/metrics` (Prometheus text), OpenAI-style flat
+error bodies, 401 without the API key, and 503 "The request queue is full." past its queue.
+Answers come from the tiny in-process LLaVA stand-in, constrained by the request's schema with
+xgrammar exactly as the transformers backend does; they are cached per (image, prompt, schema,
+budget), so a long benchmark does not spend its CPU on the model.
+
+Knobs: `service_time_s` (each request holds one of `capacity` slots at least this long),
+`capacity`, `max_queued` (more waiting requests get 503), `error_rate` (random 503s),
+`drop_rate` (connection closed mid-response), `truncate_rate`, and `faults`: per image (key =
+`image_key(jpeg bytes)`) a list of modes consumed one per request: `ok`, `503`, `500`, `400`,
+`drop`, and the constrained-output failure modes seen in SGLang/vLLM trackers: `unclosed` (JSON
+cut at the token limit), `whitespace` (newlines until the limit), `extra_key`, `bad_enum`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import io
+import json
+import random
+import socket
+import threading
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from PIL import Image
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from core.vlm.transformers_backend import TransformersBackend
+
+FAULT_MODES = (
+    "ok",
+    "503",
+    "500",
+    "400",
+    "drop",
+    "unclosed",
+    "whitespace",
+    "extra_key",
+    "bad_enum",
+)
+AUTH_EXEMPT = ("/health", "/health_generate", "/ready", "/metrics")
+
+
+def image_key(image_bytes: bytes) -> str:
+    return hashlib.sha256(image_bytes).hexdigest()
+
+
+def _error(status: int, message: str, kind: str = "BadRequestError") -> JSONResponse:
+    body = {"object": "error", "message": message, "type": kind, "param": None, "code": status}
+    return JSONResponse(body, status_code=status)
+
+
+class _DroppedConnection(Exception):
+    """Raised after the response head: uvicorn then closes the socket mid-body."""
+
+
+@dataclass
+class FakeSGLangConfig:
+    model_path: str = "standin/tiny-llava-v1"
+    served_model_name: str | None = None
+    service_time_s: float = 0.0
+    capacity: int = 8
+    max_queued: int | None = None
+    error_rate: float = 0.0
+    drop_rate: float = 0.0
+    truncate_rate: float = 0.0
+    api_key: str | None = None
+    enable_metrics: bool = True
+    enable_cache_report: bool = True
+    context_length: int = 4096
+    seed: int = 0
+    faults: dict[str, list[str]] = field(default_factory=dict)
+
+
+class FakeSGLangServer:
+    """Start with `with FakeSGLangServer(backend, config) as server: server.url`."""
+
+    def __init__(self, backend: TransformersBackend, config: FakeSGLangConfig | None = None):
+        self.backend = backend
+        self.config = config or FakeSGLangConfig()
+        self.ready = True
+        self.rng = random.Random(self.config.seed)
+        self.requests_by_key: dict[str, int] = defaultdict(int)
+        self.counters: dict[str, float] = defaultdict(float)
+        self.modes_served: dict[str, int] = defaultdict(int)
+        self.log: list[tuple[str, int | None, str]] = []  # (image key, token budget, mode)
+        self._cache: dict[tuple[str, str, str, int], tuple[str, str, int, int]] = {}
+        self._prefixes: set[str] = set()
+        self._model_lock = threading.Lock()
+        self._running = 0
+        self._waiting = 0
+        self._slots: asyncio.Semaphore | None = None
+        self._thread: threading.Thread | None = None
+        self._server: uvicorn.Server | None = None
+        self.port = 0
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> FakeSGLangServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app(), log_level="critical", access_log=False, timeout_keep_alive=30
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 20
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("fake SGLang server did not start")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    # -- model ------------------------------------------------------------------------------
+
+    def _generate(
+        self, image_bytes: bytes, prompt: str, schema: str | None, max_tokens: int
+    ) -> tuple[str, str, int, int]:
+        key = (image_key(image_bytes), prompt, schema or "", max_tokens)
+        with self._model_lock:
+            if key not in self._cache:
+                picture = Image.open(io.BytesIO(image_bytes)).convert("RGB")
+                self._cache[key] = self.backend.generate([picture], prompt, schema, max_tokens)[0]
+            return self._cache[key]
+
+    def _prompt(self, messages: list[dict[str, Any]]) -> str:
+        converted = []
+        for message in messages:
+            content = message.get("content")
+            if isinstance(content, list):
+                content = [
+                    {"type": "image"} if part.get("type") == "image_url" else part
+                    for part in content
+                ]
+            converted.append({"role": message["role"], "content": content})
+        self.backend._load()
+        return self.backend._processor.apply_chat_template(
+            converted, add_generation_prompt=True, tokenize=False
+        )
+
+    def _cached_tokens(self, prompt: str) -> int:
+        """Radix-cache stand-in: the text before the image is shared once any request sent it."""
+        prefix = prompt.split("<image>", 1)[0]
+        tokens = len(self.backend._processor.tokenizer(prefix)["input_ids"])
+        with self._model_lock:
+            seen = prefix in self._prefixes
+            self._prefixes.add(prefix)
+        return tokens if seen else 0
+
+    # -- routes -----------------------------------------------------------------------------
+
+    def app(self) -> Any:
+        routes = [
+            Route("/ready", self._ready),
+            Route("/health", self._health),
+            Route("/health_generate", self._health),
+            Route("/model_info", self._model_info),
+            Route("/v1/models", self._models),
+            Route("/metrics", self._metrics),
+            Route("/v1/chat/completions", self._chat, methods=["POST"]),
+        ]
+        app = Starlette(routes=routes)
+        key = self.config.api_key
+
+        async def with_auth(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http" and key and not scope["path"].startswith(AUTH_EXEMPT):
+                headers = dict(scope.get("headers") or [])
+                if headers.get(b"authorization", b"").decode() != f"Bearer {key}":
+                    response = _error(401, "Unauthorized", "UnauthorizedError")
+                    await response(scope, receive, send)
+                    return
+            await app(scope, receive, send)
+
+        return with_auth
+
+    async def _ready(self, request: Request) -> Response:
+        if not self.ready:
+            return PlainTextResponse("starting", status_code=503)
+        return PlainTextResponse("ok")
+
+    async def _health(self, request: Request) -> Response:
+        return Response(status_code=200 if self.ready else 503)
+
+    @property
+    def _served(self) -> str:
+        return self.config.served_model_name or self.config.model_path
+
+    async def _model_info(self, request: Request) -> Response:
+        return JSONResponse(
+            {
+                "model_path": self.config.model_path,
+                "tokenizer_path": self.config.model_path,
+                "served_model_name": self._served,
+                "is_generation": True,
+                "has_image_understanding": True,
+                "model_type": "llava",
+                "architectures": ["LlavaForConditionalGeneration"],
+                "weight_version": "default",
+                "preferred_sampling_params": None,
+            }
+        )
+
+    async def _models(self, request: Request) -> Response:
+        data = [
+            {
+                "id": self._served,
+                "object": "model",
+                "owned_by": "sglang",
+                "root": self.config.model_path,
+                "max_model_len": self.config.context_length,
+            }
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def _metrics(self, request: Request) -> Response:
+        if not self.config.enable_metrics:
+            return PlainTextResponse("Not Found", status_code=404)
+        labels = f'{{model_name="{self._served}",engine_type="unified",tp_rank="0",pp_rank="0"}}'
+        c = self.counters
+        elapsed = max(1e-9, c["busy_s"])
+        lines = [
+            "# TYPE sglang:prompt_tokens_total counter",
+            f"sglang:prompt_tokens_total{labels} {c['prompt_tokens']}",
+            f'sglang:cached_tokens_total{{cache_source="device",model_name="{self._served}"}} '
+            f"{c['cached_tokens']}",
+            f"sglang:generation_tokens_total{labels} {c['completion_tokens']}",
+            f"sglang:num_requests_total{labels} {c['requests']}",
+            f"sglang:num_running_reqs{labels} {self._running}",
+            f"sglang:num_queue_reqs{labels} {self._waiting}",
+            f"sglang:gen_throughput{labels} {c['completion_tokens'] / elapsed:.3f}",
+            f"sglang:cache_hit_rate{labels} {c['last_hit_rate']}",
+        ]
+        return PlainTextResponse("\n".join(lines) + "\n")
+
+    def _next_mode(self, key: str) -> str:
+        scripted = self.config.faults.get(key)
+        index = self.requests_by_key[key]
+        self.requests_by_key[key] += 1
+        if scripted and index < len(scripted):
+            return scripted[index]
+        roll = self.rng.random()
+        if roll < self.config.error_rate:
+            return "503"
+        if roll < self.config.error_rate + self.config.drop_rate:
+            return "drop"
+        if roll < self.config.error_rate + self.config.drop_rate + self.config.truncate_rate:
+            return "unclosed"
+        return "ok"
+
+    async def _chat(self, request: Request) -> Response:
+        if "application/json" not in request.headers.get("content-type", ""):
+            return _error(400, "Content-Type must be application/json")
+        try:
+            body = await request.json()
+        except ValueError as error:
+            return _error(400, f"JSON decode error: {error}", "Bad Request")
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return _error(400, "messages: Field required", "Bad Request")
+        schema = None
+        response_format = body.get("response_format")
+        if response_format and response_format.get("type") == "json_schema":
+            spec = response_format.get("json_schema") or {}
+            if "name" not in spec:
+                return _error(400, "json_schema.name: Field required", "Bad Request")
+            if spec.get("schema") is None:
+                return _error(400, "schema_ is required for json_schema response format request.")
+            schema = json.dumps(spec["schema"], separators=(",", ":"))
+        images = [
+            part["image_url"]["url"]
+            for message in messages
+            if isinstance(message.get("content"), list)
+            for part in message["content"]
+            if part.get("type") == "image_url"
+        ]
+        try:
+            image_bytes = [base64.b64decode(url.split(",", 1)[-1], validate=True) for url in images]
+            for data in image_bytes:
+                Image.open(io.BytesIO(data)).verify()
+        except Exception as error:
+            return _error(400, f"Error while processing image: {error}")
+        key = image_key(image_bytes[0]) if image_bytes else "text-only"
+        mode = self._next_mode(key)
+        self.modes_served[mode] += 1
+        budget = body.get("max_completion_tokens") or body.get("max_tokens")
+        self.log.append((key, budget, mode))
+        if mode == "400":
+            return _error(400, "Error while processing image: scripted bad request")
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.config.capacity)
+        if self.config.max_queued is not None and self._waiting >= self.config.max_queued:
+            return _error(503, "The request queue is full.", "ServiceUnavailableError")
+        if mode == "503":
+            return _error(503, "The request queue is full.", "ServiceUnavailableError")
+        self._waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting -= 1
+        self._running += 1
+        started = time.monotonic()
+        try:
+            return await self._serve(body, mode, messages, image_bytes, schema, started)
+        finally:
+            self._running -= 1
+            self.counters["busy_s"] += time.monotonic() - started
+            self._slots.release()
+
+    async def _serve(
+        self,
+        body: dict[str, Any],
+        mode: str,
+        messages: list[dict[str, Any]],
+        image_bytes: list[bytes],
+        schema: str | None,
+        started: float,
+    ) -> Response:
+        max_tokens = int(body.get("max_completion_tokens") or body.get("max_tokens") or 1024)
+        prompt = await asyncio.to_thread(self._prompt, messages)
+        text, finish, prompt_tokens, completion_tokens = await asyncio.to_thread(
+            self._generate, image_bytes[0] if image_bytes else b"", prompt, schema, max_tokens
+        )
+        cached = await asyncio.to_thread(self._cached_tokens, prompt)
+        text, finish, completion_tokens = self._apply_mode(
+            mode, text, finish, completion_tokens, max_tokens
+        )
+        remaining = self.config.service_time_s - (time.monotonic() - started)
+        if remaining > 0:
+            await asyncio.sleep(remaining)
+        if mode == "500":
+            return _error(500, "Internal server error", "InternalServerError")
+        self.counters["requests"] += 1
+        self.counters["prompt_tokens"] += prompt_tokens
+        self.counters["completion_tokens"] += completion_tokens
+        self.counters["cached_tokens"] += cached
+        self.counters["last_hit_rate"] = cached / prompt_tokens if prompt_tokens else 0.0
+        usage: dict[str, Any] = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "reasoning_tokens": 0,
+            "completion_tokens_details": None,
+        }
+        details: dict[str, int] = {"image_tokens": len(image_bytes)}
+        if self.config.enable_cache_report:
+            details["cached_tokens"] = cached
+        usage["prompt_tokens_details"] = details
+        payload = {
+            "id": uuid.uuid4().hex,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model"),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text, "reasoning_content": None},
+                    "logprobs": None,
+                    "finish_reason": finish,
+                    "matched_stop": None,
+                }
+            ],
+            "usage": usage,
+            "metadata": {"weight_version": "default"},
+        }
+        if mode == "drop":
+            return _DroppingResponse(payload)
+        return JSONResponse(payload)
+
+    @staticmethod
+    def _apply_mode(
+        mode: str, text: str, finish: str, completion_tokens: int, max_tokens: int
+    ) -> tuple[str, str, int]:
+        if mode == "unclosed":
+            return text[: max(1, len(text) // 2)], "length", max_tokens
+        if mode == "whitespace":
+            head = text.split(":", 1)[0] + ":"
+            return head + "\n" * max(0, max_tokens - 4), "length", max_tokens
+        if mode in ("extra_key", "bad_enum") and finish == "stop":
+            try:
+                decoded = json.loads(text)
+            except ValueError:
+                return text, finish, completion_tokens
+            if mode == "extra_key":
+                decoded["confidence"] = 0.9
+            else:
+                first = next(iter(decoded))
+                decoded[first] = "purple_haze"
+            return json.dumps(decoded, separators=(",", ":")), "stop", completion_tokens
+        return text, finish, completion_tokens
+
+
+class _DroppingResponse(Response):
+    """Sends the response head, then fails: the client sees the connection close mid-body."""
+
+    def __init__(self, payload: dict[str, Any]) -> None:
+        super().__init__(content=json.dumps(payload), media_type="application/json")
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", b"100000"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": b'{"id":', "more_body": True})
+        raise _DroppedConnection("fake: connection dropped")
+
+
+_STANDIN: TransformersBackend | None = None
+
+
+def standin_backend() -> TransformersBackend:
+    """The tiny stand-in LLaVA (built once under data/models/, shared by every test)."""
+    global _STANDIN
+    if _STANDIN is None:
+        from core.vlm.standin import STANDIN_MODEL_ID, ensure_standin
+
+        _STANDIN = TransformersBackend(ensure_standin(), model_id=STANDIN_MODEL_ID, threads=1)
+    return _STANDIN
