@@ -60,3 +60,13 @@ def test_bad_labels_are_refused_with_the_row(tmp_path, csv_text, message):
     csv.write_text(csv_text)
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         load_csv(csv)
+
+
+def test_the_bundled_labelled_sample_set_loads_and_matches_the_samples():
+    from orchestration.settings import REPO_ROOT
+
+    labelled = load_labelled(REPO_ROOT / "data" / "labelled" / "samples.csv")
+    assert labelled.fields() == ["age_group", "gender", "scenery"]
+    assert len(labelled.items) == 9
+    rocket, _ = sha256_file(REPO_ROOT / "data" / "samples" / "rocket.jpg")
+    assert labelled.labels("scenery")[rocket] == "night_time"
