@@ -121,3 +121,20 @@ def test_nothing_to_compare_before_any_model_ran(tmp_path, warehouse):
     (tmp_path / "cloudy").mkdir()
     Image.new("RGB", (4, 4)).save(tmp_path / "cloudy" / "x.png")
     assert evaluate(warehouse, load_folder(tmp_path), run_id="r").results == []
+
+
+def test_summary_tables_for_the_demo_report(warehouse, labelled_ages):
+    from core.quality.checks import CheckOutcome, record_outcomes
+    from core.quality.summary import latest_check_outcomes, latest_evaluation
+
+    write_evaluations(warehouse, evaluate(warehouse, labelled_ages, run_id="r1"))
+    table = latest_evaluation(warehouse)
+    assert table.select("source", "model_id", "adjacent_accuracy").rows() == [
+        ("clip_zero_shot", "standin-clip", 0.75),
+        ("vlm", "llava-real", 0.6),
+        ("knn", "standin-clip", None),
+    ]
+    for passed in (False, True):  # a rerun's outcome supersedes the earlier one
+        outcome = CheckOutcome(check_name="c", passed=passed, severity="WARN", summary=str(passed))
+        record_outcomes(warehouse, [outcome], run_id=f"run-{passed}", asset="a", partition="p")
+    assert latest_check_outcomes(warehouse).select("passed", "summary").rows() == [(True, "True")]
