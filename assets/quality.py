@@ -28,6 +28,13 @@ def check_metadata(outcome: CheckOutcome) -> dict[str, object]:
         metadata["confusion"] = dg.MetadataValue.md(
             confusion_markdown(matrix, true_axis="clip", predicted_axis="vlm")
         )
+    if "categories" in outcome.details:  # drift: the two distributions side by side
+        lines = ["| label | this drop | earlier drops |", "|---|---:|---:|"]
+        lines += [
+            f"| {c} | {outcome.details['current'][c]} | {outcome.details['reference'][c]} |"
+            for c in outcome.details["categories"]
+        ]
+        metadata["distribution"] = dg.MetadataValue.md("\n".join(lines))
     return metadata
 
 
