@@ -4,6 +4,7 @@ import dagster as dg
 from pydantic import Field
 
 from assets.metadata import column_schema, counts_markdown, preview_table
+from assets.quality import record_and_report
 from core.ingest.accounting import account_for_drop
 from core.ingest.decode import DecodeLimits
 from core.ingest.ingest import (
@@ -14,12 +15,15 @@ from core.ingest.ingest import (
     recorded_paths,
 )
 from core.ingest.scan import DropRef, is_loose_drop_id
+from core.quality import checks
 from core.warehouse import Warehouse
 from orchestration.partitions import image_drops
 from resources.drop_folder import DropFolderResource
 from resources.warehouse import WarehouseResource
 
-NOTHING_LOST_CHECK = "nothing_lost"
+NOTHING_LOST_CHECK = checks.NOTHING_LOST
+UNIQUE_IMAGE_ID_CHECK = checks.UNIQUE_IMAGE_ID
+REJECTION_RATE_CHECK = checks.REJECTION_RATE
 PREVIEW_ROWS = 20
 
 
@@ -33,6 +37,9 @@ class IngestConfig(dg.Config):
     batch_mb: float = Field(default=256, gt=0, description="Most file megabytes per transaction.")
     max_file_mb: float = Field(default=256, gt=0, description="Larger files are `too_large`.")
     max_megapixels: float = Field(default=150, gt=0, description="Larger canvases are `too_large`.")
+    max_rejection_rate: float = Field(
+        default=0.2, ge=0, le=1, description="Warn when more of the drop's files are rejected."
+    )
 
     def options(self) -> IngestOptions:
         limits = DecodeLimits(
@@ -110,7 +117,18 @@ def _metadata(report: IngestReport, warehouse: Warehouse) -> dict[str, object]:
             asset="images",
             blocking=True,
             description="Every file seen in the drop has exactly one image_files or rejected_files row.",
-        )
+        ),
+        dg.AssetCheckSpec(
+            UNIQUE_IMAGE_ID_CHECK,
+            asset="images",
+            blocking=True,
+            description="Image ids are SHA-256 hex, unique, and each first seen at exactly one path.",
+        ),
+        dg.AssetCheckSpec(
+            REJECTION_RATE_CHECK,
+            asset="images",
+            description="Warns when the share of rejected files exceeds `max_rejection_rate`.",
+        ),
     ],
 )
 def images(
@@ -130,15 +148,21 @@ def images(
             f"{len(report.vanished_paths)} files recorded earlier are gone from the drop; "
             f"their rows are kept (first: {report.vanished_paths[:5]})"
         )
-    check = dg.AssetCheckResult(
-        check_name=NOTHING_LOST_CHECK,
-        passed=accounting.balanced,
-        metadata={
-            "files_seen": accounting.files_seen,
-            "image_file_rows": accounting.image_file_rows,
-            "rejected_rows": accounting.rejected_rows,
-            "missing": dg.MetadataValue.json(accounting.missing[:50]),
-            "counted_twice": dg.MetadataValue.json(accounting.in_both[:50]),
+    outcomes = [
+        checks.nothing_lost(accounting),
+        checks.unique_image_ids(store, drop.drop_id),
+        checks.rejection_rate(store, drop.drop_id, max_rate=config.max_rejection_rate),
+    ]
+    results = record_and_report(
+        context,
+        store,
+        outcomes,
+        asset="images",
+        extra_metadata={
+            NOTHING_LOST_CHECK: {
+                "missing": dg.MetadataValue.json(accounting.missing[:50]),
+                "counted_twice": dg.MetadataValue.json(accounting.in_both[:50]),
+            }
         },
     )
-    return dg.MaterializeResult(metadata=_metadata(report, store), check_results=[check])
+    return dg.MaterializeResult(metadata=_metadata(report, store), check_results=results)

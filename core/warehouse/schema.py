@@ -90,6 +90,39 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        4,
+        "quality results and evaluations",
+        """
+        CREATE TABLE quality_results (
+            run_id            VARCHAR NOT NULL,      -- Dagster run id (or 'manual')
+            asset             VARCHAR NOT NULL,      -- asset key, '/'-joined
+            check_name        VARCHAR NOT NULL,
+            partition         VARCHAR NOT NULL,      -- drop id; '' when unpartitioned
+            passed            BOOLEAN NOT NULL,
+            severity          VARCHAR NOT NULL,      -- 'ERROR' or 'WARN': what a failure means
+            value             DOUBLE,                -- the measured rate / count / statistic
+            threshold         DOUBLE,                -- the bound it was held against
+            details           JSON NOT NULL,         -- counts, offending rows sample, tables
+            evaluated_at      TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (run_id, asset, check_name, partition)
+        );
+
+        CREATE TABLE evaluations (
+            run_id            VARCHAR NOT NULL,
+            model_id          VARCHAR NOT NULL,
+            task              VARCHAR NOT NULL,      -- VLM task name, or the zero-shot label set
+            field             VARCHAR NOT NULL,      -- labelled field: scenery, age_group, ...
+            source            VARCHAR NOT NULL,      -- 'clip_zero_shot', 'vlm' or 'knn'
+            metric            VARCHAR NOT NULL,      -- accuracy, macro_f1, adjacent_accuracy, ...
+            value             DOUBLE,
+            n                 INTEGER NOT NULL,      -- labelled images the metric is over
+            details           JSON NOT NULL,         -- confusion matrix, per-class counts, notes
+            evaluated_at      TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (run_id, model_id, task, field, source, metric)
+        );
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = max(number for number, _, _ in MIGRATIONS)
@@ -105,7 +138,11 @@ def applied_versions(conn: duckdb.DuckDBPyConnection) -> set[int]:
 
 
 def migrate(conn: duckdb.DuckDBPyConnection) -> set[int]:
-    """Apply, in order, each migration `conn`'s database has not recorded, one transaction each."""
+    """Apply, in order, each migration `conn`'s database has not recorded, one transaction each.
+
+    Numbers may have gaps and a lower number may arrive after a higher one has run (features
+    land in any order): every known, unrecorded migration runs, in ascending order.
+    """
     applied = applied_versions(conn)
     unknown = applied - {number for number, _, _ in MIGRATIONS}
     if unknown:

@@ -7,7 +7,12 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from assets.ingestion import NOTHING_LOST_CHECK, images
+from assets.ingestion import (
+    NOTHING_LOST_CHECK,
+    REJECTION_RATE_CHECK,
+    UNIQUE_IMAGE_ID_CHECK,
+    images,
+)
 from core.ingest.ingest import DropIngestor
 from core.warehouse import Warehouse
 from resources.drop_folder import DropFolderResource
@@ -44,8 +49,9 @@ def test_materializing_a_drop_reports_counts_schema_preview_and_throughput(
     columns = [c.name for c in metadata["dagster/column_schema"].value.columns]
     assert columns[:3] == ["image_id", "byte_size", "format"]
     assert len(metadata["preview"].value.records) == 7
-    (evaluation,) = result.get_asset_check_evaluations()
-    assert evaluation.check_name == NOTHING_LOST_CHECK and evaluation.passed
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert evaluations.keys() == {NOTHING_LOST_CHECK, UNIQUE_IMAGE_ID_CHECK, REJECTION_RATE_CHECK}
+    assert all(e.passed for e in evaluations.values())
 
 
 def test_a_contradicting_row_is_repaired_by_the_next_run(
@@ -72,7 +78,9 @@ def test_a_lost_file_fails_the_blocking_check(
 
     monkeypatch.setattr(DropIngestor, "_write", lose_last_file)
     result = materialize(instance, warehouse, drop_root, "samples")
-    (evaluation,) = result.get_asset_check_evaluations()
+    (evaluation,) = [
+        e for e in result.get_asset_check_evaluations() if e.check_name == NOTHING_LOST_CHECK
+    ]
     assert not evaluation.passed
     assert evaluation.metadata["missing"].value == ["samples/rocket.jpg"]
     assert not result.success  # blocking: downstream stages of the run would not start

@@ -1,0 +1,75 @@
+"""Turn `core.quality.checks` outcomes into asset check results and record them in SQL."""
+
+from collections.abc import Iterable, Mapping
+
+import dagster as dg
+
+from core.quality.checks import CheckOutcome, record_outcomes
+from core.quality.metrics import ConfusionMatrix
+from core.quality.plots import confusion_markdown
+from core.warehouse import Warehouse
+
+_SEVERITY = {"ERROR": dg.AssetCheckSeverity.ERROR, "WARN": dg.AssetCheckSeverity.WARN}
+
+
+def check_metadata(outcome: CheckOutcome) -> dict[str, object]:
+    """What the UI's check panel shows: a one-line summary, value vs threshold, counts, a sample."""
+    metadata: dict[str, object] = {"summary": dg.MetadataValue.text(outcome.summary)}
+    if outcome.value is not None:
+        metadata["value"] = dg.MetadataValue.float(float(outcome.value))
+    if outcome.threshold is not None:
+        metadata["threshold"] = dg.MetadataValue.float(float(outcome.threshold))
+    for name, count in outcome.counts.items():
+        metadata[name] = dg.MetadataValue.int(int(count))
+    if outcome.offending:
+        metadata["offending_sample"] = dg.MetadataValue.json(outcome.offending)
+    if "confusion" in outcome.details:
+        matrix = ConfusionMatrix.model_validate(outcome.details["confusion"])
+        metadata["confusion"] = dg.MetadataValue.md(
+            confusion_markdown(matrix, true_axis="clip", predicted_axis="vlm")
+        )
+    if "categories" in outcome.details:  # drift: the two distributions side by side
+        lines = ["| label | this drop | earlier drops |", "|---|---:|---:|"]
+        lines += [
+            f"| {c} | {outcome.details['current'][c]} | {outcome.details['reference'][c]} |"
+            for c in outcome.details["categories"]
+        ]
+        metadata["distribution"] = dg.MetadataValue.md("\n".join(lines))
+    return metadata
+
+
+def as_check_result(
+    outcome: CheckOutcome,
+    *,
+    asset_key: dg.AssetKey | str | None = None,
+    extra_metadata: Mapping[str, object] | None = None,
+) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        check_name=outcome.check_name,
+        asset_key=dg.AssetKey(asset_key) if isinstance(asset_key, str) else asset_key,
+        passed=outcome.passed,
+        severity=_SEVERITY[outcome.severity],
+        description=outcome.summary,
+        metadata={**check_metadata(outcome), **(extra_metadata or {})},
+    )
+
+
+def record_and_report(
+    context: dg.AssetExecutionContext,
+    warehouse: Warehouse,
+    outcomes: Iterable[CheckOutcome],
+    *,
+    asset: str,
+    extra_metadata: Mapping[str, Mapping[str, object]] | None = None,
+) -> list[dg.AssetCheckResult]:
+    """Write outcomes to `quality_results` (keyed by run, asset, check, partition) and convert them."""
+    outcomes = list(outcomes)
+    partition = context.partition_key if context.has_partition_key else None
+    record_outcomes(
+        warehouse, outcomes, run_id=context.run.run_id, asset=asset, partition=partition
+    )
+    extra = extra_metadata or {}
+    return [
+        as_check_result(outcome, extra_metadata=extra.get(outcome.check_name))
+        for outcome in outcomes
+    ]

@@ -1,0 +1,1 @@
+"""Quality checks, drift, evaluation against labelled data, plots and exports."""

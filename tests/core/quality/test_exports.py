@@ -1,0 +1,86 @@
+"""Exports round-trip: the files hold exactly the warehouse's rows, plus image paths."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from core.quality.exports import export_instruction_data, export_task_tables, task_tables
+from tests.fixtures.contracts import (
+    SceneryPeople,
+    add_drop,
+    add_extraction,
+    create_contract_tables,
+)
+
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+PEOPLE = [
+    {"age_group": "21-30", "shirt_color": "red"},
+    {"age_group": "51-60", "shirt_color": "navy blue"},
+]
+
+
+@pytest.fixture
+def extracted(warehouse):
+    create_contract_tables(warehouse)
+    ids = add_drop(warehouse, "d1", ["a", "b", "c"], at=T0)
+    add_extraction(
+        warehouse, ids[0], "scenery_people", "m", "ok", {"scenery": "indoors", "people": PEOPLE}
+    )
+    add_extraction(
+        warehouse, ids[1], "scenery_people", "m", "ok", {"scenery": "cloudy", "people": []}
+    )
+    add_extraction(warehouse, ids[2], "scenery_people", "m", "truncated")
+    add_extraction(
+        warehouse, ids[0], "age_gender", "m", "ok", {"age_group": "41-50", "gender": "female"}
+    )
+    return ids
+
+
+def test_parquet_and_jsonl_hold_the_same_rows_as_the_tables(warehouse, extracted, tmp_path):
+    files = export_task_tables(warehouse, tmp_path / "out")
+    assert {(f.table, f.format) for f in files} == {
+        (t, fmt) for t in task_tables(warehouse) for fmt in ("parquet", "jsonl")
+    }
+    for table in task_tables(warehouse):
+        stored = warehouse.query(f'SELECT * FROM "{table}"')
+        exported = pl.read_parquet(tmp_path / "out" / f"{table}.parquet")
+        assert exported["image_path"].null_count() == 0
+        keys = [c for c in ("image_id", "idx") if c in stored.columns]
+        assert_frame_equal(exported.drop("image_path").sort(keys), stored.sort(keys))
+        lines = (tmp_path / "out" / f"{table}.jsonl").read_text().splitlines()
+        assert len(lines) == stored.height
+    people = pl.read_parquet(tmp_path / "out" / "task_scenery_people__people.parquet")
+    assert people.select("image_path", "idx", "shirt_color").rows() == [
+        ("d1/a.jpg", 0, "red"),
+        ("d1/a.jpg", 1, "navy blue"),
+    ]
+
+
+def test_validated_extractions_become_llava_conversations(warehouse, extracted, tmp_path):
+    with warehouse.transaction() as conn:  # an ok row today's schema refuses
+        conn.execute(
+            "INSERT INTO vlm_extractions (image_id, task, task_fingerprint, model_id, status, parsed_json,"
+            " created_at) VALUES (?, 'scenery_people', 'old', 'm', 'ok', '{\"scenery\": \"space\"}', now())",
+            [extracted[2]],
+        )
+    result = export_instruction_data(
+        warehouse,
+        tmp_path / "llava.json",
+        task="scenery_people",
+        instruction="Describe the scenery and the people.",
+        model=SceneryPeople,
+        image_root="/data/drops",
+    )
+    assert (result.records, result.skipped_invalid) == (2, 1)
+    records = json.loads((tmp_path / "llava.json").read_text())
+    first = records[0]
+    assert first["image"] == "/data/drops/d1/a.jpg" and first["id"] == extracted[0]
+    human, gpt = first["conversations"]
+    assert human == {"from": "human", "value": "<image>\nDescribe the scenery and the people."}
+    assert gpt["from"] == "gpt"
+    assert SceneryPeople.model_validate_json(gpt["value"]).people[1].shirt_color == "navy blue"
