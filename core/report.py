@@ -6,7 +6,7 @@ import polars as pl
 
 from core.warehouse import Warehouse
 
-TABLES = ("drops", "images", "image_files", "rejected_files")
+TABLES = ("drops", "images", "image_files", "rejected_files", "clip_embeddings", "clip_zero_shot")
 
 
 def _section(title: str, frame: pl.DataFrame) -> str:
@@ -55,4 +55,24 @@ def summary(warehouse: Warehouse, tables: tuple[str, ...] = TABLES) -> str:
             ),
         ),
     ]
+    if {"clip_embeddings", "clip_zero_shot"} <= present:
+        parts += [
+            _section(
+                "CLIP embeddings by model and kind",
+                warehouse.query(
+                    "SELECT model_id, kind, dim, count(*) AS images FROM clip_embeddings"
+                    " GROUP BY ALL ORDER BY ALL"
+                ),
+            ),
+            _section(
+                "CLIP zero-shot top labels (first 12 images)",
+                warehouse.query(
+                    "SELECT i.first_path, z.model_id,"
+                    " map_from_entries(list((z.label_set, z.top_label || ' ' || round(z.top_probability, 2))"
+                    " ORDER BY z.label_set))::VARCHAR AS top_labels"
+                    " FROM clip_zero_shot z JOIN images i USING (image_id)"
+                    " GROUP BY ALL ORDER BY ALL LIMIT 12"
+                ),
+            ),
+        ]
     return "\n".join(parts)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import dagster as dg
 
+from assets.embeddings import clip_embeddings, clip_zero_shot
 from assets.ingestion import images
 from orchestration.jobs import image_pipeline_job
 from orchestration.resources import build_resources
@@ -19,7 +20,7 @@ def build_definitions(
 ) -> dg.Definitions:
     settings = settings or Settings.from_env()
     return dg.Definitions(
-        assets=[images],
+        assets=[images, clip_embeddings, clip_zero_shot],
         jobs=[image_pipeline_job],
         sensors=[build_drop_sensor(settings, clock)],
         resources=build_resources(settings),

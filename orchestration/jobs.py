@@ -2,11 +2,12 @@
 
 import dagster as dg
 
+from assets.embeddings import clip_embeddings, clip_zero_shot
 from assets.ingestion import images
 
 PIPELINE_JOB_NAME = "image_pipeline"
 
-pipeline_assets = dg.AssetSelection.assets(images)
+pipeline_assets = dg.AssetSelection.assets(images, clip_embeddings, clip_zero_shot)
 
 image_pipeline_job = dg.define_asset_job(
     PIPELINE_JOB_NAME,
