@@ -74,6 +74,10 @@ class ClipModelResource(dg.ConfigurableResource):
     s2_max_split_size: int | None = Field(
         default=None, description="Largest S2 tile side in pixels; default the model's input size."
     )
+    gpu_decode: str = Field(
+        default="auto",
+        description="JPEG decoding on the GPU: auto (when the model is on CUDA), on, off.",
+    )
     allow_standin_fallback: bool = Field(
         default=False,
         description="Use the offline stand-in (with a banner) when real weights cannot load. Local only.",
@@ -102,6 +106,7 @@ class ClipModelResource(dg.ConfigurableResource):
             prefetch_batches=self.prefetch_batches,
             s2_scales=tuple(self.s2_scales),
             s2_max_split_size=self.s2_max_split_size,
+            gpu_decode=self.gpu_decode,
         )
 
     def _standin(self, reason: str, warn: Callable[[str], None]) -> ClipModel:

@@ -20,6 +20,7 @@ from open_clip.model import get_model_preprocess_cfg
 from core.clip import s2, store
 from core.clip.decoding import Transform, load_tensors, prefetched_batches
 from core.clip.embed import embed_image_tensors
+from core.clip.gpu_decode import GpuPreprocess, decode_batch, gpu_decoding_enabled
 from core.clip.loading import ClipModel
 from core.progress import Progress
 from core.warehouse import Warehouse
@@ -32,6 +33,7 @@ class EmbedOptions:
     prefetch_batches: int = 2
     s2_scales: tuple[float, ...] = ()  # empty: no S2 embeddings; e.g. (1, 2)
     s2_max_split_size: int | None = None  # default: the model's input size
+    gpu_decode: str = "auto"  # JPEGs of the global kind decoded on CUDA when the model is there
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -115,10 +117,25 @@ def embed_drop(
 
     transforms = transforms_for(clip, options)
     side = min_decode_side(clip, options)
+    on_gpu = gpu_decoding_enabled(options.gpu_decode, clip.device)
+    gpu_preprocess = None
+    if on_gpu:
+        cfg = get_model_preprocess_cfg(clip.model)
+        gpu_preprocess = GpuPreprocess(max(clip.image_size), cfg["mean"], cfg["std"])
+        log("clip_embeddings: decoding JPEGs on the GPU (CPU fallback per file)")
 
-    def load(image: store.DropImage) -> dict[str, torch.Tensor]:
+    def cpu_global(path: Path) -> torch.Tensor:
+        return load_tensors(path, {"global": clip.preprocess}, clip.min_decode_side)["global"]
+
+    def load(image: store.DropImage) -> dict[str, torch.Tensor | None]:
         wanted = {k: t for k, t in transforms.items() if image.image_id in missing[k]}
-        return load_tensors(drop_root / image.path, wanted, side)
+        gpu_global = on_gpu and wanted.pop("global", None) is not None
+        tensors: dict[str, torch.Tensor | None] = (
+            load_tensors(drop_root / image.path, wanted, side) if wanted else {}
+        )
+        if gpu_global:
+            tensors["global"] = None  # decoded on the GPU with the whole batch
+        return tensors
 
     progress = Progress(f"clip_embeddings {drop_id} ({clip.model_id})", len(todo), log)
     for batch in prefetched_batches(
@@ -133,7 +150,15 @@ def embed_drop(
             picked = [i for i, tensors in enumerate(batch.results) if kind in tensors]
             if not picked:
                 continue
-            pixels = torch.stack([batch.results[i][kind] for i in picked])
+            if kind == "global" and gpu_preprocess is not None:
+                paths = [drop_root / batch.items[i].path for i in picked]
+                pixels, fallbacks = decode_batch(
+                    paths, gpu_preprocess, cpu_global, device=clip.device
+                )
+                if fallbacks:
+                    log(f"clip_embeddings: {len(fallbacks)} files decoded on the CPU instead")
+            else:
+                pixels = torch.stack([batch.results[i][kind] for i in picked])
             if kind == "global":
                 matrix = embed_image_tensors(clip, pixels)
             else:
