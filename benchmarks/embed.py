@@ -105,20 +105,23 @@ def measure_naive(paths: list[Path], model: str) -> dict[str, float]:
     return rates
 
 
-def measure_model_only(model: str, precision: str, batch_size: int, batches: int) -> float:
+def measure_model_only(
+    model: str, precision: str, batch_size: int, batches: int, min_seconds: float = 0.0
+) -> float:
     import torch
 
     from core.clip.embed import embed_image_tensors
 
     clip = _load(model, precision)
     pixels = torch.randn(batch_size, 3, *clip.image_size)
-    embed_image_tensors(clip, pixels)  # warm-up: allocator, kernels
-    started = time.perf_counter()
-    for _ in range(batches):
+    for _ in range(2):  # warm-up: allocator, oneDNN kernels for this shape
         embed_image_tensors(clip, pixels)
-    if clip.device.type == "cuda":
-        torch.cuda.synchronize()
-    return batch_size * batches / (time.perf_counter() - started)
+    done = 0
+    started = time.perf_counter()
+    while done < batches or time.perf_counter() - started < min_seconds:
+        embed_image_tensors(clip, pixels)  # returns CPU numpy: includes the device sync
+        done += 1
+    return batch_size * done / (time.perf_counter() - started)
 
 
 def measure_decode_only(paths: list[Path], workers: int, model: str) -> float:
@@ -171,7 +174,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="decode threads")
     parser.add_argument("--sample", type=int, default=40, help="files timed for naive/decode")
-    parser.add_argument("--model-batches", type=int, default=6)
+    parser.add_argument("--model-batches", type=int, default=4, help="least batches timed")
+    parser.add_argument("--model-seconds", type=float, default=15.0, help="least seconds timed")
+    parser.add_argument("--decode-sample", type=int, default=200, help="files timed for decode")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--workdir", type=Path, help="keep generated files here")
     args = parser.parse_args(argv)
@@ -191,6 +196,9 @@ def main(argv: list[str] | None = None) -> dict:
         big_only = [n for n in names if n.endswith("_large.jpg")][: max(8, args.small_files // 2)]
         link_subset(drops / "large", drops / "bigonly", big_only)
         sample = representative_sample(sorted((drops / "large").iterdir()), args.sample)
+        decode_sample = representative_sample(
+            sorted((drops / "large").iterdir()), args.decode_sample
+        )
 
         print(
             f"ours ({args.precision}, batch {args.batch_size}): {len(small_names)} files",
@@ -208,9 +216,11 @@ def main(argv: list[str] | None = None) -> dict:
             args.model, args.precision, args.batch_size, args.model_batches
         )
         other = "fp32" if args.precision != "fp32" else "bf16"
-        model_other = measure_model_only(args.model, other, args.batch_size, args.model_batches)
-        print(f"decode only over {len(sample)} files ...", flush=True)
-        decode_only = measure_decode_only(sample, args.workers, args.model)
+        model_other = measure_model_only(
+            args.model, other, args.batch_size, args.model_batches, args.model_seconds
+        )
+        print(f"decode only over {len(decode_sample)} files ...", flush=True)
+        decode_only = measure_decode_only(decode_sample, args.workers, args.model)
         cosine = bf16_cosine_on_samples(args.model)
 
     on_gpu = ours_large["device"].startswith("cuda")

@@ -5,19 +5,29 @@ read as bytes on the CPU, decoded in batches on the GPU, resized and normalised 
 fails is retried file by file, and a file the GPU decoder rejects (progressive or CMYK JPEGs on old
 nvJPEG, corrupt data) falls back to the CPU path (`core.ingest.decode.load_rgb` + open_clip's
 transform). The same code runs with `device="cpu"` (libjpeg), which is how the tests exercise it.
+torchvision 0.29 deprecates its image codecs in favour of TorchCodec; they still work, and the
+deprecation warning is silenced here until the move.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torchvision.transforms.v2.functional as TF
-from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.io import ImageReadMode
+from torchvision.io import decode_jpeg as _decode_jpeg
 
 JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def decode_jpeg(data, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return _decode_jpeg(data, **kwargs)
 
 
 def gpu_decoding_enabled(setting: str, device: torch.device) -> bool:

@@ -18,7 +18,8 @@ def test_benchmark_writes_its_table_as_json(tmp_path: Path):
         [
             "--model", STANDIN_MODEL, "--files", "6", "--small-files", "3",
             "--large-fraction", "0.5", "--sample", "2", "--batch-size", "2",
-            "--model-batches", "1", "--out", str(out),
+            "--model-batches", "1", "--model-seconds", "0", "--decode-sample", "2",
+            "--out", str(out),
         ]
     )  # fmt: skip
     assert json.loads(out.read_text()) == results
