@@ -207,20 +207,22 @@ def clip_zero_shot(
         """
         SELECT z.label_set, z.top_label, count(*) AS images, round(avg(z.top_probability), 3) AS mean_p
         FROM clip_zero_shot z
-        WHERE z.model_id = ? AND list_contains(?, z.image_id)
+        JOIN (SELECT DISTINCT image_id FROM image_files WHERE drop_id = ?) USING (image_id)
+        WHERE z.model_id = ?
         GROUP BY 1, 2 ORDER BY 1, 3 DESC
         """,
-        [clip.model_id, image_ids],
+        [context.partition_key, clip.model_id],
     )
     preview = store_.query(
         """
         SELECT i.first_path AS path, z.label_set, z.top_label, round(z.top_probability, 3) AS p,
                z.probabilities::VARCHAR AS probabilities
         FROM clip_zero_shot z JOIN images i USING (image_id)
-        WHERE z.model_id = ? AND list_contains(?, z.image_id)
+        JOIN (SELECT DISTINCT image_id FROM image_files WHERE drop_id = ?) USING (image_id)
+        WHERE z.model_id = ?
         ORDER BY path, z.label_set LIMIT ?
         """,
-        [clip.model_id, image_ids, PREVIEW_ROWS],
+        [context.partition_key, clip.model_id, PREVIEW_ROWS],
     )
     total = store_.rows("SELECT count(*) FROM clip_zero_shot WHERE model_id = ?", [clip.model_id])
     return dg.MaterializeResult(

@@ -73,6 +73,18 @@ def has_table(warehouse: Warehouse, dim: int) -> bool:
     )
 
 
+def _rows_for_ids(
+    warehouse: Warehouse, image_ids: Sequence[str], sql: str, params: list
+) -> list[tuple]:
+    """Run `sql`, which joins the relation `wanted_ids(image_id)`: a hash join, not a list scan."""
+    with warehouse.reader() as conn:
+        conn.register("wanted_ids", pa.table({"image_id": pa.array(list(image_ids), pa.string())}))
+        try:
+            return conn.execute(sql, params).fetchall()
+        finally:
+            conn.unregister("wanted_ids")
+
+
 @dataclass(frozen=True)
 class DropImage:
     image_id: str
@@ -94,10 +106,12 @@ def embedded_ids(
     """Which of `image_ids` already have an embedding of this model and kind."""
     if not image_ids or not has_table(warehouse, dim):
         return set()
-    rows = warehouse.rows(
-        f"SELECT image_id FROM {table_for(dim)} WHERE model_id = ? AND kind = ?"
-        " AND list_contains(?, image_id)",
-        [model_id, kind, list(image_ids)],
+    rows = _rows_for_ids(
+        warehouse,
+        image_ids,
+        f"SELECT image_id FROM {table_for(dim)} JOIN wanted_ids USING (image_id)"
+        " WHERE model_id = ? AND kind = ?",
+        [model_id, kind],
     )
     return {image_id for (image_id,) in rows}
 
@@ -146,11 +160,15 @@ def read_embeddings(
     if not image_ids or not has_table(warehouse, dim):
         return [], np.zeros((0, dim), dtype=np.float32)
     with warehouse.reader() as conn:
-        table = conn.sql(
-            f"SELECT image_id, embedding FROM {table_for(dim)} WHERE model_id = ? AND kind = ?"
-            " AND list_contains(?, image_id) ORDER BY image_id",
-            params=[model_id, kind, list(image_ids)],
-        ).to_arrow_table()
+        conn.register("wanted_ids", pa.table({"image_id": pa.array(list(image_ids), pa.string())}))
+        try:
+            table = conn.sql(
+                f"SELECT image_id, embedding FROM {table_for(dim)} JOIN wanted_ids USING (image_id)"
+                " WHERE model_id = ? AND kind = ? ORDER BY image_id",
+                params=[model_id, kind],
+            ).to_arrow_table()
+        finally:
+            conn.unregister("wanted_ids")
     ids = table.column("image_id").to_pylist()
     flat = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
     return ids, flat.astype(np.float32).reshape(len(ids), dim)
@@ -161,10 +179,12 @@ def zero_shot_done(
 ) -> set[str]:
     if not image_ids or not warehouse.path.exists():
         return set()
-    rows = warehouse.rows(
-        "SELECT image_id FROM clip_zero_shot WHERE model_id = ? AND label_set = ?"
-        " AND label_set_fingerprint = ? AND list_contains(?, image_id)",
-        [model_id, label_set, fingerprint, list(image_ids)],
+    rows = _rows_for_ids(
+        warehouse,
+        image_ids,
+        "SELECT image_id FROM clip_zero_shot JOIN wanted_ids USING (image_id)"
+        " WHERE model_id = ? AND label_set = ? AND label_set_fingerprint = ?",
+        [model_id, label_set, fingerprint],
     )
     return {image_id for (image_id,) in rows}
 
