@@ -55,11 +55,13 @@ def prefetched_batches(
     batch_size: int,
     workers: int,
     prefetch_batches: int = 2,
+    while_first_batch_decodes: Callable[[], None] | None = None,
 ) -> Iterator[Batch[T]]:
     """Yield batches of `load(item)` in input order while later items decode in the background.
 
     A failing `load` does not stop the stream: the item lands in its batch's `failures` with the
-    error text, so the caller can record it.
+    error text, so the caller can record it. `while_first_batch_decodes` runs on the calling
+    thread once the workers have their first window (e.g. a warm-up forward pass).
     """
     if batch_size < 1 or workers < 1:
         raise ValueError("batch_size and workers must be at least 1")
@@ -78,6 +80,8 @@ def prefetched_batches(
 
         try:
             fill()
+            if while_first_batch_decodes is not None:
+                while_first_batch_decodes()
             batch: Batch[T] = Batch()
             while pending:
                 item, future = pending.popleft()

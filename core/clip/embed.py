@@ -16,6 +16,13 @@ def embed_image_tensors(clip: ClipModel, pixels: torch.Tensor) -> np.ndarray:
         return F.normalize(features.float(), dim=-1).cpu().numpy()
 
 
+def warm_up(clip: ClipModel, batch_size: int) -> None:
+    """One forward pass at the batch shape: oneDNN builds its bf16/fp32 kernels for a shape on
+    first use (about a second on a CPU), so that happens while the first batch decodes."""
+    pixels = torch.zeros(batch_size, 3, *clip.image_size)
+    embed_image_tensors(clip, pixels)
+
+
 def embed_texts(clip: ClipModel, texts: list[str]) -> np.ndarray:
     """Unit-length float32 text embeddings, one row per text."""
     with torch.inference_mode():

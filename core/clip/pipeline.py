@@ -19,7 +19,7 @@ from open_clip.model import get_model_preprocess_cfg
 
 from core.clip import s2, store
 from core.clip.decoding import Transform, load_tensors, prefetched_batches
-from core.clip.embed import embed_image_tensors
+from core.clip.embed import embed_image_tensors, warm_up
 from core.clip.gpu_decode import GpuPreprocess, decode_batch, gpu_decoding_enabled
 from core.clip.loading import ClipModel
 from core.progress import Progress
@@ -144,6 +144,7 @@ def embed_drop(
         batch_size=options.batch_size,
         workers=options.decode_workers,
         prefetch_batches=options.prefetch_batches,
+        while_first_batch_decodes=lambda: warm_up(clip, min(options.batch_size, len(todo))),
     ):
         vectors: dict[str, tuple[list[str], np.ndarray]] = {}
         for kind in report.dims:

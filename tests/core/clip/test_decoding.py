@@ -44,7 +44,17 @@ def test_batches_keep_input_order_and_isolate_failures():
         time.sleep(0.001 * (n % 3))
         return n * 10
 
-    batches = list(prefetched_batches(range(11), load, batch_size=4, workers=3))
+    warmed: list[str] = []
+    batches = list(
+        prefetched_batches(
+            range(11),
+            load,
+            batch_size=4,
+            workers=3,
+            while_first_batch_decodes=lambda: warmed.append("model"),
+        )
+    )
+    assert warmed == ["model"]
     assert [len(b) for b in batches] == [4, 4, 3]
     assert [r for b in batches for r in b.results] == [n * 10 for n in range(11) if n != 5]
     assert [item for b in batches for item, _ in b.failures] == [5]
