@@ -4,7 +4,7 @@ import dagster as dg
 import numpy as np
 from pydantic import Field
 
-from assets.metadata import preview_table
+from assets.metadata import column_schema, preview_table
 from core.clip import store
 from core.clip.near_duplicates import DEFAULT_THRESHOLD, near_duplicate_pairs
 from core.clip.pipeline import EmbedReport, embed_drop
@@ -55,6 +55,7 @@ def _embedding_metadata(report: EmbedReport, warehouse: Warehouse) -> dict[str, 
     return {
         "dagster/row_count": int(total),
         "dagster/table_name": table,
+        "dagster/column_schema": column_schema(warehouse, table),
         "model_id": report.model_id,
         "dimension": report.dims["global"],
         "dimensions_by_kind": dg.MetadataValue.json(report.dims),
@@ -229,6 +230,7 @@ def clip_zero_shot(
         metadata={
             "dagster/row_count": int(total[0][0]),
             "dagster/table_name": "clip_zero_shot",
+            "dagster/column_schema": column_schema(store_, "clip_zero_shot"),
             "model_id": clip.model_id,
             "labelled_this_run": dg.MetadataValue.json(written),
             "top_labels": preview_table(distribution),

@@ -80,6 +80,8 @@ def test_samples_get_embeddings_and_zero_shot_labels(
     assert metadata["embedded_this_run"].value == {"global": 7}
     assert metadata["images_per_s"].value > 0
     assert len(metadata["preview"].value.records) == 7
+    schema = {c.name: c.type for c in metadata["dagster/column_schema"].value.columns}
+    assert schema["embedding"] == "FLOAT[64]"
     rows = warehouse.rows(
         "SELECT model_id, kind, dim, len(embedding), abs(list_dot_product(embedding, embedding) - 1)"
         " FROM clip_embeddings"
@@ -192,3 +194,15 @@ def test_near_duplicate_check_fires_inside_one_drop_but_not_for_different_images
     )
     assert sorted(c for (c,) in cosines)[-2] < 0.98  # only the copy pair is above the threshold
     assert np.isfinite([c for (c,) in cosines]).all()
+
+
+def test_the_pipeline_job_runs_the_clip_assets_after_images():
+    from orchestration.definitions import defs
+    from orchestration.jobs import PIPELINE_JOB_NAME
+
+    job = defs.resolve_job_def(PIPELINE_JOB_NAME)
+    keys = {key.to_user_string() for key in job.asset_layer.executable_asset_keys}
+    assert {"images", "clip_embeddings", "clip_zero_shot"} <= keys
+    graph = defs.resolve_asset_graph()
+    assert graph.get(dg.AssetKey("clip_zero_shot")).parent_keys == {dg.AssetKey("clip_embeddings")}
+    assert graph.get(dg.AssetKey("clip_embeddings")).parent_keys == {dg.AssetKey("images")}
