@@ -17,6 +17,7 @@ from resources.drop_folder import DropFolderResource
 from resources.warehouse import WarehouseResource
 
 NEAR_DUPLICATES_CHECK = "no_near_duplicates"
+EMBEDDINGS_VALID_CHECK = "every_image_embedded_unit_norm"
 PREVIEW_ROWS = 20
 ZERO_SHOT_BATCH = 4096
 
@@ -100,6 +101,35 @@ def _near_duplicate_check(
     )
 
 
+def _validity_check(
+    warehouse: Warehouse, drop_id: str, model_id: str, dims: dict[str, int]
+) -> dg.AssetCheckResult:
+    """Every image of the drop has each configured kind for this model, of unit length."""
+    per_kind = {}
+    for kind, dim in dims.items():
+        table = store.table_for(dim)
+        if not store.has_table(warehouse, dim):
+            missing = len(store.drop_images(warehouse, drop_id))
+            per_kind[kind] = {"missing": missing, "bad_norm": 0}
+            continue
+        missing, bad_norm = warehouse.rows(
+            f"""
+            SELECT count(*) FILTER (WHERE e.image_id IS NULL),
+                   count(*) FILTER (WHERE e.image_id IS NOT NULL AND NOT (
+                       abs(list_dot_product(e.embedding::FLOAT[], e.embedding::FLOAT[]) - 1) < 1e-3))
+            FROM (SELECT DISTINCT image_id FROM image_files WHERE drop_id = ?) f
+            LEFT JOIN {table} e ON e.image_id = f.image_id AND e.model_id = ? AND e.kind = ?
+            """,
+            [drop_id, model_id, kind],
+        )[0]
+        per_kind[kind] = {"missing": int(missing), "bad_norm": int(bad_norm)}
+    return dg.AssetCheckResult(
+        check_name=EMBEDDINGS_VALID_CHECK,
+        passed=all(v["missing"] == 0 and v["bad_norm"] == 0 for v in per_kind.values()),
+        metadata={"model_id": model_id, "by_kind": dg.MetadataValue.json(per_kind)},
+    )
+
+
 @dg.asset(
     partitions_def=image_drops,
     deps=["images"],
@@ -107,12 +137,19 @@ def _near_duplicate_check(
     kinds={"duckdb", "pytorch"},
     check_specs=[
         dg.AssetCheckSpec(
+            EMBEDDINGS_VALID_CHECK,
+            asset="clip_embeddings",
+            blocking=True,
+            description="Every image of the drop has an embedding of this model (each kind), "
+            "finite and of unit length; zero-shot labels do not run otherwise.",
+        ),
+        dg.AssetCheckSpec(
             NEAR_DUPLICATES_CHECK,
             asset="clip_embeddings",
             blocking=False,
             description="No two different images (this drop vs itself and earlier drops) have "
             "CLIP cosine at or above the threshold: re-encoded or resized copies.",
-        )
+        ),
     ],
 )
 def clip_embeddings(
@@ -138,6 +175,7 @@ def clip_embeddings(
         context.log.warning(
             f"{len(report.failures)} images could not be decoded: {report.failures[:5]}"
         )
+    valid = _validity_check(store_, report.drop_id, clip.model_id, report.dims)
     check = _near_duplicate_check(
         store_,
         report.drop_id,
@@ -153,7 +191,7 @@ def clip_embeddings(
             "images_in_drop": 0,
         }
     )
-    return dg.MaterializeResult(metadata=metadata, check_results=[check])
+    return dg.MaterializeResult(metadata=metadata, check_results=[valid, check])
 
 
 @dg.asset(

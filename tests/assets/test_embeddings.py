@@ -10,7 +10,12 @@ import dagster as dg
 import numpy as np
 from PIL import Image
 
-from assets.embeddings import NEAR_DUPLICATES_CHECK, clip_embeddings, clip_zero_shot
+from assets.embeddings import (
+    EMBEDDINGS_VALID_CHECK,
+    NEAR_DUPLICATES_CHECK,
+    clip_embeddings,
+    clip_zero_shot,
+)
 from assets.ingestion import images
 from core.clip.standin import STANDIN_MODEL
 from core.tasks.label_sets import LABEL_SETS
@@ -63,11 +68,13 @@ def written(result: dg.ExecuteInProcessResult) -> dict[str, int]:
     )
 
 
-def near_duplicate_check(result: dg.ExecuteInProcessResult) -> dg.AssetCheckEvaluation:
-    (evaluation,) = [
-        e for e in result.get_asset_check_evaluations() if e.check_name == NEAR_DUPLICATES_CHECK
-    ]
+def check(result: dg.ExecuteInProcessResult, name: str) -> dg.AssetCheckEvaluation:
+    (evaluation,) = [e for e in result.get_asset_check_evaluations() if e.check_name == name]
     return evaluation
+
+
+def near_duplicate_check(result: dg.ExecuteInProcessResult) -> dg.AssetCheckEvaluation:
+    return check(result, NEAR_DUPLICATES_CHECK)
 
 
 def test_samples_get_embeddings_and_zero_shot_labels(
@@ -99,6 +106,24 @@ def test_samples_get_embeddings_and_zero_shot_labels(
     for _, count, error, top_in_labels, top_is_max in zero_shot:
         assert count == 7 and error < 1e-9 and top_in_labels and top_is_max
     assert near_duplicate_check(result).passed  # seven different photographs
+    assert check(result, EMBEDDINGS_VALID_CHECK).passed
+
+
+def test_a_bad_vector_fails_the_blocking_check_and_a_rerun_reports_it(
+    instance, warehouse, drop_root, standin_cache
+):
+    copy_samples(drop_root, "one", ["coins.jpg", "coffee.jpg"])
+    assert run(instance, warehouse, drop_root, "one", standin_cache).success
+    with warehouse.transaction() as conn:  # plant a vector that is not unit length
+        conn.execute(
+            "UPDATE clip_embeddings_d64 SET embedding = list_transform(embedding::FLOAT[],"
+            " lambda x: x * 2)::FLOAT[64] WHERE image_id = (SELECT min(image_id) FROM images)"
+        ).fetchall()
+    again = run(instance, warehouse, drop_root, "one", standin_cache)
+    evaluation = check(again, EMBEDDINGS_VALID_CHECK)
+    assert not evaluation.passed
+    assert evaluation.metadata["by_kind"].value == {"global": {"missing": 0, "bad_norm": 1}}
+    assert not again.success  # blocking: clip_zero_shot did not run on it
 
 
 def test_reruns_embed_nothing_new(instance, warehouse, drop_root, sample_drop, standin_cache):
