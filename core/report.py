@@ -11,6 +11,8 @@ TABLES = (
     "images",
     "image_files",
     "rejected_files",
+    "clip_embeddings",
+    "clip_zero_shot",
     "vlm_extractions",
     "task_scenery_people",
     "task_scenery_people__people",
@@ -65,6 +67,26 @@ def summary(warehouse: Warehouse, tables: tuple[str, ...] = TABLES) -> str:
             ),
         ),
     ]
+    if {"clip_embeddings", "clip_zero_shot"} <= present:
+        parts += [
+            _section(
+                "CLIP embeddings by model and kind",
+                warehouse.query(
+                    "SELECT model_id, kind, dim, count(*) AS images FROM clip_embeddings"
+                    " GROUP BY ALL ORDER BY ALL"
+                ),
+            ),
+            _section(
+                "CLIP zero-shot top labels (first 12 images)",
+                warehouse.query(
+                    "SELECT i.first_path, z.model_id,"
+                    " map_from_entries(list((z.label_set, z.top_label || ' ' || round(z.top_probability, 2))"
+                    " ORDER BY z.label_set))::VARCHAR AS top_labels"
+                    " FROM clip_zero_shot z JOIN images i USING (image_id)"
+                    " GROUP BY ALL ORDER BY ALL LIMIT 12"
+                ),
+            ),
+        ]
     if "vlm_extractions" in present:
         parts.append(
             _section(

@@ -2,12 +2,13 @@
 
 import dagster as dg
 
+from assets.embeddings import clip_embeddings, clip_zero_shot
 from assets.extraction import vlm_extractions
 from assets.ingestion import images
 
 PIPELINE_JOB_NAME = "image_pipeline"
 
-pipeline_assets = dg.AssetSelection.assets(images, vlm_extractions)
+pipeline_assets = dg.AssetSelection.assets(images, clip_embeddings, clip_zero_shot, vlm_extractions)
 
 image_pipeline_job = dg.define_asset_job(
     PIPELINE_JOB_NAME,

@@ -8,6 +8,7 @@ from typing import Any
 import dagster as dg
 
 from orchestration.settings import MissingSetting, Settings
+from resources.clip_model import ClipModelResource
 from resources.drop_folder import DropFolderResource
 from resources.sglang_server import SGLangServer
 from resources.vlm import VLMResource
@@ -54,5 +55,8 @@ def build_resources(settings: Settings) -> dict[str, Any]:
     return {
         "warehouse": WarehouseResource(path=str(settings.warehouse_path)),
         "drop_folder": DropFolderResource(root=str(settings.drop_root)),
+        # local: real ViT-B-32 weights when they load, else the offline stand-in with a banner;
+        # prod: the configured weights or a failed run, never a silent stand-in.
+        "clip_model": ClipModelResource(allow_standin_fallback=settings.environment == "local"),
         **build_vlm_resources(settings),
     }

@@ -67,3 +67,22 @@ def instance() -> Iterator[dg.DagsterInstance]:
     """A persistent temp instance: dynamic partitions and sensor cursors need one."""
     with dg.instance_for_test() as test_instance:
         yield test_instance
+
+
+@pytest.fixture(scope="session")
+def standin_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The offline stand-in CLIP checkpoints (seeds 0 and 1), built once per test session."""
+    from core.clip.standin import standin_checkpoint
+
+    cache = tmp_path_factory.mktemp("clip-models")
+    for seed in (0, 1):
+        standin_checkpoint(cache, seed=seed)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def standin_clip(standin_cache: Path):
+    """The seed-0 stand-in, loaded through the pretrained-path route like real weights."""
+    from core.clip.loading import load_model, standin_spec
+
+    return load_model(standin_spec(standin_cache, device="cpu"))

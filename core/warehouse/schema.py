@@ -65,6 +65,31 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         """,
     ),
     (
+        2,
+        "clip embeddings and zero-shot labels",
+        """
+        -- Embeddings live in one table per dimension, clip_embeddings_d<D> (embedding FLOAT[D]),
+        -- created by the writer when a model of a new dimension first writes; this view unions
+        -- them with the vector as a plain FLOAT[] list (see docs/embeddings.md).
+        CREATE VIEW clip_embeddings AS
+        SELECT NULL::VARCHAR AS image_id, NULL::VARCHAR AS model_id, NULL::VARCHAR AS kind,
+               NULL::INTEGER AS dim, NULL::FLOAT[] AS embedding, NULL::TIMESTAMPTZ AS created_at
+        WHERE false;
+
+        CREATE TABLE clip_zero_shot (
+            image_id          VARCHAR NOT NULL,
+            model_id          VARCHAR NOT NULL,
+            label_set         VARCHAR NOT NULL,      -- see core.tasks.label_sets
+            label_set_fingerprint VARCHAR NOT NULL,  -- labels, phrases and templates used
+            top_label         VARCHAR NOT NULL,
+            top_probability   DOUBLE NOT NULL,
+            probabilities     MAP(VARCHAR, DOUBLE) NOT NULL,  -- every label; sums to 1
+            created_at        TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (image_id, model_id, label_set)
+        );
+        """,
+    ),
+    (
         3,
         "vlm extractions",
         """

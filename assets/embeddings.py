@@ -1,0 +1,282 @@
+"""CLIP assets: `clip_embeddings` (global and optional S2 vectors) and `clip_zero_shot` labels."""
+
+import dagster as dg
+import numpy as np
+from pydantic import Field
+
+from assets.metadata import column_schema, preview_table
+from core.clip import store
+from core.clip.near_duplicates import DEFAULT_THRESHOLD, near_duplicate_pairs
+from core.clip.pipeline import EmbedReport, embed_drop
+from core.clip.zero_shot import classify
+from core.tasks.label_sets import LABEL_SETS
+from core.warehouse import Warehouse
+from orchestration.partitions import image_drops
+from resources.clip_model import ClipModelResource
+from resources.drop_folder import DropFolderResource
+from resources.warehouse import WarehouseResource
+
+NEAR_DUPLICATES_CHECK = "no_near_duplicates"
+EMBEDDINGS_VALID_CHECK = "every_image_embedded_unit_norm"
+PREVIEW_ROWS = 20
+ZERO_SHOT_BATCH = 4096
+
+
+class EmbeddingsConfig(dg.Config):
+    near_duplicate_threshold: float = Field(
+        default=DEFAULT_THRESHOLD,
+        ge=-1.0,
+        le=1.0,
+        description="Pairs of different images at or above this cosine are reported.",
+    )
+
+
+class ZeroShotConfig(dg.Config):
+    label_sets: list[str] = Field(
+        default_factory=lambda: list(LABEL_SETS),
+        description="Label sets from core/tasks/label_sets.py to score every image against.",
+    )
+
+
+def _embedding_metadata(report: EmbedReport, warehouse: Warehouse) -> dict[str, object]:
+    table = store.table_for(report.dims["global"])
+    preview = warehouse.query(
+        f"""
+        SELECT f.path, e.kind, e.dim, e.embedding[1:4]::VARCHAR AS first_values, e.created_at
+        FROM {table} e JOIN (
+            SELECT image_id, min(path) AS path FROM image_files WHERE drop_id = ? GROUP BY 1
+        ) f USING (image_id)
+        WHERE e.model_id = ? ORDER BY f.path, e.kind LIMIT ?
+        """,
+        [report.drop_id, report.model_id, PREVIEW_ROWS],
+    )
+    total = warehouse.rows(
+        "SELECT count(*) FROM clip_embeddings WHERE model_id = ?", [report.model_id]
+    )[0][0]
+    return {
+        "dagster/row_count": int(total),
+        "dagster/table_name": table,
+        "dagster/column_schema": column_schema(warehouse, table),
+        "model_id": report.model_id,
+        "dimension": report.dims["global"],
+        "dimensions_by_kind": dg.MetadataValue.json(report.dims),
+        "images_in_drop": report.images_in_drop,
+        "embedded_this_run": dg.MetadataValue.json(report.written),
+        "already_embedded": dg.MetadataValue.json(report.already_embedded),
+        "decode_failures": len(report.failures),
+        "decode_failures_preview": dg.MetadataValue.json(report.failures[:20]),
+        "images_per_s": dg.MetadataValue.float(round(report.images_per_s, 2)),
+        "seconds": dg.MetadataValue.float(round(report.seconds, 3)),
+        "preview": preview_table(preview),
+    }
+
+
+def _near_duplicate_check(
+    warehouse: Warehouse, drop_id: str, model_id: str, dim: int, threshold: float
+) -> dg.AssetCheckResult:
+    pairs = near_duplicate_pairs(
+        warehouse, drop_id, model_id=model_id, dim=dim, threshold=threshold
+    )
+    if pairs.height:
+        paths = dict(
+            warehouse.rows(
+                "SELECT image_id, first_path FROM images WHERE list_contains(?, image_id)",
+                [list(set(pairs["image_id"]) | set(pairs["other_image_id"]))],
+            )
+        )
+        pairs = pairs.with_columns(
+            pairs["image_id"].replace_strict(paths, default=None).alias("path"),
+            pairs["other_image_id"].replace_strict(paths, default=None).alias("other_path"),
+        )
+    return dg.AssetCheckResult(
+        check_name=NEAR_DUPLICATES_CHECK,
+        passed=pairs.height == 0,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "pairs": pairs.height,
+            "threshold": threshold,
+            "model_id": model_id,
+            "pairs_preview": preview_table(pairs.head(PREVIEW_ROWS)),
+        },
+    )
+
+
+def _validity_check(
+    warehouse: Warehouse, drop_id: str, model_id: str, dims: dict[str, int]
+) -> dg.AssetCheckResult:
+    """Every image of the drop has each configured kind for this model, of unit length."""
+    per_kind = {}
+    for kind, dim in dims.items():
+        table = store.table_for(dim)
+        if not store.has_table(warehouse, dim):
+            missing = len(store.drop_images(warehouse, drop_id))
+            per_kind[kind] = {"missing": missing, "bad_norm": 0}
+            continue
+        missing, bad_norm = warehouse.rows(
+            f"""
+            SELECT count(*) FILTER (WHERE e.image_id IS NULL),
+                   count(*) FILTER (WHERE e.image_id IS NOT NULL AND NOT (
+                       abs(list_dot_product(e.embedding::FLOAT[], e.embedding::FLOAT[]) - 1) < 1e-3))
+            FROM (SELECT DISTINCT image_id FROM image_files WHERE drop_id = ?) f
+            LEFT JOIN {table} e ON e.image_id = f.image_id AND e.model_id = ? AND e.kind = ?
+            """,
+            [drop_id, model_id, kind],
+        )[0]
+        per_kind[kind] = {"missing": int(missing), "bad_norm": int(bad_norm)}
+    return dg.AssetCheckResult(
+        check_name=EMBEDDINGS_VALID_CHECK,
+        passed=all(v["missing"] == 0 and v["bad_norm"] == 0 for v in per_kind.values()),
+        metadata={"model_id": model_id, "by_kind": dg.MetadataValue.json(per_kind)},
+    )
+
+
+@dg.asset(
+    partitions_def=image_drops,
+    deps=["images"],
+    group_name="clip",
+    kinds={"duckdb", "pytorch"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            EMBEDDINGS_VALID_CHECK,
+            asset="clip_embeddings",
+            blocking=True,
+            description="Every image of the drop has an embedding of this model (each kind), "
+            "finite and of unit length; zero-shot labels do not run otherwise.",
+        ),
+        dg.AssetCheckSpec(
+            NEAR_DUPLICATES_CHECK,
+            asset="clip_embeddings",
+            blocking=False,
+            description="No two different images (this drop vs itself and earlier drops) have "
+            "CLIP cosine at or above the threshold: re-encoded or resized copies.",
+        ),
+    ],
+)
+def clip_embeddings(
+    context: dg.AssetExecutionContext,
+    config: EmbeddingsConfig,
+    warehouse: WarehouseResource,
+    drop_folder: DropFolderResource,
+    clip_model: ClipModelResource,
+) -> dg.MaterializeResult:
+    """L2-normalised CLIP vectors of the drop's images, one per (image, model, kind); only
+    images without a vector for this model are embedded, so reruns and duplicates cost nothing."""
+    store_ = warehouse.get()
+    clip = clip_model.load(warn=context.log.warning)
+    report = embed_drop(
+        store_,
+        drop_folder.path,
+        context.partition_key,
+        clip,
+        clip_model.options(),
+        log=context.log.info,
+    )
+    if report.failures:
+        context.log.warning(
+            f"{len(report.failures)} images could not be decoded: {report.failures[:5]}"
+        )
+    valid = _validity_check(store_, report.drop_id, clip.model_id, report.dims)
+    check = _near_duplicate_check(
+        store_,
+        report.drop_id,
+        clip.model_id,
+        report.dims["global"],
+        config.near_duplicate_threshold,
+    )
+    metadata = (
+        _embedding_metadata(report, store_)
+        if report.images_in_drop
+        else {
+            "model_id": clip.model_id,
+            "images_in_drop": 0,
+        }
+    )
+    return dg.MaterializeResult(metadata=metadata, check_results=[valid, check])
+
+
+@dg.asset(
+    partitions_def=image_drops,
+    deps=[clip_embeddings],
+    group_name="clip",
+    kinds={"duckdb", "pytorch"},
+)
+def clip_zero_shot(
+    context: dg.AssetExecutionContext,
+    config: ZeroShotConfig,
+    warehouse: WarehouseResource,
+    clip_model: ClipModelResource,
+) -> dg.MaterializeResult:
+    """Per image and label set, CLIP's probability for every label and the top label: the
+    zero-shot baseline the VLM extractions are compared against."""
+    store_ = warehouse.get()
+    clip = clip_model.load(warn=context.log.warning)
+    unknown = sorted(set(config.label_sets) - set(LABEL_SETS))
+    if unknown:
+        raise dg.Failure(f"unknown label sets {unknown}; known: {sorted(LABEL_SETS)}")
+    image_ids = [image.image_id for image in store.drop_images(store_, context.partition_key)]
+    written: dict[str, int] = {}
+    for name in config.label_sets:
+        label_set = LABEL_SETS[name]
+        done = store.zero_shot_done(store_, clip.model_id, name, label_set.fingerprint, image_ids)
+        todo = [image_id for image_id in image_ids if image_id not in done]
+        ids, vectors = store.read_embeddings(store_, clip.embed_dim, clip.model_id, "global", todo)
+        if len(ids) < len(todo):
+            context.log.warning(
+                f"{len(todo) - len(ids)} images of the drop have no {clip.model_id} embedding; "
+                "materialize clip_embeddings first"
+            )
+        written[name] = 0
+        for start in range(0, len(ids), ZERO_SHOT_BATCH):
+            chunk = slice(start, start + ZERO_SHOT_BATCH)
+            probs = classify(clip, vectors[chunk], label_set)
+            with store_.transaction() as conn:
+                written[name] += store.write_zero_shot(
+                    conn,
+                    ids[chunk],
+                    probs,
+                    labels=label_set.labels,
+                    model_id=clip.model_id,
+                    label_set=name,
+                    fingerprint=label_set.fingerprint,
+                )
+        context.log.info(
+            f"clip_zero_shot {name}: {written[name]} images labelled, {len(done)} already"
+        )
+    distribution = store_.query(
+        """
+        SELECT z.label_set, z.top_label, count(*) AS images, round(avg(z.top_probability), 3) AS mean_p
+        FROM clip_zero_shot z
+        JOIN (SELECT DISTINCT image_id FROM image_files WHERE drop_id = ?) USING (image_id)
+        WHERE z.model_id = ?
+        GROUP BY 1, 2 ORDER BY 1, 3 DESC
+        """,
+        [context.partition_key, clip.model_id],
+    )
+    preview = store_.query(
+        """
+        SELECT i.first_path AS path, z.label_set, z.top_label, round(z.top_probability, 3) AS p,
+               z.probabilities::VARCHAR AS probabilities
+        FROM clip_zero_shot z JOIN images i USING (image_id)
+        JOIN (SELECT DISTINCT image_id FROM image_files WHERE drop_id = ?) USING (image_id)
+        WHERE z.model_id = ?
+        ORDER BY path, z.label_set LIMIT ?
+        """,
+        [context.partition_key, clip.model_id, PREVIEW_ROWS],
+    )
+    total = store_.rows("SELECT count(*) FROM clip_zero_shot WHERE model_id = ?", [clip.model_id])
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": int(total[0][0]),
+            "dagster/table_name": "clip_zero_shot",
+            "dagster/column_schema": column_schema(store_, "clip_zero_shot"),
+            "model_id": clip.model_id,
+            "labelled_this_run": dg.MetadataValue.json(written),
+            "top_labels": preview_table(distribution),
+            "preview": preview_table(preview),
+            "mean_top_probability": dg.MetadataValue.float(
+                float(np.round(distribution["mean_p"].mean() or 0.0, 3))
+                if distribution.height
+                else 0.0
+            ),
+        }
+    )

@@ -1,0 +1,224 @@
+"""Embedding and zero-shot rows in the warehouse.
+
+Physical layout: one table per embedding dimension, `clip_embeddings_d<D>`, whose `embedding`
+column is `FLOAT[D]`, so `array_cosine_similarity(a.embedding, b.embedding)` works in plain SQL
+and models of different dimensions coexist. The view `clip_embeddings` unions all of them (vector
+as `FLOAT[]`) for listing and joining; it is rebuilt whenever a new dimension appears.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from core.warehouse import Warehouse
+
+KINDS = ("global", "s2")
+TABLE_PREFIX = "clip_embeddings_d"
+
+
+def table_for(dim: int) -> str:
+    if not isinstance(dim, int) or dim <= 0:
+        raise ValueError(f"embedding dimension must be a positive int, not {dim!r}")
+    return f"{TABLE_PREFIX}{dim}"
+
+
+def embedding_tables(conn: duckdb.DuckDBPyConnection) -> list[str]:
+    rows = conn.execute(
+        "SELECT table_name FROM information_schema.tables"
+        " WHERE table_name LIKE 'clip_embeddings_d%' AND table_type = 'BASE TABLE'"
+        " ORDER BY table_name"
+    ).fetchall()
+    return [name for (name,) in rows if name[len(TABLE_PREFIX) :].isdigit()]
+
+
+def ensure_table(conn: duckdb.DuckDBPyConnection, dim: int) -> str:
+    """Create `clip_embeddings_d<dim>` and rebuild the `clip_embeddings` view if it is new."""
+    table = table_for(dim)
+    if table in embedding_tables(conn):
+        return table
+    conn.execute(
+        f"""
+        CREATE TABLE {table} (
+            image_id   VARCHAR NOT NULL,
+            model_id   VARCHAR NOT NULL,
+            kind       VARCHAR NOT NULL,   -- 'global' or 's2'
+            dim        INTEGER NOT NULL,
+            embedding  FLOAT[{dim}] NOT NULL,   -- L2-normalised
+            created_at TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (image_id, model_id, kind)
+        )
+        """
+    )
+    selects = [
+        f"SELECT image_id, model_id, kind, dim, embedding::FLOAT[] AS embedding, created_at FROM {name}"
+        for name in embedding_tables(conn)
+    ]
+    conn.execute("CREATE OR REPLACE VIEW clip_embeddings AS " + " UNION ALL ".join(selects))
+    return table
+
+
+def has_table(warehouse: Warehouse, dim: int) -> bool:
+    if not warehouse.path.exists():
+        return False
+    return bool(
+        warehouse.rows(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table_for(dim)]
+        )[0][0]
+    )
+
+
+def _rows_for_ids(
+    warehouse: Warehouse, image_ids: Sequence[str], sql: str, params: list
+) -> list[tuple]:
+    """Run `sql`, which joins the relation `wanted_ids(image_id)`: a hash join, not a list scan."""
+    with warehouse.reader() as conn:
+        conn.register("wanted_ids", pa.table({"image_id": pa.array(list(image_ids), pa.string())}))
+        try:
+            return conn.execute(sql, params).fetchall()
+        finally:
+            conn.unregister("wanted_ids")
+
+
+@dataclass(frozen=True)
+class DropImage:
+    image_id: str
+    path: str  # relative to the drop root
+
+
+def drop_images(warehouse: Warehouse, drop_id: str) -> list[DropImage]:
+    """The distinct images of a drop, each with one of its files (the first path)."""
+    rows = warehouse.rows(
+        "SELECT image_id, min(path) FROM image_files WHERE drop_id = ? GROUP BY image_id ORDER BY 2",
+        [drop_id],
+    )
+    return [DropImage(image_id, path) for image_id, path in rows]
+
+
+def embedded_ids(
+    warehouse: Warehouse, dim: int, model_id: str, kind: str, image_ids: Sequence[str]
+) -> set[str]:
+    """Which of `image_ids` already have an embedding of this model and kind."""
+    if not image_ids or not has_table(warehouse, dim):
+        return set()
+    rows = _rows_for_ids(
+        warehouse,
+        image_ids,
+        f"SELECT image_id FROM {table_for(dim)} JOIN wanted_ids USING (image_id)"
+        " WHERE model_id = ? AND kind = ?",
+        [model_id, kind],
+    )
+    return {image_id for (image_id,) in rows}
+
+
+def write_embeddings(
+    conn: duckdb.DuckDBPyConnection,
+    image_ids: Sequence[str],
+    vectors: np.ndarray,
+    *,
+    model_id: str,
+    kind: str,
+) -> int:
+    """Insert one batch (inside the caller's transaction); existing rows are left as they are."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+    if len(image_ids) == 0:
+        return 0
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if not np.isfinite(vectors).all():
+        raise ValueError("embeddings contain NaN or infinite values")
+    dim = int(vectors.shape[1])
+    table = ensure_table(conn, dim)
+    now = datetime.now(UTC)
+    rows = pa.table(
+        {
+            "image_id": pa.array(list(image_ids), pa.string()),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim),
+        }
+    )
+    conn.register("clip_batch", rows)
+    try:
+        inserted = conn.execute(
+            f"INSERT INTO {table} SELECT image_id, ?, ?, ?, embedding, ? FROM clip_batch"
+            " ON CONFLICT DO NOTHING",
+            [model_id, kind, dim, now],
+        ).fetchall()
+    finally:
+        conn.unregister("clip_batch")
+    return int(inserted[0][0]) if inserted else 0
+
+
+def read_embeddings(
+    warehouse: Warehouse, dim: int, model_id: str, kind: str, image_ids: Sequence[str]
+) -> tuple[list[str], np.ndarray]:
+    """(ids, (N, dim) float32) for those of `image_ids` that have an embedding."""
+    if not image_ids or not has_table(warehouse, dim):
+        return [], np.zeros((0, dim), dtype=np.float32)
+    with warehouse.reader() as conn:
+        conn.register("wanted_ids", pa.table({"image_id": pa.array(list(image_ids), pa.string())}))
+        try:
+            table = conn.sql(
+                f"SELECT image_id, embedding FROM {table_for(dim)} JOIN wanted_ids USING (image_id)"
+                " WHERE model_id = ? AND kind = ? ORDER BY image_id",
+                params=[model_id, kind],
+            ).to_arrow_table()
+        finally:
+            conn.unregister("wanted_ids")
+    ids = table.column("image_id").to_pylist()
+    flat = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return ids, flat.astype(np.float32).reshape(len(ids), dim)
+
+
+def zero_shot_done(
+    warehouse: Warehouse, model_id: str, label_set: str, fingerprint: str, image_ids: Sequence[str]
+) -> set[str]:
+    if not image_ids or not warehouse.path.exists():
+        return set()
+    rows = _rows_for_ids(
+        warehouse,
+        image_ids,
+        "SELECT image_id FROM clip_zero_shot JOIN wanted_ids USING (image_id)"
+        " WHERE model_id = ? AND label_set = ? AND label_set_fingerprint = ?",
+        [model_id, label_set, fingerprint],
+    )
+    return {image_id for (image_id,) in rows}
+
+
+def write_zero_shot(
+    conn: duckdb.DuckDBPyConnection,
+    image_ids: Sequence[str],
+    probabilities: np.ndarray,
+    *,
+    labels: Sequence[str],
+    model_id: str,
+    label_set: str,
+    fingerprint: str,
+) -> int:
+    """Upsert one batch of per-image label probabilities (inside the caller's transaction)."""
+    if len(image_ids) == 0:
+        return 0
+    top = probabilities.argmax(axis=1)
+    rows = pa.table(
+        {
+            "image_id": pa.array(list(image_ids), pa.string()),
+            "top_label": pa.array([labels[i] for i in top], pa.string()),
+            "top_probability": pa.array(probabilities[np.arange(len(top)), top], pa.float64()),
+            "probs": pa.array([row.tolist() for row in probabilities], pa.list_(pa.float64())),
+        }
+    )
+    conn.register("zero_shot_batch", rows)
+    try:
+        conn.execute(
+            "INSERT OR REPLACE INTO clip_zero_shot"
+            " SELECT image_id, ?, ?, ?, top_label, top_probability, MAP(?::VARCHAR[], probs), ?"
+            " FROM zero_shot_batch",
+            [model_id, label_set, fingerprint, list(labels), datetime.now(UTC)],
+        ).fetchall()
+    finally:
+        conn.unregister("zero_shot_batch")
+    return len(image_ids)

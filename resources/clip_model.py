@@ -1,0 +1,141 @@
+"""The CLIP model as a Dagster resource: open_clip weights loaded once per run (per process).
+
+`local` deployments may fall back to the offline stand-in when real weights cannot load, with a
+loud banner; `prod` deployments set `allow_standin_fallback=False` and fail instead. Nothing loads
+at import or construction: the first asset that asks calls `load()`.
+"""
+
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field, PrivateAttr
+
+from core.clip import standin
+from core.clip.loading import (
+    ClipModel,
+    ModelSpec,
+    ModelUnavailable,
+    hub_reachable,
+    is_checkpoint_path,
+    load_model,
+    standin_spec,
+)
+from core.clip.pipeline import EmbedOptions
+
+_cache: dict[ModelSpec, ClipModel] = {}
+_cache_lock = threading.Lock()
+
+STANDIN_BANNER = """
+################################################################################
+#  USING THE OFFLINE STAND-IN CLIP MODEL ({model_id})
+#  Real weights ({wanted}) could not load: {reason}
+#  Its embeddings and zero-shot labels are random-weight placeholders; every row
+#  carries model_id={model_id!r} so they are never mistaken for real results.
+################################################################################
+"""
+
+
+def load_cached(spec: ModelSpec) -> ClipModel:
+    """One load per process and spec: runs, steps and tests share the loaded model."""
+    with _cache_lock:
+        if spec not in _cache:
+            _cache[spec] = load_model(spec)
+        return _cache[spec]
+
+
+class ClipModelResource(dg.ConfigurableResource):
+    """An open_clip model (CLIP, SigLIP, ...) with its inference settings."""
+
+    model_name: str = Field(default="ViT-B-32", description="open_clip architecture name.")
+    pretrained: str | None = Field(
+        default="laion2b_s34b_b79k",
+        description="open_clip pretrained tag, or the path of a local checkpoint file.",
+    )
+    model_id: str | None = Field(
+        default=None,
+        description="Recorded on every row; default `<model_name>/<tag or file stem>`.",
+    )
+    device: str = Field(default="auto", description="`auto` (CUDA when present), `cpu`, `cuda:0`.")
+    precision: str = Field(
+        default="fp32",
+        description="fp32, bf16 (weights converted; fast on AVX-512 BF16 CPUs), fp16 (GPU).",
+    )
+    batch_size: int = Field(default=32, ge=1, description="Images per forward pass and write.")
+    decode_workers: int = Field(default=2, ge=1, description="Decode/preprocess threads.")
+    prefetch_batches: int = Field(
+        default=2, ge=0, description="Batches decoded ahead (bounds memory)."
+    )
+    s2_scales: list[float] = Field(
+        default_factory=list, description="S2 multi-scale embedding kind, e.g. [1, 2]; empty: off."
+    )
+    s2_max_split_size: int | None = Field(
+        default=None, description="Largest S2 tile side in pixels; default the model's input size."
+    )
+    gpu_decode: str = Field(
+        default="auto",
+        description="JPEG decoding on the GPU: auto (when the model is on CUDA), on, off.",
+    )
+    allow_standin_fallback: bool = Field(
+        default=False,
+        description="Use the offline stand-in (with a banner) when real weights cannot load. Local only.",
+    )
+    standin_cache_dir: str = Field(
+        default=str(standin.DEFAULT_CACHE), description="Where the stand-in checkpoint is built."
+    )
+
+    _loaded: ClipModel | None = PrivateAttr(default=None)
+
+    def spec(self) -> ModelSpec:
+        if self.precision not in {"fp32", "bf16", "fp16"}:
+            raise ValueError(f"precision must be fp32, bf16 or fp16, not {self.precision!r}")
+        return ModelSpec(
+            model_name=self.model_name,
+            pretrained=self.pretrained,
+            device=self.device,
+            precision=self.precision,  # type: ignore[arg-type]
+            model_id=self.model_id,
+        )
+
+    def options(self) -> EmbedOptions:
+        return EmbedOptions(
+            batch_size=self.batch_size,
+            decode_workers=self.decode_workers,
+            prefetch_batches=self.prefetch_batches,
+            s2_scales=tuple(self.s2_scales),
+            s2_max_split_size=self.s2_max_split_size,
+            gpu_decode=self.gpu_decode,
+        )
+
+    def _standin(self, reason: str, warn: Callable[[str], None]) -> ClipModel:
+        spec = standin_spec(
+            Path(self.standin_cache_dir), device=self.device, precision=self.spec().precision
+        )
+        clip = load_cached(spec)
+        banner = STANDIN_BANNER.format(
+            model_id=clip.model_id, wanted=self.spec().derived_model_id(), reason=reason
+        )
+        print(banner, file=sys.stderr, flush=True)
+        warn(banner)
+        return clip
+
+    def load(self, warn: Callable[[str], None] = print) -> ClipModel:
+        """The model, loaded on first call; later calls in this run return the same object."""
+        if self._loaded is not None:
+            return self._loaded
+        spec = self.spec()
+        wants_download = bool(spec.pretrained) and not is_checkpoint_path(spec.pretrained or "")
+        if self.allow_standin_fallback and wants_download and not hub_reachable():
+            # Skip a minute of hub retries when the machine is plainly offline.
+            clip = self._standin("the model hub is unreachable (offline)", warn)
+        else:
+            try:
+                clip = load_cached(spec)
+            except ModelUnavailable as error:
+                if not self.allow_standin_fallback:
+                    raise
+                clip = self._standin(str(error).splitlines()[0][:300], warn)
+        self._loaded = clip
+        return clip

@@ -1,0 +1,233 @@
+"""The CLIP assets through Dagster, with the offline stand-in loaded from a checkpoint path."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+from PIL import Image
+
+from assets.embeddings import (
+    EMBEDDINGS_VALID_CHECK,
+    NEAR_DUPLICATES_CHECK,
+    clip_embeddings,
+    clip_zero_shot,
+)
+from assets.ingestion import images
+from core.clip.standin import STANDIN_MODEL
+from core.tasks.label_sets import LABEL_SETS
+from core.warehouse import Warehouse
+from resources.clip_model import ClipModelResource
+from resources.drop_folder import DropFolderResource
+from resources.warehouse import WarehouseResource
+from tests.conftest import SAMPLES, copy_samples
+
+SEED0 = "standin-tiny-clip/seed0"
+
+
+def run(
+    instance: dg.DagsterInstance,
+    warehouse: Warehouse,
+    drop_root: Path,
+    drop_id: str,
+    cache: Path,
+    *,
+    seed: int = 0,
+    **clip_settings,
+) -> dg.ExecuteInProcessResult:
+    if not instance.has_dynamic_partition("image_drops", drop_id):
+        instance.add_dynamic_partitions("image_drops", [drop_id])
+    clip = ClipModelResource(
+        model_name=STANDIN_MODEL,
+        pretrained=str(cache / STANDIN_MODEL / f"seed{seed}.pt"),
+        device="cpu",
+        batch_size=3,
+        **clip_settings,
+    )
+    return dg.materialize(
+        [images, clip_embeddings, clip_zero_shot],
+        instance=instance,
+        partition_key=drop_id,
+        resources={
+            "warehouse": WarehouseResource(path=str(warehouse.path)),
+            "drop_folder": DropFolderResource(root=str(drop_root)),
+            "clip_model": clip,
+        },
+        raise_on_error=False,
+    )
+
+
+def written(result: dg.ExecuteInProcessResult) -> dict[str, int]:
+    return (
+        result.asset_materializations_for_node("clip_embeddings")[0]
+        .metadata["embedded_this_run"]
+        .value
+    )
+
+
+def check(result: dg.ExecuteInProcessResult, name: str) -> dg.AssetCheckEvaluation:
+    (evaluation,) = [e for e in result.get_asset_check_evaluations() if e.check_name == name]
+    return evaluation
+
+
+def near_duplicate_check(result: dg.ExecuteInProcessResult) -> dg.AssetCheckEvaluation:
+    return check(result, NEAR_DUPLICATES_CHECK)
+
+
+def test_samples_get_embeddings_and_zero_shot_labels(
+    instance, warehouse, drop_root, sample_drop, standin_cache
+):
+    result = run(instance, warehouse, drop_root, "samples", standin_cache)
+    assert result.success
+    metadata = result.asset_materializations_for_node("clip_embeddings")[0].metadata
+    assert metadata["model_id"].value == SEED0 and metadata["dimension"].value == 64
+    assert metadata["embedded_this_run"].value == {"global": 7}
+    assert metadata["images_per_s"].value > 0
+    assert len(metadata["preview"].value.records) == 7
+    schema = {c.name: c.type for c in metadata["dagster/column_schema"].value.columns}
+    assert schema["embedding"] == "FLOAT[64]"
+    rows = warehouse.rows(
+        "SELECT model_id, kind, dim, len(embedding), abs(list_dot_product(embedding, embedding) - 1)"
+        " FROM clip_embeddings"
+    )
+    assert len(rows) == 7
+    assert all(r[:4] == (SEED0, "global", 64, 64) and r[4] < 1e-5 for r in rows)
+    assert warehouse.columns("clip_embeddings_d64")[4] == ("embedding", "FLOAT[64]")
+    zero_shot = warehouse.rows(
+        "SELECT label_set, count(*), max(abs(list_sum(map_values(probabilities)) - 1)),"
+        " bool_and(list_contains(map_keys(probabilities), top_label)),"
+        " bool_and(top_probability = list_max(map_values(probabilities)))"
+        " FROM clip_zero_shot GROUP BY 1 ORDER BY 1"
+    )
+    assert [r[0] for r in zero_shot] == sorted(LABEL_SETS)
+    for _, count, error, top_in_labels, top_is_max in zero_shot:
+        assert count == 7 and error < 1e-9 and top_in_labels and top_is_max
+    assert near_duplicate_check(result).passed  # seven different photographs
+    assert check(result, EMBEDDINGS_VALID_CHECK).passed
+
+
+def test_a_bad_vector_fails_the_blocking_check_and_a_rerun_reports_it(
+    instance, warehouse, drop_root, standin_cache
+):
+    copy_samples(drop_root, "one", ["coins.jpg", "coffee.jpg"])
+    assert run(instance, warehouse, drop_root, "one", standin_cache).success
+    with warehouse.transaction() as conn:  # plant a vector that is not unit length
+        conn.execute(
+            "UPDATE clip_embeddings_d64 SET embedding = list_transform(embedding::FLOAT[],"
+            " lambda x: x * 2)::FLOAT[64] WHERE image_id = (SELECT min(image_id) FROM images)"
+        ).fetchall()
+    again = run(instance, warehouse, drop_root, "one", standin_cache)
+    evaluation = check(again, EMBEDDINGS_VALID_CHECK)
+    assert not evaluation.passed
+    assert evaluation.metadata["by_kind"].value == {"global": {"missing": 0, "bad_norm": 1}}
+    assert not again.success  # blocking: clip_zero_shot did not run on it
+
+
+def test_reruns_embed_nothing_new(instance, warehouse, drop_root, sample_drop, standin_cache):
+    assert run(instance, warehouse, drop_root, "samples", standin_cache).success
+    before = warehouse.rows("SELECT image_id, created_at FROM clip_embeddings ORDER BY 1")
+    again = run(instance, warehouse, drop_root, "samples", standin_cache)
+    assert again.success and written(again) == {"global": 0}
+    assert warehouse.rows("SELECT image_id, created_at FROM clip_embeddings ORDER BY 1") == before
+    labelled = again.asset_materializations_for_node("clip_zero_shot")[0].metadata
+    assert set(labelled["labelled_this_run"].value.values()) == {0}
+
+
+def test_an_image_in_two_drops_is_embedded_once(instance, warehouse, drop_root, standin_cache):
+    copy_samples(drop_root, "first", ["coffee.jpg", "rocket.jpg"])
+    copy_samples(drop_root, "second", ["rocket.jpg", "chelsea.jpg"])
+    assert written(run(instance, warehouse, drop_root, "first", standin_cache)) == {"global": 2}
+    second = run(instance, warehouse, drop_root, "second", standin_cache)
+    assert written(second) == {"global": 1}  # only chelsea is new
+    assert warehouse.rows("SELECT count(*), count(DISTINCT image_id) FROM clip_embeddings") == [
+        (3, 3)
+    ]
+    assert warehouse.rows(
+        "SELECT count(*) FROM clip_zero_shot z JOIN image_files f USING (image_id)"
+        " WHERE f.drop_id = 'second' AND z.label_set = 'scenery'"
+    ) == [(2,)]
+
+
+def test_two_models_and_an_s2_kind_coexist(instance, warehouse, drop_root, standin_cache):
+    copy_samples(drop_root, "pair", ["coffee.jpg", "astronaut.jpg"])
+    assert run(instance, warehouse, drop_root, "pair", standin_cache).success
+    other = run(instance, warehouse, drop_root, "pair", standin_cache, seed=1, s2_scales=[1, 2])
+    assert other.success and written(other) == {"global": 2, "s2": 2}
+    assert warehouse.rows(
+        "SELECT model_id, kind, dim, count(*) FROM clip_embeddings GROUP BY ALL ORDER BY ALL"
+    ) == [
+        (SEED0, "global", 64, 2),
+        ("standin-tiny-clip/seed1", "global", 64, 2),
+        ("standin-tiny-clip/seed1", "s2", 128, 2),
+    ]
+    assert warehouse.rows("SELECT count(DISTINCT model_id) FROM clip_zero_shot") == [(2,)]
+    # The nearest-neighbour query of docs/embeddings.md runs on the typed table as written there.
+    nearest = warehouse.rows(
+        """
+        SELECT b.image_id, array_cosine_similarity(a.embedding, b.embedding) AS cosine
+        FROM clip_embeddings_d64 a JOIN clip_embeddings_d64 b USING (model_id, kind)
+        WHERE a.image_id = (SELECT image_id FROM images WHERE first_path = 'pair/coffee.jpg')
+          AND a.model_id = ? AND kind = 'global'
+        ORDER BY cosine DESC LIMIT 2
+        """,
+        [SEED0],
+    )
+    assert nearest[0][1] > 0.999 and nearest[1][1] < 0.98
+
+
+def reencode(source: Path, target: Path, quality: int = 80) -> None:
+    buffer = io.BytesIO()
+    Image.open(source).convert("RGB").save(buffer, "JPEG", quality=quality)
+    target.write_bytes(buffer.getvalue())
+
+
+def test_near_duplicate_check_fires_on_a_reencoded_copy_in_a_later_drop(
+    instance, warehouse, drop_root, standin_cache
+):
+    copy_samples(drop_root, "originals", ["chelsea.jpg", "coffee.jpg"])
+    assert near_duplicate_check(
+        run(instance, warehouse, drop_root, "originals", standin_cache)
+    ).passed
+    later = drop_root / "later"
+    later.mkdir()
+    reencode(SAMPLES / "chelsea.jpg", later / "chelsea-copy.jpg")
+    shutil.copy2(SAMPLES / "rocket.jpg", later / "rocket.jpg")
+    check = near_duplicate_check(run(instance, warehouse, drop_root, "later", standin_cache))
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    assert check.metadata["pairs"].value == 1
+    (record,) = check.metadata["pairs_preview"].value.records
+    assert {record.data["path"], record.data["other_path"]} == {
+        "later/chelsea-copy.jpg",
+        "originals/chelsea.jpg",
+    }
+    assert record.data["cosine"] >= 0.98 and record.data["other_in_drop"] is False
+
+
+def test_near_duplicate_check_fires_inside_one_drop_but_not_for_different_images(
+    instance, warehouse, drop_root, standin_cache
+):
+    folder = copy_samples(drop_root, "mixed", ["astronaut.jpg", "camera.jpg", "coins.jpg"])
+    reencode(SAMPLES / "astronaut.jpg", folder / "astronaut-small.jpg", quality=60)
+    check = near_duplicate_check(run(instance, warehouse, drop_root, "mixed", standin_cache))
+    assert not check.passed and check.metadata["pairs"].value == 1
+    cosines = warehouse.rows(
+        "SELECT array_cosine_similarity(a.embedding, b.embedding) FROM clip_embeddings_d64 a,"
+        " clip_embeddings_d64 b WHERE a.image_id < b.image_id"
+    )
+    assert sorted(c for (c,) in cosines)[-2] < 0.98  # only the copy pair is above the threshold
+    assert np.isfinite([c for (c,) in cosines]).all()
+
+
+def test_the_pipeline_job_runs_the_clip_assets_after_images():
+    from orchestration.definitions import defs
+    from orchestration.jobs import PIPELINE_JOB_NAME
+
+    job = defs.resolve_job_def(PIPELINE_JOB_NAME)
+    keys = {key.to_user_string() for key in job.asset_layer.executable_asset_keys}
+    assert {"images", "clip_embeddings", "clip_zero_shot"} <= keys
+    graph = defs.resolve_asset_graph()
+    assert graph.get(dg.AssetKey("clip_zero_shot")).parent_keys == {dg.AssetKey("clip_embeddings")}
+    assert graph.get(dg.AssetKey("clip_embeddings")).parent_keys == {dg.AssetKey("images")}

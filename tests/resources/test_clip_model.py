@@ -1,0 +1,57 @@
+"""The CLIP resource: loads once, falls back to the stand-in only where allowed, and says so."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from core.clip.loading import ModelUnavailable
+from core.clip.standin import STANDIN_MODEL
+from resources.clip_model import ClipModelResource
+
+
+def test_a_local_checkpoint_loads_once_per_resource(standin_cache: Path):
+    resource = ClipModelResource(
+        model_name=STANDIN_MODEL,
+        pretrained=str(standin_cache / STANDIN_MODEL / "seed1.pt"),
+        device="cpu",
+        s2_scales=[1, 2],
+    )
+    first = resource.load()
+    assert first.model_id == "standin-tiny-clip/seed1"
+    assert resource.load() is first
+    assert resource.options().kinds == ("global", "s2")
+
+
+def test_local_falls_back_to_the_standin_with_a_banner(standin_cache: Path, tmp_path: Path, capsys):
+    warnings: list[str] = []
+    resource = ClipModelResource(
+        pretrained=str(tmp_path / "missing.pt"),
+        device="cpu",
+        allow_standin_fallback=True,
+        standin_cache_dir=str(standin_cache),
+    )
+    clip = resource.load(warn=warnings.append)
+    assert clip.is_standin and clip.model_id == "standin-tiny-clip/seed0"
+    assert "USING THE OFFLINE STAND-IN" in warnings[0] and "missing.pt" in warnings[0]
+    assert "USING THE OFFLINE STAND-IN" in capsys.readouterr().err
+
+
+def test_prod_never_falls_back(tmp_path: Path):
+    resource = ClipModelResource(pretrained=str(tmp_path / "missing.pt"), device="cpu")
+    with pytest.raises(ModelUnavailable):
+        resource.load()
+
+
+def test_precision_is_validated():
+    with pytest.raises(ValueError, match="precision"):
+        ClipModelResource(precision="int8").spec()
+
+
+def test_definitions_wire_the_fallback_by_environment(settings):
+    from orchestration.resources import build_resources
+
+    assert build_resources(settings)["clip_model"].allow_standin_fallback is True
+    prod = settings.model_copy(update={"environment": "prod"})
+    assert build_resources(prod)["clip_model"].allow_standin_fallback is False
