@@ -49,9 +49,11 @@ def test_precision_is_validated():
         ClipModelResource(precision="int8").spec()
 
 
-def test_definitions_wire_the_fallback_by_environment(settings):
+def test_definitions_wire_the_fallback_by_environment(settings, monkeypatch):
     from orchestration.resources import build_resources
 
     assert build_resources(settings)["clip_model"].allow_standin_fallback is True
+    monkeypatch.setenv("IMAGE_PIPELINE_VLM_BACKEND", "sglang")  # prod names every backend
+    monkeypatch.setenv("IMAGE_PIPELINE_SGLANG_URL", "http://127.0.0.1:30000")
     prod = settings.model_copy(update={"environment": "prod"})
     assert build_resources(prod)["clip_model"].allow_standin_fallback is False
