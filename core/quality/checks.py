@@ -352,6 +352,77 @@ def embedding_checks(
     ]
 
 
+def merge_outcomes(parts: Mapping[str, Sequence[CheckOutcome]], key: str) -> list[CheckOutcome]:
+    """One outcome per check name from outcomes of several subjects (kinds, tasks, label sets).
+
+    A Dagster asset declares each check once, so per-subject outcomes are folded: passed when
+    every subject passed, the worst failing severity, counts summed, offending rows tagged with
+    their subject (`key`), and each subject's details kept under `parts`.
+    """
+    by_name: dict[str, list[tuple[str, CheckOutcome]]] = {}
+    for subject, outcomes in parts.items():
+        for outcome in outcomes:
+            by_name.setdefault(outcome.check_name, []).append((subject, outcome))
+    merged = []
+    for name, items in by_name.items():
+        if len(items) == 1:
+            merged.append(items[0][1])
+            continue
+        failed = [o for _, o in items if not o.passed]
+        severity: Severity = (
+            "ERROR"
+            if any(o.severity == "ERROR" for o in failed or [o for _, o in items])
+            else "WARN"
+        )
+        counts: dict[str, int] = {}
+        for _, outcome in items:
+            for count, n in outcome.counts.items():
+                counts[count] = counts.get(count, 0) + n
+        values = [o.value for _, o in items if o.value is not None]
+        worst = failed[0] if failed else items[0][1]
+        merged.append(
+            CheckOutcome(
+                check_name=name,
+                passed=not failed,
+                severity=severity,
+                summary="; ".join(o.summary for _, o in items),
+                value=worst.value if worst.value is not None else (values[0] if values else None),
+                threshold=worst.threshold,
+                counts=counts,
+                offending=[{key: subject, **row} for subject, o in items for row in o.offending][
+                    :SAMPLE_ROWS
+                ],
+                details={"parts": {subject: o.details for subject, o in items if o.details}},
+            )
+        )
+    return merged
+
+
+def embedding_checks_by_kind(
+    warehouse: Warehouse,
+    drop_id: str,
+    model_id: str,
+    dims: Mapping[str, int],
+    *,
+    norm_tolerance: float = 1e-3,
+) -> list[CheckOutcome]:
+    """`embedding_checks` for every kind the model writes (global, s2), folded per check."""
+    return merge_outcomes(
+        {
+            kind: embedding_checks(
+                warehouse,
+                drop_id,
+                model_id,
+                expected_dim=dim,
+                kind=kind,
+                norm_tolerance=norm_tolerance,
+            )
+            for kind, dim in dims.items()
+        },
+        key="kind",
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # extraction (vlm_extractions and the typed task tables)
 

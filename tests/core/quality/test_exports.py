@@ -10,12 +10,11 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from core.quality.exports import export_instruction_data, export_task_tables, task_tables
-from tests.fixtures.contracts import (
-    SceneryPeople,
-    add_drop,
-    add_extraction,
-    create_contract_tables,
-)
+from core.tasks.registry import get_task
+from tests.fixtures.contracts import add_drop, add_extraction, plant_sql
+
+SCENERY_PEOPLE = get_task("scenery_people")
+SceneryPeople = SCENERY_PEOPLE.model
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 PEOPLE = [
@@ -26,7 +25,6 @@ PEOPLE = [
 
 @pytest.fixture
 def extracted(warehouse):
-    create_contract_tables(warehouse)
     ids = add_drop(warehouse, "d1", ["a", "b", "c"], at=T0)
     add_extraction(
         warehouse, ids[0], "scenery_people", "m", "ok", {"scenery": "indoors", "people": PEOPLE}
@@ -62,12 +60,13 @@ def test_parquet_and_jsonl_hold_the_same_rows_as_the_tables(warehouse, extracted
 
 
 def test_validated_extractions_become_llava_conversations(warehouse, extracted, tmp_path):
-    with warehouse.transaction() as conn:  # an ok row today's schema refuses
-        conn.execute(
-            "INSERT INTO vlm_extractions (image_id, task, task_fingerprint, model_id, status, parsed_json,"
-            " created_at) VALUES (?, 'scenery_people', 'old', 'm', 'ok', '{\"scenery\": \"space\"}', now())",
-            [extracted[2]],
-        )
+    plant_sql(  # an ok row of an older task version that today's schema refuses
+        warehouse,
+        "INSERT INTO vlm_extractions (image_id, task, task_fingerprint, model_id, status,"
+        " parsed_json, attempts, drop_id, created_at)"
+        " VALUES (?, 'scenery_people', 'old', 'm', 'ok', '{\"scenery\": \"space\"}', 1, 'd1', now())",
+        [extracted[2]],
+    )
     result = export_instruction_data(
         warehouse,
         tmp_path / "llava.json",
