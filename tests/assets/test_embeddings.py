@@ -8,16 +8,18 @@ from pathlib import Path
 
 import dagster as dg
 import numpy as np
+import pytest
 from PIL import Image
 
 from assets.embeddings import (
-    EMBEDDINGS_VALID_CHECK,
+    EMBEDDING_CHECKS,
     NEAR_DUPLICATES_CHECK,
     clip_embeddings,
     clip_zero_shot,
 )
 from assets.ingestion import images
 from core.clip.standin import STANDIN_MODEL
+from core.quality import checks
 from core.tasks.label_sets import LABEL_SETS
 from core.warehouse import Warehouse
 from resources.clip_model import ClipModelResource
@@ -106,7 +108,7 @@ def test_samples_get_embeddings_and_zero_shot_labels(
     for _, count, error, top_in_labels, top_is_max in zero_shot:
         assert count == 7 and error < 1e-9 and top_in_labels and top_is_max
     assert near_duplicate_check(result).passed  # seven different photographs
-    assert check(result, EMBEDDINGS_VALID_CHECK).passed
+    assert all(check(result, name).passed for name in EMBEDDING_CHECKS)
 
 
 def test_a_bad_vector_fails_the_blocking_check_and_a_rerun_reports_it(
@@ -120,9 +122,17 @@ def test_a_bad_vector_fails_the_blocking_check_and_a_rerun_reports_it(
             " lambda x: x * 2)::FLOAT[64] WHERE image_id = (SELECT min(image_id) FROM images)"
         ).fetchall()
     again = run(instance, warehouse, drop_root, "one", standin_cache)
-    evaluation = check(again, EMBEDDINGS_VALID_CHECK)
+    evaluation = check(again, checks.EMBEDDING_UNIT_NORM)
     assert not evaluation.passed
-    assert evaluation.metadata["by_kind"].value == {"global": {"missing": 0, "bad_norm": 1}}
+    assert evaluation.metadata["off_norm"].value == 1
+    (offending,) = evaluation.metadata["offending_sample"].value
+    assert offending["norm"] == pytest.approx(2.0, rel=1e-5)
+    assert check(again, checks.EMBEDDING_ONE_PER_IMAGE).passed
+    recorded = warehouse.rows(
+        "SELECT passed FROM quality_results WHERE check_name = ? AND run_id = ?",
+        [checks.EMBEDDING_UNIT_NORM, again.run_id],
+    )
+    assert recorded == [(False,)]
     assert not again.success  # blocking: clip_zero_shot did not run on it
 
 
