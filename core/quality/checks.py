@@ -50,6 +50,7 @@ EXTRACTION_ENUMS = "extraction_enum_values"
 EXTRACTION_ENTITY_COUNTS = "extraction_entity_counts"
 LABEL_DRIFT = "label_drift"
 AGREEMENT = "clip_vlm_agreement"
+LABELLED_INGESTED = "labelled_images_ingested"
 
 DROP_IMAGES = "SELECT DISTINCT image_id FROM image_files WHERE drop_id = $drop"
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
@@ -1018,6 +1019,35 @@ def agreement(
             "rows": "clip",
             "columns": "vlm",
         },
+    )
+
+
+def labelled_images_ingested(warehouse: Warehouse, image_ids: dict[str, str]) -> CheckOutcome:
+    """Every labelled image (image_id -> its labelled file) is in `images`: an image never
+    ingested has no prediction and silently shrinks what the evaluation is over."""
+    with warehouse.reader() as conn:
+        known = {
+            row[0]
+            for row in _execute(
+                conn,
+                "SELECT image_id FROM images WHERE list_contains($ids, image_id)",
+                {"ids": sorted(image_ids)},
+            ).fetchall()
+        }
+    missing = [
+        {"image_id": iid, "path": path}
+        for iid, path in sorted(image_ids.items())
+        if iid not in known
+    ]
+    return CheckOutcome(
+        check_name=LABELLED_INGESTED,
+        passed=not missing,
+        severity="WARN",
+        summary=f"{len(image_ids) - len(missing)} of {len(image_ids)} labelled images are ingested",
+        value=_rate(len(image_ids) - len(missing), len(image_ids)),
+        threshold=1.0,
+        counts={"labelled_images": len(image_ids), "not_ingested": len(missing)},
+        offending=missing[:SAMPLE_ROWS],
     )
 
 
