@@ -13,7 +13,9 @@ from PIL import Image
 
 from assets.embeddings import (
     EMBEDDING_CHECKS,
+    LABEL_DRIFT_CHECK,
     NEAR_DUPLICATES_CHECK,
+    ZERO_SHOT_CHECKS,
     clip_embeddings,
     clip_zero_shot,
 )
@@ -241,3 +243,53 @@ def test_the_pipeline_job_runs_the_clip_assets_after_images():
     graph = defs.resolve_asset_graph()
     assert graph.get(dg.AssetKey("clip_zero_shot")).parent_keys == {dg.AssetKey("clip_embeddings")}
     assert graph.get(dg.AssetKey("clip_embeddings")).parent_keys == {dg.AssetKey("images")}
+
+
+def test_zero_shot_checks_pass_on_the_samples_and_block_on_planted_probabilities(
+    instance, warehouse, drop_root, standin_cache
+):
+    copy_samples(drop_root, "one", ["coins.jpg", "coffee.jpg"])
+    first = run(instance, warehouse, drop_root, "one", standin_cache)
+    assert first.success
+    for name in (*ZERO_SHOT_CHECKS, LABEL_DRIFT_CHECK):
+        assert check(first, name).passed
+    with warehouse.transaction() as conn:  # probabilities that no longer sum to 1
+        conn.execute(
+            "UPDATE clip_zero_shot SET probabilities = map_from_entries(list_transform("
+            "map_entries(probabilities), lambda e: {'key': e.key, 'value': e.value / 2}))"
+            " WHERE label_set = 'scenery' AND image_id = (SELECT min(image_id) FROM images)"
+        )
+    again = run(instance, warehouse, drop_root, "one", standin_cache)
+    evaluation = check(again, checks.ZERO_SHOT_PROBABILITIES)
+    assert not evaluation.passed
+    (offending,) = evaluation.metadata["offending_sample"].value
+    assert offending["label_set"] == "scenery"
+    assert offending["problem"] == "probabilities do not sum to 1"
+    assert check(again, checks.ZERO_SHOT_ONE_PER_IMAGE).passed
+    assert not again.success  # blocking
+
+
+def test_label_drift_warns_when_a_later_drop_looks_different(
+    instance, warehouse, drop_root, standin_cache
+):
+    copy_samples(drop_root, "first", ["coins.jpg", "coffee.jpg", "chelsea.jpg"])
+    assert run(instance, warehouse, drop_root, "first", standin_cache).success
+    copy_samples(drop_root, "second", ["rocket.jpg", "hubble_deep_field.jpg"])
+    second = run(instance, warehouse, drop_root, "second", standin_cache)
+    (seen,) = warehouse.rows(
+        "SELECT list(DISTINCT z.top_label) FROM clip_zero_shot z JOIN image_files f"
+        " USING (image_id) WHERE f.drop_id = 'second' AND z.label_set = 'scenery'"
+    )[0]
+    other = next(label for label in LABEL_SETS["scenery"].labels if label not in seen)
+    with warehouse.transaction() as conn:  # the earlier drop saw nothing the second one sees
+        conn.execute(
+            "UPDATE clip_zero_shot SET top_label = ? WHERE label_set = 'scenery' AND image_id IN"
+            " (SELECT image_id FROM image_files WHERE drop_id = 'first')",
+            [other],
+        )
+    again = run(instance, warehouse, drop_root, "second", standin_cache)
+    drift = check(again, LABEL_DRIFT_CHECK)
+    assert not drift.passed and drift.severity == dg.AssetCheckSeverity.WARN
+    assert f"| {other} | 0 | 3 |" in drift.metadata["distribution"].value
+    assert again.success  # a warning, not a blocker
+    assert check(second, LABEL_DRIFT_CHECK).severity == dg.AssetCheckSeverity.WARN

@@ -13,6 +13,7 @@ from core.ingest.accounting import Accounting
 from core.quality import checks
 from core.quality.checks import ExtractionScope, LabelSource
 from core.quality.fields import FIELDS
+from core.tasks.label_sets import LABEL_SETS
 from core.tasks.registry import get_task
 from core.warehouse import Warehouse
 from tests.fixtures.contracts import (
@@ -327,3 +328,99 @@ def test_recorded_outcomes_are_queryable_and_a_rerun_replaces_them(wh):
         json.loads(wh.rows("SELECT details FROM quality_results")[0][0])["offending"][0]["reason"]
         == "not_an_image"
     )
+
+
+# zero-shot ----------------------------------------------------------------------------------
+
+
+def zero_shot_outcomes(wh: Warehouse, drop_id: str = "d1") -> dict[str, checks.CheckOutcome]:
+    label_set = LABEL_SETS["scenery"]
+    return by_name(
+        checks.zero_shot_checks(
+            wh,
+            drop_id,
+            CLIP,
+            "scenery",
+            labels=label_set.labels,
+            fingerprint=label_set.fingerprint,
+        )
+    )
+
+
+def test_zero_shot_checks_pass_on_rows_the_writer_produced(wh):
+    ids = add_drop(wh, "d1", ["a", "b"], at=T0)
+    for iid in ids:
+        add_zero_shot(wh, iid, CLIP, "scenery", {"indoors": 0.7, "cloudy": 0.3})
+    assert [o.check_name for o in zero_shot_outcomes(wh).values() if not o.passed] == []
+
+
+def test_zero_shot_checks_catch_missing_stale_and_malformed_rows(wh):
+    ids = add_drop(wh, "d1", ["a", "b", "c", "d", "e"], at=T0)
+    for iid in ids[:4]:
+        add_zero_shot(wh, iid, CLIP, "scenery", {"indoors": 0.7, "cloudy": 0.3})
+    update = "UPDATE clip_zero_shot SET {} WHERE image_id = ?"
+    plant_sql(wh, update.format("label_set_fingerprint = 'old'"), [ids[0]])  # stale version
+    plant_sql(  # probabilities no longer sum to 1
+        wh,
+        update.format(
+            "probabilities = map_from_entries([('indoors', 0.5), ('cloudy', 0.3), ('blue_sky', 0.0), ('golden_hour', 0.0), ('night_time', 0.0)])"
+        ),
+        [ids[1]],
+    )
+    plant_sql(wh, update.format("top_label = 'cloudy'"), [ids[2]])  # not the argmax
+    plant_sql(  # a label outside the set
+        wh, update.format("probabilities = map_from_entries([('underwater', 1.0)])"), [ids[3]]
+    )
+    found = zero_shot_outcomes(wh)
+    one = found[checks.ZERO_SHOT_ONE_PER_IMAGE]
+    assert not one.passed and one.counts == {"images": 5, "missing_or_stale": 2}
+    assert {row["image_id"]: row["stale_fingerprint"] for row in one.offending} == {
+        ids[0]: "old",
+        ids[4]: None,
+    }
+    probabilities = found[checks.ZERO_SHOT_PROBABILITIES]
+    assert not probabilities.passed and probabilities.severity == "ERROR"
+    assert {row["image_id"]: row["problem"] for row in probabilities.offending} == {
+        ids[1]: "probabilities do not sum to 1",
+        ids[2]: "top label is not the most probable",
+        ids[3]: "labels differ from the set",
+    }
+
+
+# folding, models and labelled images ------------------------------------------------------
+
+
+def test_merged_outcomes_keep_the_worst_severity_and_every_subject():
+    ok = checks.CheckOutcome(check_name="c", passed=True, severity="WARN", summary="fine")
+    bad = checks.CheckOutcome(
+        check_name="c",
+        passed=False,
+        severity="ERROR",
+        summary="broken",
+        value=0.2,
+        counts={"images": 3},
+        offending=[{"image_id": "x"}],
+    )
+    (merged,) = checks.merge_outcomes({"t1": [ok], "t2": [bad]}, key="task")
+    assert (merged.passed, merged.severity, merged.value) == (False, "ERROR", 0.2)
+    assert merged.summary == "fine; broken"
+    assert merged.offending == [{"task": "t2", "image_id": "x"}]
+
+
+def test_models_of_a_drop_most_images_first(wh):
+    ids = add_drop(wh, "d1", ["a", "b"], at=T0)
+    for iid in ids:
+        add_zero_shot(wh, iid, "clip-big", "scenery", {"indoors": 1.0})
+    add_zero_shot(wh, ids[0], "clip-small", "scenery", {"indoors": 1.0})
+    add_zero_shot(wh, ids[0], "clip-other-set", "age_group", {"21-30": 1.0})
+    source = LabelSource.zero_shot("scenery", "")
+    assert checks.models_of_drop(wh, "d1", source) == ["clip-big", "clip-small"]
+    assert checks.models_of_drop(wh, "d2", source) == []
+
+
+def test_labelled_images_never_ingested_warn(wh):
+    ids = add_drop(wh, "d1", ["a"], at=T0)
+    assert checks.labelled_images_ingested(wh, {ids[0]: "a.jpg"}).passed
+    outcome = checks.labelled_images_ingested(wh, {ids[0]: "a.jpg", image_id("z"): "z.jpg"})
+    assert (outcome.passed, outcome.severity, outcome.value) == (False, "WARN", 0.5)
+    assert outcome.offending == [{"image_id": image_id("z"), "path": "z.jpg"}]
