@@ -83,3 +83,35 @@ def test_validated_extractions_become_llava_conversations(warehouse, extracted, 
     assert human == {"from": "human", "value": "<image>\nDescribe the scenery and the people."}
     assert gpt["from"] == "gpt"
     assert SceneryPeople.model_validate_json(gpt["value"]).people[1].shirt_color == "navy blue"
+
+
+def test_the_export_command_writes_every_table_and_one_llava_file_per_task(
+    warehouse, extracted, tmp_path, capsys
+):
+    from core.quality.exports import main
+
+    assert (
+        main(
+            [
+                "--warehouse",
+                str(warehouse.path),
+                "--out",
+                str(tmp_path / "x"),
+                "--image-root",
+                "/drops",
+            ]
+        )
+        == 0
+    )
+    written = sorted(p.name for p in (tmp_path / "x").iterdir())
+    assert "task_age_gender.parquet" in written and "task_scenery_people__people.jsonl" in written
+    assert {"llava_scenery_people.json", "llava_age_gender.json"} <= set(written)
+    records = json.loads((tmp_path / "x" / "llava_scenery_people.json").read_text())
+    assert [r["image"] for r in records] == ["/drops/d1/a.jpg", "/drops/d1/b.jpg"]
+    assert records[0]["conversations"][0]["value"] == "<image>\n" + SCENERY_PEOPLE.instruction
+    for table in task_tables(warehouse):  # JSONL round-trips too
+        stored = warehouse.query(f'SELECT * FROM "{table}"')
+        exported = pl.read_ndjson(tmp_path / "x" / f"{table}.jsonl", schema_overrides=stored.schema)
+        keys = [c for c in ("image_id", "idx") if c in stored.columns]
+        assert_frame_equal(exported.drop("image_path").sort(keys), stored.sort(keys))
+    assert "conversations" in capsys.readouterr().out
