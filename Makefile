@@ -33,8 +33,11 @@ ui: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 validate: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster definitions validate -w workspace.yaml
 
+## Run the speed benchmarks (about 6 minutes on 2 cores); JSON lands in data/bench/.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py --out data/bench/ingest.json
+	$(BIN)/python benchmarks/embed.py --out data/bench/embed.json
+	$(BIN)/python benchmarks/extract_client.py --out data/bench/extract_client.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

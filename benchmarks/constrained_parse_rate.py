@@ -18,6 +18,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.report import write_json
 from core.tasks.base import TaskOutputError
 from core.tasks.registry import TASKS
 from tests.fakes.sglang_server import standin_backend
@@ -66,8 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"{name:<20}{row['samples']:>8}{row['json_parse_rate']:>8.3f}"
             f"{row['valid_rate']:>8.3f}{row['truncated']:>7}"
         )
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2))
+    write_json(results, args.out)
     return results
 
 

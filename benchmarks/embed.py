@@ -15,7 +15,6 @@ Prints a table and writes JSON (`--out`). Usage: python benchmarks/embed.py [--f
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import platform
@@ -28,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.ingest import SIZES, generate, peak_rss_mb, representative_sample
+from benchmarks.report import print_table, write_json
 
 MODEL = "ViT-B-32"
 
@@ -286,12 +286,8 @@ def main(argv: list[str] | None = None) -> dict:
         ),
         ("bf16 vs fp32 cosine (samples, min)", f"{results['bf16_vs_fp32_min_cosine']}"),
     ]
-    width = max(len(name) for name, _ in rows)
-    print("\n" + "\n".join(f"{name:<{width}}  {value}" for name, value in rows))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"\nwrote {args.out}")
+    print_table(rows)
+    write_json(results, args.out)
     return results
 
 

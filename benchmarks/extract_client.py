@@ -13,7 +13,6 @@ Usage: python benchmarks/extract_client.py [--images N] [--capacity C] [--servic
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.report import write_json
 from core.tasks.registry import get_task
 from core.vlm.sglang_client import SGLangClient, SGLangClientConfig
 from core.vlm.types import ImageInput
@@ -131,9 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"{label:<28}{row['images_per_s']:>10.2f}{row['images_per_s'] / capacity:>8.3f}"
             f"{row['lost']:>6}{row['retried']:>9}"
         )
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2))
+    write_json(results, args.out)
     return results
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import json
 import multiprocessing
 import os
 import platform
@@ -28,6 +27,8 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.report import print_table, write_json
 
 SIZES = {"small": (640, 480), "large": (4000, 3000)}
 
@@ -221,12 +222,8 @@ def main(argv: list[str] | None = None) -> dict:
         ),
         ("peak RSS (ingesting process)", f"{results['peak_rss_mb']} MB"),
     ]
-    width = max(len(name) for name, _ in rows)
-    print("\n" + "\n".join(f"{name:<{width}}  {value}" for name, value in rows))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"\nwrote {args.out}")
+    print_table(rows)
+    write_json(results, args.out)
     return results
 
 

@@ -1,6 +1,6 @@
 """A test double of SGLang's HTTP API (0.5.23), served on 127.0.0.1 from a background thread.
 
-It speaks the wire format of /work/shared/reference/sglang-api.md: `POST /v1/chat/completions`
+It speaks SGLang 0.5.23's wire format, as read from its released code: `POST /v1/chat/completions`
 with `image_url` data-URL parts and a `json_schema` response format, `GET /ready` (503 until
 ready), `/health`, `/model_info`, `/v1/models`, `/metrics` (Prometheus text), OpenAI-style flat
 error bodies, 401 without the API key, and 503 "The request queue is full." past its queue.

@@ -1,12 +1,24 @@
 """`make demo`, end to end: the whole chain on the bundled samples, into temp paths."""
 
+import re
+
 import dagster as dg
 
 from core.quality.summary import latest_check_outcomes, latest_evaluation
 from core.report import summary
 from core.warehouse import Warehouse
 from orchestration.demo import run_demo
-from orchestration.settings import Settings
+from orchestration.settings import REPO_ROOT, Settings
+
+DOCS_WITH_SQL = ("README.md", "docs/quality.md")
+
+
+def readme_sql() -> list[str]:
+    """Every SQL statement in the ```sql blocks of the README and the docs it links."""
+    text = "\n".join((REPO_ROOT / name).read_text() for name in DOCS_WITH_SQL)
+    blocks = re.findall(r"```sql\n(.*?)```", text, re.S)
+    statements = [part.strip() for block in blocks for part in block.split(";")]
+    return [s for s in statements if any(not line.startswith("--") for line in s.splitlines())]
 
 
 def _tables(warehouse: Warehouse) -> dict[str, list[tuple]]:
@@ -52,3 +64,14 @@ def test_the_demo_runs_the_chain_and_a_second_demo_changes_no_row(
     # a second evaluation run of the same predictions gives the same numbers
     assert latest_evaluation(warehouse).equals(evaluated)
     assert warehouse.rows("SELECT count(DISTINCT run_id) FROM evaluations") == [(2,)]
+
+
+def test_every_query_in_the_readme_runs_on_the_demo_warehouse(
+    settings: Settings, instance: dg.DagsterInstance
+):
+    assert run_demo(settings, instance).success
+    warehouse = Warehouse(settings.warehouse_path)
+    statements = readme_sql()
+    assert len(statements) >= 3
+    for sql in statements:
+        warehouse.query(sql)  # raises on a table, column or syntax the README got wrong
