@@ -5,10 +5,13 @@ import numpy as np
 from pydantic import Field
 
 from assets.metadata import column_schema, preview_table
+from assets.quality import record_and_report
 from core.clip import store
 from core.clip.near_duplicates import DEFAULT_THRESHOLD, near_duplicate_pairs
 from core.clip.pipeline import EmbedReport, embed_drop
 from core.clip.zero_shot import classify
+from core.quality import checks
+from core.quality.checks import CheckOutcome, LabelSource
 from core.tasks.label_sets import LABEL_SETS
 from core.warehouse import Warehouse
 from orchestration.partitions import image_drops
@@ -17,7 +20,15 @@ from resources.drop_folder import DropFolderResource
 from resources.warehouse import WarehouseResource
 
 NEAR_DUPLICATES_CHECK = "no_near_duplicates"
-EMBEDDINGS_VALID_CHECK = "every_image_embedded_unit_norm"
+# Blocking: zero-shot labels (and everything after) must not run on missing or broken vectors.
+EMBEDDING_CHECKS = (
+    checks.EMBEDDING_ONE_PER_IMAGE,
+    checks.EMBEDDING_DIMENSION,
+    checks.EMBEDDING_FINITE,
+    checks.EMBEDDING_UNIT_NORM,
+)
+ZERO_SHOT_CHECKS = (checks.ZERO_SHOT_ONE_PER_IMAGE, checks.ZERO_SHOT_PROBABILITIES)
+LABEL_DRIFT_CHECK = checks.LABEL_DRIFT
 PREVIEW_ROWS = 20
 ZERO_SHOT_BATCH = 4096
 
@@ -29,12 +40,18 @@ class EmbeddingsConfig(dg.Config):
         le=1.0,
         description="Pairs of different images at or above this cosine are reported.",
     )
+    norm_tolerance: float = Field(
+        default=1e-3, gt=0, description="Largest |L2 norm - 1| the unit-norm check accepts."
+    )
 
 
 class ZeroShotConfig(dg.Config):
     label_sets: list[str] = Field(
         default_factory=lambda: list(LABEL_SETS),
         description="Label sets from core/tasks/label_sets.py to score every image against.",
+    )
+    drift_threshold: float = Field(
+        default=0.25, gt=0, description="Warn when a label set's PSI vs earlier drops is above."
     )
 
 
@@ -71,9 +88,9 @@ def _embedding_metadata(report: EmbedReport, warehouse: Warehouse) -> dict[str, 
     }
 
 
-def _near_duplicate_check(
+def _near_duplicate_outcome(
     warehouse: Warehouse, drop_id: str, model_id: str, dim: int, threshold: float
-) -> dg.AssetCheckResult:
+) -> tuple[CheckOutcome, dict[str, object]]:
     pairs = near_duplicate_pairs(
         warehouse, drop_id, model_id=model_id, dim=dim, threshold=threshold
     )
@@ -88,46 +105,17 @@ def _near_duplicate_check(
             pairs["image_id"].replace_strict(paths, default=None).alias("path"),
             pairs["other_image_id"].replace_strict(paths, default=None).alias("other_path"),
         )
-    return dg.AssetCheckResult(
+    outcome = CheckOutcome(
         check_name=NEAR_DUPLICATES_CHECK,
         passed=pairs.height == 0,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={
-            "pairs": pairs.height,
-            "threshold": threshold,
-            "model_id": model_id,
-            "pairs_preview": preview_table(pairs.head(PREVIEW_ROWS)),
-        },
+        severity="WARN",
+        summary=f"{model_id}: {pairs.height} pairs of different images at cosine >= {threshold}",
+        value=float(pairs.height),
+        threshold=threshold,
+        counts={"pairs": pairs.height},
+        offending=pairs.head(checks.SAMPLE_ROWS).to_dicts(),
     )
-
-
-def _validity_check(
-    warehouse: Warehouse, drop_id: str, model_id: str, dims: dict[str, int]
-) -> dg.AssetCheckResult:
-    """Every image of the drop has each configured kind for this model, of unit length."""
-    per_kind = {}
-    for kind, dim in dims.items():
-        table = store.table_for(dim)
-        if not store.has_table(warehouse, dim):
-            missing = len(store.drop_images(warehouse, drop_id))
-            per_kind[kind] = {"missing": missing, "bad_norm": 0}
-            continue
-        missing, bad_norm = warehouse.rows(
-            f"""
-            SELECT count(*) FILTER (WHERE e.image_id IS NULL),
-                   count(*) FILTER (WHERE e.image_id IS NOT NULL AND NOT (
-                       abs(list_dot_product(e.embedding::FLOAT[], e.embedding::FLOAT[]) - 1) < 1e-3))
-            FROM (SELECT DISTINCT image_id FROM image_files WHERE drop_id = ?) f
-            LEFT JOIN {table} e ON e.image_id = f.image_id AND e.model_id = ? AND e.kind = ?
-            """,
-            [drop_id, model_id, kind],
-        )[0]
-        per_kind[kind] = {"missing": int(missing), "bad_norm": int(bad_norm)}
-    return dg.AssetCheckResult(
-        check_name=EMBEDDINGS_VALID_CHECK,
-        passed=all(v["missing"] == 0 and v["bad_norm"] == 0 for v in per_kind.values()),
-        metadata={"model_id": model_id, "by_kind": dg.MetadataValue.json(per_kind)},
-    )
+    return outcome, {"model_id": model_id, "pairs_preview": preview_table(pairs.head(PREVIEW_ROWS))}
 
 
 @dg.asset(
@@ -137,11 +125,29 @@ def _validity_check(
     kinds={"duckdb", "pytorch"},
     check_specs=[
         dg.AssetCheckSpec(
-            EMBEDDINGS_VALID_CHECK,
+            checks.EMBEDDING_ONE_PER_IMAGE,
             asset="clip_embeddings",
             blocking=True,
-            description="Every image of the drop has an embedding of this model (each kind), "
-            "finite and of unit length; zero-shot labels do not run otherwise.",
+            description="Every image of the drop has exactly one embedding of this model per "
+            "configured kind (global, s2); zero-shot labels do not run otherwise.",
+        ),
+        dg.AssetCheckSpec(
+            checks.EMBEDDING_DIMENSION,
+            asset="clip_embeddings",
+            blocking=True,
+            description="`dim` and the vector length equal the model's dimension.",
+        ),
+        dg.AssetCheckSpec(
+            checks.EMBEDDING_FINITE,
+            asset="clip_embeddings",
+            blocking=True,
+            description="No vector holds NaN or infinity.",
+        ),
+        dg.AssetCheckSpec(
+            checks.EMBEDDING_UNIT_NORM,
+            asset="clip_embeddings",
+            blocking=True,
+            description="Every vector has L2 norm 1 within `norm_tolerance` (cosine = dot).",
         ),
         dg.AssetCheckSpec(
             NEAR_DUPLICATES_CHECK,
@@ -175,13 +181,26 @@ def clip_embeddings(
         context.log.warning(
             f"{len(report.failures)} images could not be decoded: {report.failures[:5]}"
         )
-    valid = _validity_check(store_, report.drop_id, clip.model_id, report.dims)
-    check = _near_duplicate_check(
+    outcomes = checks.embedding_checks_by_kind(
+        store_,
+        report.drop_id,
+        clip.model_id,
+        report.dims,
+        norm_tolerance=config.norm_tolerance,
+    )
+    near, near_metadata = _near_duplicate_outcome(
         store_,
         report.drop_id,
         clip.model_id,
         report.dims["global"],
         config.near_duplicate_threshold,
+    )
+    results = record_and_report(
+        context,
+        store_,
+        [*outcomes, near],
+        asset="clip_embeddings",
+        extra_metadata={NEAR_DUPLICATES_CHECK: near_metadata},
     )
     metadata = (
         _embedding_metadata(report, store_)
@@ -191,7 +210,7 @@ def clip_embeddings(
             "images_in_drop": 0,
         }
     )
-    return dg.MaterializeResult(metadata=metadata, check_results=[valid, check])
+    return dg.MaterializeResult(metadata=metadata, check_results=results)
 
 
 @dg.asset(
@@ -199,6 +218,28 @@ def clip_embeddings(
     deps=[clip_embeddings],
     group_name="clip",
     kinds={"duckdb", "pytorch"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            checks.ZERO_SHOT_ONE_PER_IMAGE,
+            asset="clip_zero_shot",
+            blocking=True,
+            description="Every image of the drop has a row per configured label set, of the "
+            "label set's current version (fingerprint).",
+        ),
+        dg.AssetCheckSpec(
+            checks.ZERO_SHOT_PROBABILITIES,
+            asset="clip_zero_shot",
+            blocking=True,
+            description="Probabilities cover exactly the label set's labels, are finite and "
+            "non-negative, sum to 1, and the top label is the most probable.",
+        ),
+        dg.AssetCheckSpec(
+            LABEL_DRIFT_CHECK,
+            asset="clip_zero_shot",
+            description="Warns when a label set's top-label distribution in this drop departs "
+            "from earlier drops (PSI above `drift_threshold`).",
+        ),
+    ],
 )
 def clip_zero_shot(
     context: dg.AssetExecutionContext,
@@ -264,7 +305,32 @@ def clip_zero_shot(
         [context.partition_key, clip.model_id, PREVIEW_ROWS],
     )
     total = store_.rows("SELECT count(*) FROM clip_zero_shot WHERE model_id = ?", [clip.model_id])
+    drop_id = context.partition_key
+    per_set = {
+        name: [
+            *checks.zero_shot_checks(
+                store_,
+                drop_id,
+                clip.model_id,
+                name,
+                labels=LABEL_SETS[name].labels,
+                fingerprint=LABEL_SETS[name].fingerprint,
+            ),
+            checks.label_drift(
+                store_,
+                drop_id,
+                LabelSource.zero_shot(name, clip.model_id),
+                categories=LABEL_SETS[name].labels,
+                threshold=config.drift_threshold,
+            ),
+        ]
+        for name in config.label_sets
+    }
+    results = record_and_report(
+        context, store_, checks.merge_outcomes(per_set, key="label_set"), asset="clip_zero_shot"
+    )
     return dg.MaterializeResult(
+        check_results=results,
         metadata={
             "dagster/row_count": int(total[0][0]),
             "dagster/table_name": "clip_zero_shot",
@@ -278,5 +344,5 @@ def clip_zero_shot(
                 if distribution.height
                 else 0.0
             ),
-        }
+        },
     )

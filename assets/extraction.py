@@ -10,6 +10,11 @@ from pydantic import Field
 
 from assets.ingestion import images
 from assets.metadata import column_schema, counts_markdown, preview_table
+from assets.quality import record_and_report
+from core.quality import checks
+from core.quality.checks import ExtractionScope, LabelSource
+from core.quality.fields import FIELDS
+from core.tasks.base import Task
 from core.tasks.registry import TASKS, get_tasks
 from core.vlm.run import TaskReport, extract_drop
 from core.warehouse import Warehouse
@@ -19,33 +24,79 @@ from resources.sglang_server import SGLangServer
 from resources.vlm import VLMResource
 from resources.warehouse import WarehouseResource
 
-ALL_ANSWERED_CHECK = "every_image_answered"
-VALIDITY_CHECK = "validity_rate"
-MIN_VALIDITY = 0.9
+ALL_ANSWERED_CHECK = checks.EXTRACTION_COVERAGE
+VALIDITY_CHECK = checks.EXTRACTION_VALIDITY
+TRUNCATION_CHECK = checks.EXTRACTION_TRUNCATION
+ENUM_CHECK = checks.EXTRACTION_ENUMS
+ENTITY_COUNT_CHECK = checks.EXTRACTION_ENTITY_COUNTS
+LABEL_DRIFT_CHECK = checks.LABEL_DRIFT
 PREVIEW_ROWS = 20
 
 
 class ExtractionConfig(dg.Config):
     tasks: list[str] = Field(default=list(TASKS), description="Task names (core/tasks).")
     batch_size: int = Field(default=64, ge=1, description="Images per write transaction.")
+    validity_error_below: float = Field(
+        default=0.5, ge=0, le=1, description="Validity check fails with ERROR below this rate."
+    )
+    validity_warn_below: float = Field(
+        default=0.9, ge=0, le=1, description="Validity check warns below this rate."
+    )
+    max_truncation_rate: float = Field(
+        default=0.05, ge=0, le=1, description="Truncation check warns above this rate."
+    )
+    drift_threshold: float = Field(
+        default=0.25, gt=0, description="Label drift check warns when PSI is above."
+    )
 
 
-def _coverage(store: Warehouse, drop_id: str, model_id: str, tasks: list) -> dict[str, int]:
-    """Per task: the drop's images with no row at all for this task version and model."""
-    missing = {}
+def quality_outcomes(
+    store: Warehouse, drop_id: str, model_id: str, tasks: list[Task], config: ExtractionConfig
+) -> list[checks.CheckOutcome]:
+    """The extraction checks of every task (current version, this model), folded per check,
+    and label drift of every field the tasks extract."""
+    per_task = {}
     for task in tasks:
-        missing[task.name] = int(
-            store.rows(
-                """
-                SELECT count(DISTINCT f.image_id) FROM image_files f
-                LEFT JOIN vlm_extractions e ON e.image_id = f.image_id AND e.task = $t
-                  AND e.task_fingerprint = $fp AND e.model_id = $m
-                WHERE f.drop_id = $d AND e.image_id IS NULL
-                """,
-                {"t": task.name, "fp": task.fingerprint, "m": model_id, "d": drop_id},
-            )[0][0]
+        scope = ExtractionScope(
+            task=task.name, model_id=model_id, task_fingerprint=task.fingerprint
         )
-    return missing
+        per_task[task.name] = checks.extraction_checks(
+            store,
+            drop_id,
+            scope,
+            task.model,
+            error_below=config.validity_error_below,
+            warn_below=config.validity_warn_below,
+            max_truncation=config.max_truncation_rate,
+        )
+    names = {task.name: task for task in tasks}
+    drift = {
+        field.name: [
+            checks.label_drift(
+                store,
+                drop_id,
+                LabelSource.task_field(
+                    field.task, field.column, model_id, names[field.task].fingerprint
+                ),
+                categories=field.values,
+                threshold=config.drift_threshold,
+            )
+        ]
+        for field in FIELDS.values()
+        if field.task in names and field.column
+    }
+    outcomes = checks.merge_outcomes(per_task, key="task")
+    outcomes += checks.merge_outcomes(drift, key="field")
+    if not drift:  # no configured task extracts a labelled field: nothing to drift
+        outcomes.append(
+            checks.CheckOutcome(
+                check_name=LABEL_DRIFT_CHECK,
+                passed=True,
+                severity="WARN",
+                summary="no configured task extracts a label field",
+            )
+        )
+    return outcomes
 
 
 def _round(value: float | None, digits: int = 3) -> float | None:
@@ -75,12 +126,37 @@ def _task_metadata(report: TaskReport) -> dict[str, object]:
             ALL_ANSWERED_CHECK,
             asset="vlm_extractions",
             blocking=True,
-            description="Every image of the drop has a result or failure row for every task.",
+            description="Every image of the drop has a result or failure row for every task "
+            "(current task version, this model).",
         ),
         dg.AssetCheckSpec(
             VALIDITY_CHECK,
             asset="vlm_extractions",
-            description=f"At least {MIN_VALIDITY:.0%} of this drop's results are `ok`.",
+            description="Share of images whose result is `ok`: ERROR below "
+            "`validity_error_below`, WARN below `validity_warn_below`.",
+        ),
+        dg.AssetCheckSpec(
+            TRUNCATION_CHECK,
+            asset="vlm_extractions",
+            description="Warns when more than `max_truncation_rate` of results hit the token limit.",
+        ),
+        dg.AssetCheckSpec(
+            ENUM_CHECK,
+            asset="vlm_extractions",
+            blocking=True,
+            description="Typed task tables hold only values the task schema's Literals allow.",
+        ),
+        dg.AssetCheckSpec(
+            ENTITY_COUNT_CHECK,
+            asset="vlm_extractions",
+            blocking=True,
+            description="Child rows per image (people per photo) within the list's bounds.",
+        ),
+        dg.AssetCheckSpec(
+            LABEL_DRIFT_CHECK,
+            asset="vlm_extractions",
+            description="Warns when an extracted field's distribution in this drop departs from "
+            "earlier drops (PSI above `drift_threshold`).",
         ),
     ],
 )
@@ -107,8 +183,9 @@ def vlm_extractions(
         batch_size=config.batch_size,
         log=context.log.info,
     )
-    missing = _coverage(store, drop_id, model_id, tasks)
-    statuses = _drop_statuses(store, drop_id, model_id, tasks)
+    outcomes = quality_outcomes(store, drop_id, model_id, tasks, config)
+    validity_outcome = next(o for o in outcomes if o.check_name == VALIDITY_CHECK)
+    statuses = {k: v for k, v in validity_outcome.counts.items() if k != "images"}
     total = sum(statuses.values())
     validity = statuses.get("ok", 0) / total if total else 1.0
     preview = store.query(
@@ -158,33 +235,5 @@ def vlm_extractions(
         metadata[f"rows/{task.tables.table}"] = int(
             store.rows(f'SELECT count(*) FROM "{task.tables.table}"')[0][0]
         )
-    checks = [
-        dg.AssetCheckResult(
-            check_name=ALL_ANSWERED_CHECK,
-            passed=not any(missing.values()),
-            metadata={"images_without_row": dg.MetadataValue.json(missing)},
-        ),
-        dg.AssetCheckResult(
-            check_name=VALIDITY_CHECK,
-            passed=validity >= MIN_VALIDITY,
-            severity=dg.AssetCheckSeverity.WARN,
-            metadata={"validity_rate": round(validity, 4), "rows": total},
-        ),
-    ]
-    return dg.MaterializeResult(metadata=metadata, check_results=checks)
-
-
-def _drop_statuses(store: Warehouse, drop_id: str, model_id: str, tasks: list) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for task in tasks:
-        for status, n in store.rows(
-            """
-            SELECT status, count(*) FROM vlm_extractions
-            WHERE model_id = $m AND task = $t AND task_fingerprint = $fp
-              AND image_id IN (SELECT image_id FROM image_files WHERE drop_id = $d)
-            GROUP BY 1
-            """,
-            {"m": model_id, "t": task.name, "fp": task.fingerprint, "d": drop_id},
-        ):
-            counts[status] = counts.get(status, 0) + int(n)
-    return counts
+    results = record_and_report(context, store, outcomes, asset="vlm_extractions")
+    return dg.MaterializeResult(metadata=metadata, check_results=results)

@@ -23,18 +23,26 @@ def check_metadata(outcome: CheckOutcome) -> dict[str, object]:
         metadata[name] = dg.MetadataValue.int(int(count))
     if outcome.offending:
         metadata["offending_sample"] = dg.MetadataValue.json(outcome.offending)
-    if "confusion" in outcome.details:
-        matrix = ConfusionMatrix.model_validate(outcome.details["confusion"])
-        metadata["confusion"] = dg.MetadataValue.md(
-            confusion_markdown(matrix, true_axis="clip", predicted_axis="vlm")
-        )
-    if "categories" in outcome.details:  # drift: the two distributions side by side
-        lines = ["| label | this drop | earlier drops |", "|---|---:|---:|"]
-        lines += [
-            f"| {c} | {outcome.details['current'][c]} | {outcome.details['reference'][c]} |"
-            for c in outcome.details["categories"]
-        ]
-        metadata["distribution"] = dg.MetadataValue.md("\n".join(lines))
+    parts = outcome.details.get("parts") or {"": outcome.details}
+    confusion, distribution = [], []
+    for subject, details in parts.items():
+        heading = f"**{subject}**\n\n" if subject else ""
+        if "confusion" in details:
+            matrix = ConfusionMatrix.model_validate(details["confusion"])
+            confusion.append(
+                heading + confusion_markdown(matrix, true_axis="clip", predicted_axis="vlm")
+            )
+        if "categories" in details:  # drift: the two distributions side by side
+            lines = ["| label | this drop | earlier drops |", "|---|---:|---:|"]
+            lines += [
+                f"| {c} | {details['current'][c]} | {details['reference'][c]} |"
+                for c in details["categories"]
+            ]
+            distribution.append(heading + "\n".join(lines))
+    if confusion:
+        metadata["confusion"] = dg.MetadataValue.md("\n\n".join(confusion))
+    if distribution:
+        metadata["distribution"] = dg.MetadataValue.md("\n\n".join(distribution))
     return metadata
 
 
@@ -64,7 +72,8 @@ def record_and_report(
 ) -> list[dg.AssetCheckResult]:
     """Write outcomes to `quality_results` (keyed by run, asset, check, partition) and convert them."""
     outcomes = list(outcomes)
-    partition = context.partition_key if context.has_partition_key else None
+    partitioned = context.assets_def.partitions_def is not None
+    partition = context.partition_key if partitioned and context.has_partition_key else None
     record_outcomes(
         warehouse, outcomes, run_id=context.run.run_id, asset=asset, partition=partition
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import polars as pl
 
+from core.quality.evaluation import STANDIN_NOTE
+from core.quality.summary import latest_check_outcomes, latest_evaluation
 from core.warehouse import Warehouse
 
 TABLES = (
@@ -18,6 +20,8 @@ TABLES = (
     "task_scenery_people__people",
     "task_age_gender",
     "task_basketball_action",
+    "quality_results",
+    "evaluations",
 )
 
 
@@ -110,5 +114,32 @@ def summary(warehouse: Warehouse, tables: tuple[str, ...] = TABLES) -> str:
                     " GROUP BY ALL ORDER BY i.first_path LIMIT 10"
                 ),
             )
+        )
+    if "quality_results" in present:
+        outcomes = latest_check_outcomes(warehouse)
+        failed = outcomes.filter(~outcomes["passed"])
+        parts.append(
+            _section(
+                f"Quality checks, latest outcome per check ({outcomes.height} checks,"
+                f" {failed.filter(failed['severity'] == 'ERROR').height} errors,"
+                f" {failed.filter(failed['severity'] == 'WARN').height} warnings)",
+                outcomes.select(
+                    "asset",
+                    "check_name",
+                    "partition",
+                    "passed",
+                    "severity",
+                    "value",
+                    pl.col("summary").str.slice(0, 90),
+                ),
+            )
+        )
+    if "evaluations" in present:
+        evaluation = latest_evaluation(warehouse)
+        title = "Evaluation against the labelled set (latest run)"
+        if evaluation.height and evaluation["standin"].any():
+            title += f"\n!!! stand-in models: {STANDIN_NOTE} !!!"
+        parts.append(
+            _section(title, evaluation if evaluation.height else pl.DataFrame({"note": ["none"]}))
         )
     return "\n".join(parts)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import dagster as dg
 
 from assets.embeddings import clip_embeddings, clip_zero_shot
+from assets.evaluation import evaluation, label_agreement
 from assets.extraction import vlm_extractions
 from assets.ingestion import images
 from orchestration.jobs import image_pipeline_job
@@ -21,7 +22,14 @@ def build_definitions(
 ) -> dg.Definitions:
     settings = settings or Settings.from_env()
     return dg.Definitions(
-        assets=[images, clip_embeddings, clip_zero_shot, vlm_extractions],
+        assets=[
+            images,
+            clip_embeddings,
+            clip_zero_shot,
+            vlm_extractions,
+            label_agreement,
+            evaluation,
+        ],
         jobs=[image_pipeline_job],
         sensors=[build_drop_sensor(settings, clock)],
         resources=build_resources(settings),

@@ -3,12 +3,15 @@
 import dagster as dg
 
 from assets.embeddings import clip_embeddings, clip_zero_shot
+from assets.evaluation import evaluation, label_agreement
 from assets.extraction import vlm_extractions
 from assets.ingestion import images
 
 PIPELINE_JOB_NAME = "image_pipeline"
 
-pipeline_assets = dg.AssetSelection.assets(images, clip_embeddings, clip_zero_shot, vlm_extractions)
+pipeline_assets = dg.AssetSelection.assets(
+    images, clip_embeddings, clip_zero_shot, vlm_extractions, label_agreement, evaluation
+)
 
 image_pipeline_job = dg.define_asset_job(
     PIPELINE_JOB_NAME,

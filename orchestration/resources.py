@@ -10,6 +10,7 @@ import dagster as dg
 from orchestration.settings import MissingSetting, Settings
 from resources.clip_model import ClipModelResource
 from resources.drop_folder import DropFolderResource
+from resources.labelled_set import LabelledSetResource
 from resources.sglang_server import SGLangServer
 from resources.vlm import VLMResource
 from resources.warehouse import WarehouseResource
@@ -59,4 +60,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
         # prod: the configured weights or a failed run, never a silent stand-in.
         "clip_model": ClipModelResource(allow_standin_fallback=settings.environment == "local"),
         **build_vlm_resources(settings),
+        "labelled_set": LabelledSetResource(
+            location=str(settings.labelled_path) if settings.labelled_path else ""
+        ),
     }

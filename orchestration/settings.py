@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 Environment = Literal["local", "prod"]
+DEMO_LABELLED = REPO_ROOT / "data" / "labelled" / "samples.csv"
 
 
 class MissingSetting(RuntimeError):
@@ -26,6 +27,9 @@ class Settings(BaseModel):
     environment: Environment = "local"
     warehouse_path: Path = REPO_ROOT / "data" / "warehouse.duckdb"
     drop_root: Path = REPO_ROOT / "data" / "drops"
+    # Labels CSV or <label>/<image> folder the `evaluation` asset runs against; None: no
+    # evaluation. Local default: the bundled sample labels; prod: only IMAGE_PIPELINE_LABELLED.
+    labelled_path: Path | None = DEMO_LABELLED
     sensor_running_by_default: bool = True
     sensor_interval_s: int = Field(default=30, ge=1)
     quiet_period_s: float = Field(default=30.0, ge=0)
@@ -43,6 +47,13 @@ class Settings(BaseModel):
             values["warehouse_path"] = Path(env["IMAGE_PIPELINE_WAREHOUSE"]).expanduser()
         if env.get("IMAGE_DROP_ROOT"):
             values["drop_root"] = Path(env["IMAGE_DROP_ROOT"]).expanduser()
+        labelled = env.get("IMAGE_PIPELINE_LABELLED")
+        if labelled is not None:
+            values["labelled_path"] = (
+                None if labelled.strip().lower() in {"", "none"} else Path(labelled).expanduser()
+            )
+        elif environment == "prod":
+            values["labelled_path"] = None
         if env.get("IMAGE_DROP_SENSOR"):
             status = env["IMAGE_DROP_SENSOR"].lower()
             if status not in {"running", "stopped"}:

@@ -41,6 +41,8 @@ EMBEDDING_ONE_PER_IMAGE = "embedding_one_per_image"
 EMBEDDING_DIMENSION = "embedding_dimension"
 EMBEDDING_FINITE = "embedding_finite"
 EMBEDDING_UNIT_NORM = "embedding_unit_norm"
+ZERO_SHOT_ONE_PER_IMAGE = "zero_shot_one_per_image"
+ZERO_SHOT_PROBABILITIES = "zero_shot_probabilities"
 EXTRACTION_COVERAGE = "extraction_coverage"
 EXTRACTION_VALIDITY = "extraction_validity_rate"
 EXTRACTION_TRUNCATION = "extraction_truncation_rate"
@@ -48,6 +50,7 @@ EXTRACTION_ENUMS = "extraction_enum_values"
 EXTRACTION_ENTITY_COUNTS = "extraction_entity_counts"
 LABEL_DRIFT = "label_drift"
 AGREEMENT = "clip_vlm_agreement"
+LABELLED_INGESTED = "labelled_images_ingested"
 
 DROP_IMAGES = "SELECT DISTINCT image_id FROM image_files WHERE drop_id = $drop"
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
@@ -348,6 +351,163 @@ def embedding_checks(
             threshold=norm_tolerance,
             counts={**counts, "off_norm": len(off_norm)},
             offending=off_norm[:SAMPLE_ROWS],
+        ),
+    ]
+
+
+def merge_outcomes(parts: Mapping[str, Sequence[CheckOutcome]], key: str) -> list[CheckOutcome]:
+    """One outcome per check name from outcomes of several subjects (kinds, tasks, label sets).
+
+    A Dagster asset declares each check once, so per-subject outcomes are folded: passed when
+    every subject passed, the worst failing severity, counts summed, offending rows tagged with
+    their subject (`key`), and each subject's details kept under `parts`.
+    """
+    by_name: dict[str, list[tuple[str, CheckOutcome]]] = {}
+    for subject, outcomes in parts.items():
+        for outcome in outcomes:
+            by_name.setdefault(outcome.check_name, []).append((subject, outcome))
+    merged = []
+    for name, items in by_name.items():
+        if len(items) == 1:
+            merged.append(items[0][1])
+            continue
+        failed = [o for _, o in items if not o.passed]
+        severity: Severity = (
+            "ERROR"
+            if any(o.severity == "ERROR" for o in failed or [o for _, o in items])
+            else "WARN"
+        )
+        counts: dict[str, int] = {}
+        for _, outcome in items:
+            for count, n in outcome.counts.items():
+                counts[count] = counts.get(count, 0) + n
+        values = [o.value for _, o in items if o.value is not None]
+        worst = failed[0] if failed else items[0][1]
+        merged.append(
+            CheckOutcome(
+                check_name=name,
+                passed=not failed,
+                severity=severity,
+                summary="; ".join(o.summary for _, o in items),
+                value=worst.value if worst.value is not None else (values[0] if values else None),
+                threshold=worst.threshold,
+                counts=counts,
+                offending=[{key: subject, **row} for subject, o in items for row in o.offending][
+                    :SAMPLE_ROWS
+                ],
+                details={"parts": {subject: o.details for subject, o in items if o.details}},
+            )
+        )
+    return merged
+
+
+def embedding_checks_by_kind(
+    warehouse: Warehouse,
+    drop_id: str,
+    model_id: str,
+    dims: Mapping[str, int],
+    *,
+    norm_tolerance: float = 1e-3,
+) -> list[CheckOutcome]:
+    """`embedding_checks` for every kind the model writes (global, s2), folded per check."""
+    return merge_outcomes(
+        {
+            kind: embedding_checks(
+                warehouse,
+                drop_id,
+                model_id,
+                expected_dim=dim,
+                kind=kind,
+                norm_tolerance=norm_tolerance,
+            )
+            for kind, dim in dims.items()
+        },
+        key="kind",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# zero-shot (clip_zero_shot: one row per image, model and label set)
+
+
+def zero_shot_checks(
+    warehouse: Warehouse,
+    drop_id: str,
+    model_id: str,
+    label_set: str,
+    *,
+    labels: Sequence[str],
+    fingerprint: str,
+    tolerance: float = 1e-4,
+) -> list[CheckOutcome]:
+    """Every image of the drop has a row of the current label-set version; its probabilities
+    cover exactly the label set's labels, sum to 1, and the top label is their argmax."""
+    params = {"drop": drop_id, "model": model_id, "set": label_set, "fp": fingerprint}
+    with warehouse.reader() as conn:
+        images = _scalar(conn, f"SELECT count(*) FROM ({DROP_IMAGES})", params)
+        missing = _records(
+            conn,
+            f"""
+            SELECT d.image_id, z.label_set_fingerprint AS stale_fingerprint
+            FROM ({DROP_IMAGES}) d LEFT JOIN clip_zero_shot z ON z.image_id = d.image_id
+                AND z.model_id = $model AND z.label_set = $set
+            WHERE z.image_id IS NULL OR z.label_set_fingerprint <> $fp ORDER BY d.image_id
+            """,
+            params,
+        )
+        bad = _records(
+            conn,
+            f"""
+            WITH rows AS (
+                SELECT z.image_id, z.top_label, z.top_probability,
+                       map_extract_value(z.probabilities, z.top_label) AS top_in_map,
+                       map_keys(z.probabilities) AS keys, map_values(z.probabilities) AS probs
+                FROM clip_zero_shot z JOIN ({DROP_IMAGES}) d USING (image_id)
+                WHERE z.model_id = $model AND z.label_set = $set
+            )
+            SELECT image_id, top_label, round(list_sum(probs), 6) AS probability_sum,
+                   CASE WHEN list_sort(keys) <> list_sort($labels) THEN 'labels differ from the set'
+                        WHEN NOT list_bool_and(list_transform(probs, lambda p: isfinite(p) AND p >= 0))
+                            THEN 'negative or non-finite probability'
+                        WHEN abs(list_sum(probs) - 1) > $tol THEN 'probabilities do not sum to 1'
+                        WHEN NOT list_contains(keys, top_label) THEN 'top label not in the set'
+                        WHEN abs(top_in_map - list_max(probs)) > $tol
+                            OR abs(top_probability - top_in_map) > $tol
+                            THEN 'top label is not the most probable'
+                   END AS problem
+            FROM rows WHERE problem IS NOT NULL ORDER BY image_id
+            """,
+            {**params, "labels": list(labels), "tol": tolerance},
+        )
+        rows = _scalar(
+            conn,
+            f"SELECT count(*) FROM clip_zero_shot z JOIN ({DROP_IMAGES}) d USING (image_id)"
+            " WHERE z.model_id = $model AND z.label_set = $set",
+            params,
+        )
+    subject = f"{label_set}/{model_id}"
+    return [
+        CheckOutcome(
+            check_name=ZERO_SHOT_ONE_PER_IMAGE,
+            passed=not missing,
+            severity="ERROR",
+            summary=f"{subject}: {len(missing)} of {images} images lack a current row"
+            if missing
+            else f"{subject}: a current row for each of {images} images",
+            value=float(len(missing)),
+            threshold=0.0,
+            counts={"images": int(images), "missing_or_stale": len(missing)},
+            offending=missing[:SAMPLE_ROWS],
+        ),
+        CheckOutcome(
+            check_name=ZERO_SHOT_PROBABILITIES,
+            passed=not bad,
+            severity="ERROR",
+            summary=f"{subject}: {len(bad)} of {rows} rows have malformed probabilities",
+            value=float(len(bad)),
+            threshold=tolerance,
+            counts={"rows": int(rows), "malformed": len(bad)},
+            offending=bad[:SAMPLE_ROWS],
         ),
     ]
 
@@ -654,7 +814,8 @@ def extraction_checks(
     warn_below: float = 0.9,
     max_truncation: float = 0.05,
 ) -> list[CheckOutcome]:
-    """All extraction checks of one task and model, constraints derived from the task's model."""
+    """All extraction checks of one task and model, constraints derived from the task's model
+    (`core.tasks.registry`: pass `task.model`)."""
     constraints = task_constraints(scope.task, model)
     return [
         extraction_coverage(warehouse, drop_id, scope),
@@ -778,6 +939,36 @@ def label_drift(
     )
 
 
+def models_of_drop(warehouse: Warehouse, drop_id: str, source: LabelSource) -> list[str]:
+    """Models that labelled this drop's images in `source`, most images first (then newest name)."""
+    with warehouse.reader() as conn:
+        if not _table_exists(conn, source.table):
+            return []
+        filters = " AND ".join(
+            f"s.{_ident(name)} = $f{i}"
+            for i, name in enumerate(source.filters)
+            if name != "model_id"
+        )
+        rows = _execute(
+            conn,
+            f"""
+            SELECT s.model_id, count(DISTINCT s.image_id) AS images
+            FROM {_ident(source.table)} s JOIN ({DROP_IMAGES}) d USING (image_id)
+            {"WHERE " + filters if filters else ""}
+            GROUP BY s.model_id ORDER BY images DESC, s.model_id DESC
+            """,
+            {
+                "drop": drop_id,
+                **{
+                    f"f{i}": value
+                    for i, (name, value) in enumerate(source.filters.items())
+                    if name != "model_id"
+                },
+            },
+        ).fetchall()
+    return [str(model_id) for model_id, _ in rows]
+
+
 def agreement(
     warehouse: Warehouse,
     drop_id: str,
@@ -830,6 +1021,35 @@ def agreement(
             "rows": "clip",
             "columns": "vlm",
         },
+    )
+
+
+def labelled_images_ingested(warehouse: Warehouse, image_ids: dict[str, str]) -> CheckOutcome:
+    """Every labelled image (image_id -> its labelled file) is in `images`: an image never
+    ingested has no prediction and silently shrinks what the evaluation is over."""
+    with warehouse.reader() as conn:
+        known = {
+            row[0]
+            for row in _execute(
+                conn,
+                "SELECT image_id FROM images WHERE list_contains($ids, image_id)",
+                {"ids": sorted(image_ids)},
+            ).fetchall()
+        }
+    missing = [
+        {"image_id": iid, "path": path}
+        for iid, path in sorted(image_ids.items())
+        if iid not in known
+    ]
+    return CheckOutcome(
+        check_name=LABELLED_INGESTED,
+        passed=not missing,
+        severity="WARN",
+        summary=f"{len(image_ids) - len(missing)} of {len(image_ids)} labelled images are ingested",
+        value=_rate(len(image_ids) - len(missing), len(image_ids)),
+        threshold=1.0,
+        counts={"labelled_images": len(image_ids), "not_ingested": len(missing)},
+        offending=missing[:SAMPLE_ROWS],
     )
 
 

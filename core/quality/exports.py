@@ -151,3 +151,71 @@ def export_instruction_data(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(records, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     return InstructionExport(path=str(out), records=len(records), skipped_invalid=skipped)
+
+
+class ExportSummary(BaseModel):
+    tables: list[ExportedFile]
+    instructions: dict[str, InstructionExport]  # task name -> its LLaVA file
+
+
+def export_all(
+    warehouse: Warehouse, out_dir: str | Path, *, image_root: str | Path | None = None
+) -> ExportSummary:
+    """Every task table (Parquet + JSONL) and, per built-in task, its validated extractions of
+    the current task version as `llava_<task>.json`, with the task's own prompt as instruction."""
+    from core.tasks.registry import TASKS
+
+    out = Path(out_dir)
+    tables = export_task_tables(warehouse, out)
+    present = set(task_tables(warehouse))
+    instructions = {
+        name: export_instruction_data(
+            warehouse,
+            out / f"llava_{name}.json",
+            task=name,
+            instruction=task.instruction,
+            model=task.model,
+            task_fingerprint=task.fingerprint,
+            image_root=image_root,
+        )
+        for name, task in TASKS.items()
+        if task.tables.table in present
+    }
+    return ExportSummary(tables=tables, instructions=instructions)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m core.quality.exports [--out DIR]`: export the configured warehouse."""
+    import argparse
+
+    from orchestration.settings import REPO_ROOT, Settings
+
+    settings = Settings.from_env()
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "data" / "exports")
+    parser.add_argument("--warehouse", type=Path, default=settings.warehouse_path)
+    parser.add_argument(
+        "--image-root",
+        default=str(settings.drop_root),
+        help="Prefix for image paths in the LLaVA files (default: the drop root).",
+    )
+    args = parser.parse_args(argv)
+    if not args.warehouse.exists():
+        parser.error(f"no warehouse at {args.warehouse}: run `make demo` or the pipeline first")
+    summary = export_all(Warehouse(args.warehouse), args.out, image_root=args.image_root)
+    for exported in summary.tables:
+        print(f"{exported.rows:>8} rows  {exported.path}")
+    for name, result in summary.instructions.items():
+        print(
+            f"{result.records:>8} conversations  {result.path}"
+            + (
+                f"  ({result.skipped_invalid} refused by the {name} schema)"
+                if result.skipped_invalid
+                else ""
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -8,16 +8,20 @@ from pathlib import Path
 
 import dagster as dg
 import numpy as np
+import pytest
 from PIL import Image
 
 from assets.embeddings import (
-    EMBEDDINGS_VALID_CHECK,
+    EMBEDDING_CHECKS,
+    LABEL_DRIFT_CHECK,
     NEAR_DUPLICATES_CHECK,
+    ZERO_SHOT_CHECKS,
     clip_embeddings,
     clip_zero_shot,
 )
 from assets.ingestion import images
 from core.clip.standin import STANDIN_MODEL
+from core.quality import checks
 from core.tasks.label_sets import LABEL_SETS
 from core.warehouse import Warehouse
 from resources.clip_model import ClipModelResource
@@ -106,7 +110,7 @@ def test_samples_get_embeddings_and_zero_shot_labels(
     for _, count, error, top_in_labels, top_is_max in zero_shot:
         assert count == 7 and error < 1e-9 and top_in_labels and top_is_max
     assert near_duplicate_check(result).passed  # seven different photographs
-    assert check(result, EMBEDDINGS_VALID_CHECK).passed
+    assert all(check(result, name).passed for name in EMBEDDING_CHECKS)
 
 
 def test_a_bad_vector_fails_the_blocking_check_and_a_rerun_reports_it(
@@ -120,9 +124,17 @@ def test_a_bad_vector_fails_the_blocking_check_and_a_rerun_reports_it(
             " lambda x: x * 2)::FLOAT[64] WHERE image_id = (SELECT min(image_id) FROM images)"
         ).fetchall()
     again = run(instance, warehouse, drop_root, "one", standin_cache)
-    evaluation = check(again, EMBEDDINGS_VALID_CHECK)
+    evaluation = check(again, checks.EMBEDDING_UNIT_NORM)
     assert not evaluation.passed
-    assert evaluation.metadata["by_kind"].value == {"global": {"missing": 0, "bad_norm": 1}}
+    assert evaluation.metadata["off_norm"].value == 1
+    (offending,) = evaluation.metadata["offending_sample"].value
+    assert offending["norm"] == pytest.approx(2.0, rel=1e-5)
+    assert check(again, checks.EMBEDDING_ONE_PER_IMAGE).passed
+    recorded = warehouse.rows(
+        "SELECT passed FROM quality_results WHERE check_name = ? AND run_id = ?",
+        [checks.EMBEDDING_UNIT_NORM, again.run_id],
+    )
+    assert recorded == [(False,)]
     assert not again.success  # blocking: clip_zero_shot did not run on it
 
 
@@ -231,3 +243,53 @@ def test_the_pipeline_job_runs_the_clip_assets_after_images():
     graph = defs.resolve_asset_graph()
     assert graph.get(dg.AssetKey("clip_zero_shot")).parent_keys == {dg.AssetKey("clip_embeddings")}
     assert graph.get(dg.AssetKey("clip_embeddings")).parent_keys == {dg.AssetKey("images")}
+
+
+def test_zero_shot_checks_pass_on_the_samples_and_block_on_planted_probabilities(
+    instance, warehouse, drop_root, standin_cache
+):
+    copy_samples(drop_root, "one", ["coins.jpg", "coffee.jpg"])
+    first = run(instance, warehouse, drop_root, "one", standin_cache)
+    assert first.success
+    for name in (*ZERO_SHOT_CHECKS, LABEL_DRIFT_CHECK):
+        assert check(first, name).passed
+    with warehouse.transaction() as conn:  # probabilities that no longer sum to 1
+        conn.execute(
+            "UPDATE clip_zero_shot SET probabilities = map_from_entries(list_transform("
+            "map_entries(probabilities), lambda e: {'key': e.key, 'value': e.value / 2}))"
+            " WHERE label_set = 'scenery' AND image_id = (SELECT min(image_id) FROM images)"
+        )
+    again = run(instance, warehouse, drop_root, "one", standin_cache)
+    evaluation = check(again, checks.ZERO_SHOT_PROBABILITIES)
+    assert not evaluation.passed
+    (offending,) = evaluation.metadata["offending_sample"].value
+    assert offending["label_set"] == "scenery"
+    assert offending["problem"] == "probabilities do not sum to 1"
+    assert check(again, checks.ZERO_SHOT_ONE_PER_IMAGE).passed
+    assert not again.success  # blocking
+
+
+def test_label_drift_warns_when_a_later_drop_looks_different(
+    instance, warehouse, drop_root, standin_cache
+):
+    copy_samples(drop_root, "first", ["coins.jpg", "coffee.jpg", "chelsea.jpg"])
+    assert run(instance, warehouse, drop_root, "first", standin_cache).success
+    copy_samples(drop_root, "second", ["rocket.jpg", "hubble_deep_field.jpg"])
+    second = run(instance, warehouse, drop_root, "second", standin_cache)
+    (seen,) = warehouse.rows(
+        "SELECT list(DISTINCT z.top_label) FROM clip_zero_shot z JOIN image_files f"
+        " USING (image_id) WHERE f.drop_id = 'second' AND z.label_set = 'scenery'"
+    )[0]
+    other = next(label for label in LABEL_SETS["scenery"].labels if label not in seen)
+    with warehouse.transaction() as conn:  # the earlier drop saw nothing the second one sees
+        conn.execute(
+            "UPDATE clip_zero_shot SET top_label = ? WHERE label_set = 'scenery' AND image_id IN"
+            " (SELECT image_id FROM image_files WHERE drop_id = 'first')",
+            [other],
+        )
+    again = run(instance, warehouse, drop_root, "second", standin_cache)
+    drift = check(again, LABEL_DRIFT_CHECK)
+    assert not drift.passed and drift.severity == dg.AssetCheckSeverity.WARN
+    assert f"| {other} | 0 | 3 |" in drift.metadata["distribution"].value
+    assert again.success  # a warning, not a blocker
+    assert check(second, LABEL_DRIFT_CHECK).severity == dg.AssetCheckSeverity.WARN

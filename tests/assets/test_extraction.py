@@ -7,7 +7,15 @@ from collections.abc import Sequence
 import dagster as dg
 import pytest
 
-from assets.extraction import ALL_ANSWERED_CHECK, vlm_extractions
+from assets.extraction import (
+    ALL_ANSWERED_CHECK,
+    ENTITY_COUNT_CHECK,
+    ENUM_CHECK,
+    LABEL_DRIFT_CHECK,
+    TRUNCATION_CHECK,
+    VALIDITY_CHECK,
+    vlm_extractions,
+)
 from assets.ingestion import images
 from core.tasks.base import Task
 from core.tasks.registry import TASKS
@@ -130,3 +138,41 @@ def test_sglang_down_at_start_fails_clearly_and_writes_nothing(
     tables = {t for (t,) in warehouse.rows("SELECT table_name FROM information_schema.tables")}
     assert warehouse.rows("SELECT count(*) FROM vlm_extractions")[0][0] == 0
     assert not {t for t in tables if t.startswith("task_")}
+
+
+def test_quality_checks_pass_on_the_stand_in_and_fail_on_a_planted_enum_value(
+    instance, warehouse, drop_root, sample_drop
+):
+    instance.add_dynamic_partitions("image_drops", ["samples"])
+    resources = _resources(warehouse, drop_root, VLMResource(standin=True, batch_size=4))
+    first = _run(instance, resources, tasks=["age_gender"], batch_size=4)
+    assert first.success
+    evaluations = {
+        c.check_name: c
+        for c in first.get_asset_check_evaluations()
+        if c.asset_key == vlm_extractions.key
+    }
+    assert set(evaluations) == {
+        ALL_ANSWERED_CHECK,
+        VALIDITY_CHECK,
+        TRUNCATION_CHECK,
+        ENUM_CHECK,
+        ENTITY_COUNT_CHECK,
+        LABEL_DRIFT_CHECK,
+    }
+    assert evaluations[ENUM_CHECK].passed and evaluations[ALL_ANSWERED_CHECK].passed
+    with warehouse.transaction() as conn:  # a value constrained decoding should never allow
+        conn.execute(
+            "UPDATE task_age_gender SET gender = 'robot'"
+            " WHERE image_id = (SELECT min(image_id) FROM task_age_gender)"
+        )
+    again = _run(instance, resources, tasks=["age_gender"], batch_size=4, raise_on_error=False)
+    (enum,) = [c for c in again.get_asset_check_evaluations() if c.check_name == ENUM_CHECK]
+    assert not enum.passed
+    assert enum.metadata["offending_sample"].value[0]["value"] == "robot"
+    assert not again.success  # blocking
+    recorded = warehouse.rows(
+        "SELECT asset, passed FROM quality_results WHERE check_name = ? ORDER BY evaluated_at",
+        [ENUM_CHECK],
+    )
+    assert recorded == [("vlm_extractions", True), ("vlm_extractions", False)]

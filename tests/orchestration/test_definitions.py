@@ -7,7 +7,7 @@ import pytest
 
 from orchestration.definitions import build_definitions, defs
 from orchestration.jobs import PIPELINE_JOB_NAME
-from orchestration.settings import MissingSetting, Settings
+from orchestration.settings import DEMO_LABELLED, MissingSetting, Settings
 from sensors.drop_sensor import SENSOR_NAME
 
 
@@ -45,3 +45,22 @@ def test_local_defaults_live_under_data():
     settings = Settings.from_env({})
     assert settings.warehouse_path.parent.name == "data"
     assert settings.drop_root.name == "drops"
+
+
+def test_every_asset_has_a_check_and_the_job_runs_them_all():
+    graph = defs.resolve_asset_graph()
+    keys = graph.get_all_asset_keys()
+    assert {key.to_user_string() for key in keys} >= {"label_agreement", "evaluation"}
+    for key in keys:
+        assert graph.get(key).check_keys, f"{key.to_user_string()} has no asset check"
+    job = defs.resolve_job_def(PIPELINE_JOB_NAME)
+    assert {"label_agreement", "evaluation"} <= {node.name for node in job.graph.node_defs}
+
+
+def test_the_labelled_set_is_the_demo_one_locally_and_explicit_in_prod():
+    assert Settings.from_env({}).labelled_path == DEMO_LABELLED
+    assert Settings.from_env({"IMAGE_PIPELINE_LABELLED": "none"}).labelled_path is None
+    prod = {"IMAGE_PIPELINE_ENV": "prod", "IMAGE_PIPELINE_WAREHOUSE": "/w", "IMAGE_DROP_ROOT": "/d"}
+    assert Settings.from_env(prod).labelled_path is None
+    labelled = Settings.from_env({**prod, "IMAGE_PIPELINE_LABELLED": "/labels.csv"})
+    assert str(labelled.labelled_path) == "/labels.csv"

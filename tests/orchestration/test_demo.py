@@ -4,15 +4,19 @@ import re
 
 import dagster as dg
 
+from core.quality.summary import latest_check_outcomes, latest_evaluation
 from core.report import summary
 from core.warehouse import Warehouse
 from orchestration.demo import run_demo
 from orchestration.settings import REPO_ROOT, Settings
 
+DOCS_WITH_SQL = ("README.md", "docs/quality.md")
+
 
 def readme_sql() -> list[str]:
-    """Every SQL statement in the README's ```sql blocks."""
-    blocks = re.findall(r"```sql\n(.*?)```", (REPO_ROOT / "README.md").read_text(), re.S)
+    """Every SQL statement in the ```sql blocks of the README and the docs it links."""
+    text = "\n".join((REPO_ROOT / name).read_text() for name in DOCS_WITH_SQL)
+    blocks = re.findall(r"```sql\n(.*?)```", text, re.S)
     statements = [part.strip() for block in blocks for part in block.split(";")]
     return [s for s in statements if any(not line.startswith("--") for line in s.splitlines())]
 
@@ -23,7 +27,8 @@ def _tables(warehouse: Warehouse) -> dict[str, list[tuple]]:
     return {
         name: sorted(warehouse.rows(f'SELECT * FROM "{name}"'), key=repr)
         for name in names
-        if name not in {"schema_migrations", "quality_results"}
+        # quality_results and evaluations are keyed by run: each demo adds its own rows
+        if name not in {"schema_migrations", "quality_results", "evaluations"}
     }
 
 
@@ -35,11 +40,30 @@ def test_the_demo_runs_the_chain_and_a_second_demo_changes_no_row(
     warehouse = Warehouse(settings.warehouse_path)
     before = _tables(warehouse)
     assert len(before["images"]) == len(before["image_files"]) == 7
-    assert "Rows per table" in summary(warehouse)
+    report = summary(warehouse)
+    for section in ("Rows per table", "Quality checks", "Evaluation", "meaningless"):
+        assert section in report
+    evaluated = latest_evaluation(warehouse)
+    assert set(evaluated["field"]) == {"scenery", "age_group", "gender"}
+    assert evaluated["standin"].all()
+    outcomes = latest_check_outcomes(warehouse)
+    assets = set(outcomes["asset"])
+    assert assets == {
+        "images",
+        "clip_embeddings",
+        "clip_zero_shot",
+        "vlm_extractions",
+        "label_agreement",
+        "evaluation",
+    }
+    assert outcomes.filter(outcomes["severity"] == "ERROR")["passed"].all()
 
     second = run_demo(settings, instance)
     assert second.success
     assert _tables(warehouse) == before
+    # a second evaluation run of the same predictions gives the same numbers
+    assert latest_evaluation(warehouse).equals(evaluated)
+    assert warehouse.rows("SELECT count(DISTINCT run_id) FROM evaluations") == [(2,)]
 
 
 def test_every_query_in_the_readme_runs_on_the_demo_warehouse(

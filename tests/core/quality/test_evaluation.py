@@ -12,7 +12,7 @@ from PIL import Image
 from core.quality.evaluation import STANDIN_NOTE, evaluate, write_evaluations
 from core.quality.labelled import load_folder
 from core.warehouse import Warehouse
-from tests.fixtures.contracts import add_extraction, add_zero_shot, create_contract_tables
+from tests.fixtures.contracts import add_extraction, add_zero_shot
 
 TRUTH = ["21-30", "21-30", "31-40", "51-60", "18-20"]
 VLM_PRED = ["21-30", "31-40", "51-60", "41-50", "31-40"]
@@ -32,7 +32,6 @@ def exactly(value: Fraction) -> object:
 
 @pytest.fixture
 def labelled_ages(tmp_path, warehouse: Warehouse):
-    create_contract_tables(warehouse)
     root = tmp_path / "labelled"
     for i, label in enumerate(TRUTH):
         (root / label).mkdir(parents=True, exist_ok=True)

@@ -10,12 +10,11 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from core.quality.exports import export_instruction_data, export_task_tables, task_tables
-from tests.fixtures.contracts import (
-    SceneryPeople,
-    add_drop,
-    add_extraction,
-    create_contract_tables,
-)
+from core.tasks.registry import get_task
+from tests.fixtures.contracts import add_drop, add_extraction, plant_sql
+
+SCENERY_PEOPLE = get_task("scenery_people")
+SceneryPeople = SCENERY_PEOPLE.model
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 PEOPLE = [
@@ -26,7 +25,6 @@ PEOPLE = [
 
 @pytest.fixture
 def extracted(warehouse):
-    create_contract_tables(warehouse)
     ids = add_drop(warehouse, "d1", ["a", "b", "c"], at=T0)
     add_extraction(
         warehouse, ids[0], "scenery_people", "m", "ok", {"scenery": "indoors", "people": PEOPLE}
@@ -62,12 +60,13 @@ def test_parquet_and_jsonl_hold_the_same_rows_as_the_tables(warehouse, extracted
 
 
 def test_validated_extractions_become_llava_conversations(warehouse, extracted, tmp_path):
-    with warehouse.transaction() as conn:  # an ok row today's schema refuses
-        conn.execute(
-            "INSERT INTO vlm_extractions (image_id, task, task_fingerprint, model_id, status, parsed_json,"
-            " created_at) VALUES (?, 'scenery_people', 'old', 'm', 'ok', '{\"scenery\": \"space\"}', now())",
-            [extracted[2]],
-        )
+    plant_sql(  # an ok row of an older task version that today's schema refuses
+        warehouse,
+        "INSERT INTO vlm_extractions (image_id, task, task_fingerprint, model_id, status,"
+        " parsed_json, attempts, drop_id, created_at)"
+        " VALUES (?, 'scenery_people', 'old', 'm', 'ok', '{\"scenery\": \"space\"}', 1, 'd1', now())",
+        [extracted[2]],
+    )
     result = export_instruction_data(
         warehouse,
         tmp_path / "llava.json",
@@ -84,3 +83,35 @@ def test_validated_extractions_become_llava_conversations(warehouse, extracted, 
     assert human == {"from": "human", "value": "<image>\nDescribe the scenery and the people."}
     assert gpt["from"] == "gpt"
     assert SceneryPeople.model_validate_json(gpt["value"]).people[1].shirt_color == "navy blue"
+
+
+def test_the_export_command_writes_every_table_and_one_llava_file_per_task(
+    warehouse, extracted, tmp_path, capsys
+):
+    from core.quality.exports import main
+
+    assert (
+        main(
+            [
+                "--warehouse",
+                str(warehouse.path),
+                "--out",
+                str(tmp_path / "x"),
+                "--image-root",
+                "/drops",
+            ]
+        )
+        == 0
+    )
+    written = sorted(p.name for p in (tmp_path / "x").iterdir())
+    assert "task_age_gender.parquet" in written and "task_scenery_people__people.jsonl" in written
+    assert {"llava_scenery_people.json", "llava_age_gender.json"} <= set(written)
+    records = json.loads((tmp_path / "x" / "llava_scenery_people.json").read_text())
+    assert [r["image"] for r in records] == ["/drops/d1/a.jpg", "/drops/d1/b.jpg"]
+    assert records[0]["conversations"][0]["value"] == "<image>\n" + SCENERY_PEOPLE.instruction
+    for table in task_tables(warehouse):  # JSONL round-trips too
+        stored = warehouse.query(f'SELECT * FROM "{table}"')
+        exported = pl.read_ndjson(tmp_path / "x" / f"{table}.jsonl", schema_overrides=stored.schema)
+        keys = [c for c in ("image_id", "idx") if c in stored.columns]
+        assert_frame_equal(exported.drop("image_path").sort(keys), stored.sort(keys))
+    assert "conversations" in capsys.readouterr().out
