@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
-.PHONY: demo test ui lint validate bench clean-data
+.PHONY: demo test ui lint validate bench export clean-data
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ ui: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 
 validate: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster definitions validate -w workspace.yaml
+
+## Export the task tables (Parquet, JSONL) and LLaVA-style instruction data to data/exports/.
+export: $(STAMP)
+	$(BIN)/python -m core.quality.exports --out data/exports
 
 ## Run the speed benchmarks (about 6 minutes on 2 cores); JSON lands in data/bench/.
 bench: $(STAMP)
