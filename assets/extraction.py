@@ -213,18 +213,17 @@ def vlm_extractions(
     }
     this_run = [r for r in reports if r.done]
     if this_run:
-        done = sum(r.done for r in this_run)
-        seconds = sum(r.seconds for r in this_run)
-        latencies = sorted(x for r in this_run for x in r.latencies_ms)
-        merged = TaskReport("all", "")
-        merged.latencies_ms = latencies
-        prompt = sum(r.prompt_tokens for r in this_run)
+        merged = TaskReport.combined(this_run)
         metadata |= {
-            "images_per_s": dg.MetadataValue.float(round(done / seconds, 3) if seconds else 0.0),
-            "p50_latency_ms": dg.MetadataValue.float(round(merged.latency_percentile(50) or 0, 1)),
-            "p95_latency_ms": dg.MetadataValue.float(round(merged.latency_percentile(95) or 0, 1)),
+            "images_per_s": dg.MetadataValue.float(round(merged.images_per_s, 3)),
+            "p50_latency_ms": dg.MetadataValue.float(
+                round(merged.latency_percentile(50) or 0.0, 1)
+            ),
+            "p95_latency_ms": dg.MetadataValue.float(
+                round(merged.latency_percentile(95) or 0.0, 1)
+            ),
             "cached_token_ratio": dg.MetadataValue.float(
-                round(sum(r.cached_tokens for r in this_run) / prompt, 4) if prompt else 0.0
+                round(merged.cached_token_ratio or 0.0, 4)
             ),
             "per_task": dg.MetadataValue.json({r.task: _task_metadata(r) for r in this_run}),
         }

@@ -1,5 +1,6 @@
 """The VLM backend the extraction asset uses: SGLang over HTTP, or transformers in-process."""
 
+from pathlib import Path
 from typing import Literal
 
 import dagster as dg
@@ -53,8 +54,6 @@ class VLMResource(dg.ConfigurableResource):
         if self.standin:
             if not self.allow_standin:
                 raise dg.Failure("this deployment forbids the stand-in model; set a real model")
-            from pathlib import Path
-
             path = ensure_standin(Path(self.model_cache_dir) if self.model_cache_dir else None)
             (log.warning if log else print)(STANDIN_BANNER.format(model_id=STANDIN_MODEL_ID))
             self._backend = TransformersBackend(

@@ -70,6 +70,29 @@ class CheckOutcome(BaseModel):
     offending: list[dict[str, Any]] = Field(default_factory=list)  # at most SAMPLE_ROWS
     details: dict[str, Any] = Field(default_factory=dict)
 
+    @classmethod
+    def from_offenders(
+        cls,
+        check_name: str,
+        offenders: Sequence[dict[str, Any]],
+        *,
+        summary: str,
+        counts: dict[str, int],
+        severity: Severity = "ERROR",
+        threshold: float = 0.0,
+    ) -> CheckOutcome:
+        """The common shape: the check passes when no row offends; the value is how many do."""
+        return cls(
+            check_name=check_name,
+            passed=not offenders,
+            severity=severity,
+            summary=summary,
+            value=float(len(offenders)),
+            threshold=threshold,
+            counts=counts,
+            offending=list(offenders[:SAMPLE_ROWS]),
+        )
+
 
 def _ident(name: str) -> str:
     """Table and column names come from code, never users; refuse anything but plain names."""
@@ -310,47 +333,33 @@ def embedding_checks(
     counts = {"images": int(images), "rows": int(total_rows)}
     subject = f"{model_id} ({kind})"
     return [
-        CheckOutcome(
-            check_name=EMBEDDING_ONE_PER_IMAGE,
-            passed=not per_image,
-            severity="ERROR",
+        CheckOutcome.from_offenders(
+            EMBEDDING_ONE_PER_IMAGE,
+            per_image,
             summary=f"{subject}: {missing} images without and {repeated} with several embeddings"
             if per_image
             else f"{subject}: one embedding for each of {images} images",
-            value=float(len(per_image)),
-            threshold=0.0,
             counts={**counts, "missing": missing, "repeated": repeated},
-            offending=per_image[:SAMPLE_ROWS],
         ),
-        CheckOutcome(
-            check_name=EMBEDDING_DIMENSION,
-            passed=not dims,
-            severity="ERROR",
+        CheckOutcome.from_offenders(
+            EMBEDDING_DIMENSION,
+            dims,
             summary=f"{subject}: {len(dims)} embeddings are not {expected_dim}-dimensional",
-            value=float(len(dims)),
             threshold=float(expected_dim),
             counts={**counts, "wrong_dimension": len(dims)},
-            offending=dims[:SAMPLE_ROWS],
         ),
-        CheckOutcome(
-            check_name=EMBEDDING_FINITE,
-            passed=not not_finite,
-            severity="ERROR",
+        CheckOutcome.from_offenders(
+            EMBEDDING_FINITE,
+            not_finite,
             summary=f"{subject}: {len(not_finite)} embeddings hold NaN or infinity",
-            value=float(len(not_finite)),
-            threshold=0.0,
             counts={**counts, "not_finite": len(not_finite)},
-            offending=not_finite[:SAMPLE_ROWS],
         ),
-        CheckOutcome(
-            check_name=EMBEDDING_UNIT_NORM,
-            passed=not off_norm,
-            severity="ERROR",
+        CheckOutcome.from_offenders(
+            EMBEDDING_UNIT_NORM,
+            off_norm,
             summary=f"{subject}: {len(off_norm)} embeddings have |norm - 1| > {norm_tolerance}",
-            value=float(len(off_norm)),
             threshold=norm_tolerance,
             counts={**counts, "off_norm": len(off_norm)},
-            offending=off_norm[:SAMPLE_ROWS],
         ),
     ]
 
@@ -487,27 +496,20 @@ def zero_shot_checks(
         )
     subject = f"{label_set}/{model_id}"
     return [
-        CheckOutcome(
-            check_name=ZERO_SHOT_ONE_PER_IMAGE,
-            passed=not missing,
-            severity="ERROR",
+        CheckOutcome.from_offenders(
+            ZERO_SHOT_ONE_PER_IMAGE,
+            missing,
             summary=f"{subject}: {len(missing)} of {images} images lack a current row"
             if missing
             else f"{subject}: a current row for each of {images} images",
-            value=float(len(missing)),
-            threshold=0.0,
             counts={"images": int(images), "missing_or_stale": len(missing)},
-            offending=missing[:SAMPLE_ROWS],
         ),
-        CheckOutcome(
-            check_name=ZERO_SHOT_PROBABILITIES,
-            passed=not bad,
-            severity="ERROR",
+        CheckOutcome.from_offenders(
+            ZERO_SHOT_PROBABILITIES,
+            bad,
             summary=f"{subject}: {len(bad)} of {rows} rows have malformed probabilities",
-            value=float(len(bad)),
             threshold=tolerance,
             counts={"rows": int(rows), "malformed": len(bad)},
-            offending=bad[:SAMPLE_ROWS],
         ),
     ]
 

@@ -57,6 +57,19 @@ class TaskReport:
     def cached_token_ratio(self) -> float | None:
         return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else None
 
+    @classmethod
+    def combined(cls, reports: Sequence[TaskReport]) -> TaskReport:
+        """All tasks of a run as one report; tasks run one after another, so seconds add up."""
+        total = cls(task="all", fingerprint="")
+        for r in reports:
+            total.pending += r.pending
+            total.statuses.update(r.statuses)
+            total.latencies_ms.extend(r.latencies_ms)
+            total.prompt_tokens += r.prompt_tokens
+            total.cached_tokens += r.cached_tokens
+            total.seconds += r.seconds
+        return total
+
 
 def extract_drop(
     warehouse: Warehouse,
