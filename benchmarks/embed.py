@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
         naive = measure_naive(sample, args.model)
         print("model only ...", flush=True)
         model_only = measure_model_only(
-            args.model, args.precision, args.batch_size, args.model_batches
+            args.model, args.precision, args.batch_size, args.model_batches, args.model_seconds
         )
         other = "fp32" if args.precision != "fp32" else "bf16"
         model_other = measure_model_only(
