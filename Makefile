@@ -37,7 +37,7 @@ validate: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 export: $(STAMP)
 	$(BIN)/python -m core.quality.exports --out data/exports
 
-## Run the speed benchmarks (about 6 minutes on 2 cores); JSON lands in data/bench/.
+## Run the speed benchmarks (about 4 minutes on 2 cores); JSON lands in data/bench/.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py --out data/bench/ingest.json
 	$(BIN)/python benchmarks/embed.py --out data/bench/embed.json
