@@ -171,9 +171,12 @@ def plan_tick(root: Path, state: WatcherState, *, now: float, quiet_period_s: fl
             state.pending[name] = pending
             waiting[name] = f"still changing (quiet for {quiet_for:.0f}s of {quiet_period_s:.0f}s)"
 
+    present = _loose_entries(root)
+    # Forget assigned files that left the root, so the cursor is bounded by what lies there now.
+    state.loose_assigned = {n: e for n, e in state.loose_assigned.items() if n in present}
     loose = {
         name: entry
-        for name, entry in _loose_entries(root).items()
+        for name, entry in present.items()
         if tuple(state.loose_assigned.get(name, ())) != entry
     }
     if loose:

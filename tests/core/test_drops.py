@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from core.drops import WatcherState, summarize
+from pathlib import Path
+
+from core.drops import WatcherState, plan_tick, summarize
 
 
 def test_adding_a_file_grows_the_set():
@@ -26,3 +28,18 @@ def test_state_round_trips_through_the_cursor():
     )
     assert WatcherState.from_cursor(state.to_cursor()) == state
     assert WatcherState.from_cursor(None) == WatcherState()
+
+
+def test_the_cursor_forgets_loose_files_that_left_the_root(tmp_path: Path):
+    for name in ("a.jpg", "b.jpg"):
+        (tmp_path / name).write_bytes(b"\xff\xd8" + name.encode())
+    first = plan_tick(tmp_path, WatcherState(), now=1000.0, quiet_period_s=10)
+    settled = plan_tick(tmp_path, first.state, now=1020.0, quiet_period_s=10)
+    assert [d.files for d in settled.ready] == [("a.jpg", "b.jpg")]
+    assert settled.state.loose_assigned.keys() == {"a.jpg", "b.jpg"}
+
+    (tmp_path / "a.jpg").unlink()  # the user moved the ingested file away
+    later = plan_tick(tmp_path, settled.state, now=1030.0, quiet_period_s=10)
+
+    assert later.ready == []
+    assert later.state.loose_assigned.keys() == {"b.jpg"}
