@@ -48,6 +48,7 @@ class EmbeddingsConfig(dg.Config):
 class ZeroShotConfig(dg.Config):
     label_sets: list[str] = Field(
         default_factory=lambda: list(LABEL_SETS),
+        min_length=1,
         description="Label sets from core/tasks/label_sets.py to score every image against.",
     )
     drift_threshold: float = Field(

@@ -34,7 +34,9 @@ PREVIEW_ROWS = 20
 
 
 class ExtractionConfig(dg.Config):
-    tasks: list[str] = Field(default=list(TASKS), description="Task names (core/tasks).")
+    tasks: list[str] = Field(
+        default=list(TASKS), min_length=1, description="Task names (core/tasks)."
+    )
     batch_size: int = Field(default=64, ge=1, description="Images per write transaction.")
     validity_error_below: float = Field(
         default=0.5, ge=0, le=1, description="Validity check fails with ERROR below this rate."

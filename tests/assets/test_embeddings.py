@@ -16,6 +16,7 @@ from assets.embeddings import (
     LABEL_DRIFT_CHECK,
     NEAR_DUPLICATES_CHECK,
     ZERO_SHOT_CHECKS,
+    ZeroShotConfig,
     clip_embeddings,
     clip_zero_shot,
 )
@@ -293,3 +294,8 @@ def test_label_drift_warns_when_a_later_drop_looks_different(
     assert f"| {other} | 0 | 3 |" in drift.metadata["distribution"].value
     assert again.success  # a warning, not a blocker
     assert check(second, LABEL_DRIFT_CHECK).severity == dg.AssetCheckSeverity.WARN
+
+
+def test_zero_shot_configured_with_no_label_set_is_refused():
+    with pytest.raises(ValueError, match="at least 1 item"):
+        ZeroShotConfig(label_sets=[])

@@ -14,6 +14,7 @@ from assets.extraction import (
     LABEL_DRIFT_CHECK,
     TRUNCATION_CHECK,
     VALIDITY_CHECK,
+    ExtractionConfig,
     vlm_extractions,
 )
 from assets.ingestion import images
@@ -176,3 +177,8 @@ def test_quality_checks_pass_on_the_stand_in_and_fail_on_a_planted_enum_value(
         [ENUM_CHECK],
     )
     assert recorded == [("vlm_extractions", True), ("vlm_extractions", False)]
+
+
+def test_a_run_configured_with_no_task_is_refused():
+    with pytest.raises(ValueError, match="at least 1 item"):
+        ExtractionConfig(tasks=[])
