@@ -134,8 +134,9 @@ def _task_metadata(report: TaskReport) -> dict[str, object]:
         dg.AssetCheckSpec(
             VALIDITY_CHECK,
             asset="vlm_extractions",
+            blocking=True,  # only its ERROR level blocks: agreement/evaluation on a few survivors
             description="Share of images whose result is `ok`: ERROR below "
-            "`validity_error_below`, WARN below `validity_warn_below`.",
+            "`validity_error_below` (blocks downstream), WARN below `validity_warn_below`.",
         ),
         dg.AssetCheckSpec(
             TRUNCATION_CHECK,

@@ -179,6 +179,35 @@ def test_quality_checks_pass_on_the_stand_in_and_fail_on_a_planted_enum_value(
     assert recorded == [("vlm_extractions", True), ("vlm_extractions", False)]
 
 
+class _AlwaysInvalid(VLMBackend):
+    """A model whose every answer breaks the schema."""
+
+    model_id = "broken-model"
+
+    def extract(self, images: Sequence[ImageInput], task: Task) -> list[ExtractionResult]:
+        return [
+            ExtractionResult(image_id=i.image_id, status="invalid", error="scenery: not allowed")
+            for i in images
+        ]
+
+
+def test_a_validity_rate_below_the_error_threshold_blocks_downstream_and_keeps_the_rows(
+    instance, warehouse, drop_root, sample_drop, monkeypatch
+):
+    instance.add_dynamic_partitions("image_drops", ["samples"])
+    monkeypatch.setattr(VLMResource, "get_backend", lambda self, sglang, log=None: _AlwaysInvalid())
+    result = _run(instance, _resources(warehouse, drop_root, VLMResource()), raise_on_error=False)
+
+    (validity,) = [
+        c for c in result.get_asset_check_evaluations() if c.check_name == VALIDITY_CHECK
+    ]
+    assert not validity.passed and validity.severity == dg.AssetCheckSeverity.ERROR
+    assert not result.success  # blocking: label_agreement and evaluation would not start
+    assert warehouse.rows("SELECT status, error, count(*) FROM vlm_extractions GROUP BY ALL") == [
+        ("invalid", "scenery: not allowed", 7)
+    ]
+
+
 def test_a_run_configured_with_no_task_is_refused():
     with pytest.raises(ValueError, match="at least 1 item"):
         ExtractionConfig(tasks=[])
