@@ -138,7 +138,7 @@ def summary(warehouse: Warehouse, tables: tuple[str, ...] = TABLES) -> str:
         evaluation = latest_evaluation(warehouse)
         title = "Evaluation against the labelled set (latest run)"
         if evaluation.height and evaluation["standin"].any():
-            title += f"\n!!! stand-in models: {STANDIN_NOTE} !!!"
+            title += f"\n!!! {STANDIN_NOTE} !!!"
         parts.append(
             _section(title, evaluation if evaluation.height else pl.DataFrame({"note": ["none"]}))
         )

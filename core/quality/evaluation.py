@@ -40,7 +40,7 @@ from core.warehouse import Warehouse
 Source = Literal["clip_zero_shot", "vlm", "knn"]
 STANDIN_PREFIX = "standin"
 STANDIN_NOTE = (
-    "stand-in model with random weights: these numbers are meaningless; they show the code path "
+    "stand-in models with random weights: these numbers are meaningless; they show the code path "
     "works, not how well anything labels images"
 )
 
