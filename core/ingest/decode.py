@@ -8,6 +8,7 @@ decodes every file completely, since only a full decode finds truncated data; JP
 
 from __future__ import annotations
 
+import io
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -58,11 +59,12 @@ class ImageInfo:
     notes: tuple[str, ...] = field(default=())
 
 
-def _open(path: Path, limits: DecodeLimits) -> Image.Image:
+def _open(source: Path | bytes, limits: DecodeLimits) -> Image.Image:
+    """`source` is a path, or the bytes already read (and hashed) by `core.files`."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
     except Image.DecompressionBombError as error:
         raise Rejected(RejectReason.TOO_LARGE, str(error)) from error
     except UnidentifiedImageError as error:
@@ -130,9 +132,10 @@ def _orientation(exif: Image.Exif) -> int | None:
     return int(value) if isinstance(value, int) and 1 <= value <= 8 else None
 
 
-def inspect_image(path: Path, limits: DecodeLimits = DecodeLimits()) -> ImageInfo:
-    """Validate `path` with a full decode and describe it; raise `Rejected` if it is unusable."""
-    with _open(path, limits) as image:
+def inspect_image(source: Path | bytes, limits: DecodeLimits = DecodeLimits()) -> ImageInfo:
+    """Validate a file (path or bytes) with a full decode and describe it; raise `Rejected` if
+    it is unusable."""
+    with _open(source, limits) as image:
         file_format = image.format or "UNKNOWN"
         mode = image.mode
         width, height = image.size
@@ -213,7 +216,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def load_rgb(
-    path: Path, limits: DecodeLimits = DecodeLimits(), *, min_side: int | None = None
+    source: Path | bytes, limits: DecodeLimits = DecodeLimits(), *, min_side: int | None = None
 ) -> Image.Image:
     """The picture a model sees: oriented upright, RGB, first frame.
 
@@ -221,7 +224,7 @@ def load_rgb(
     still at least `min_side` pixels, which is several times faster than a full decode for
     camera-sized files; the caller's exact resize follows.
     """
-    with _open(path, limits) as image:
+    with _open(source, limits) as image:
         if min_side is not None and image.format == "JPEG":
             image.draft(None, (min_side, min_side))
         _load(image)

@@ -13,16 +13,16 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
 
+from core.files import read_drop_file, sha256_hex
 from core.ingest.decode import DecodeLimits, ImageInfo, inspect_image
-from core.ingest.hashing import sha256_file
 from core.ingest.reasons import Rejected, RejectReason
-from core.ingest.scan import DropRef, SeenFile, scan_drop
+from core.ingest.scan import DropRef, SeenFile, file_problem, scan_drop
 from core.progress import Progress
 from core.warehouse import Warehouse
 
@@ -93,6 +93,7 @@ class Outcome:
     sha256: str | None = None
     info: ImageInfo | None = None
     problem: Rejected | None = None
+    data: bytes | None = None  # the bytes hashed, kept until they are decoded
 
 
 @dataclass
@@ -137,7 +138,8 @@ def _known_rows(
     return {path: (size, mtime, reason) for path, size, mtime, reason in rows}
 
 
-def _hash(outcome: Outcome, limits: DecodeLimits) -> Outcome:
+def _hash(outcome: Outcome, root: Path, limits: DecodeLimits) -> Outcome:
+    """Read the file once (safely, `core.files`) and hash those bytes; decoding uses them too."""
     seen = outcome.seen
     if seen.size == 0:
         outcome.problem = Rejected(RejectReason.EMPTY, "file has zero bytes")
@@ -147,17 +149,24 @@ def _hash(outcome: Outcome, limits: DecodeLimits) -> Outcome:
         )
     else:
         try:
-            outcome.sha256, _ = sha256_file(seen.location, max_bytes=limits.max_bytes)
-        except OverflowError as error:
-            outcome.problem = Rejected(RejectReason.TOO_LARGE, str(error))
+            read = read_drop_file(root, seen.relative, max_bytes=limits.max_bytes)
         except OSError as error:
-            outcome.problem = Rejected(RejectReason.UNREADABLE, f"{type(error).__name__}: {error}")
+            outcome.problem = file_problem(error)
+            return outcome
+        # The row describes the bytes read, even if the file changed since the scan.
+        outcome.seen = replace(seen, size=read.size, mtime_ns=read.mtime_ns)
+        if read.size == 0:
+            outcome.problem = Rejected(RejectReason.EMPTY, "file has zero bytes")
+            return outcome
+        outcome.data = read.data
+        outcome.sha256 = sha256_hex(read.data)
     return outcome
 
 
 def _decode(outcome: Outcome, limits: DecodeLimits) -> Outcome:
     try:
-        outcome.info = inspect_image(outcome.seen.location, limits)
+        assert outcome.data is not None
+        outcome.info = inspect_image(outcome.data, limits)
     except Rejected as problem:
         outcome.problem = problem
     except MemoryError:
@@ -237,7 +246,7 @@ class DropIngestor:
         limits = self.options.limits
         outcomes = [Outcome(seen=f, problem=f.problem) for f in batch]
         readable = [o for o in outcomes if o.problem is None]
-        list(pool.map(lambda o: _hash(o, limits), readable))
+        list(pool.map(lambda o: _hash(o, self.drop_root, limits), readable))
         hashes = sorted({o.sha256 for o in readable if o.sha256})
         with self.warehouse.transaction() as conn:
             known = {
@@ -256,6 +265,8 @@ class DropIngestor:
             first = first_of_hash.get(outcome.sha256 or "")
             if first is not None and first is not outcome:
                 outcome.info, outcome.problem = first.info, first.problem
+        for outcome in outcomes:
+            outcome.data = None  # hashed and decoded: free the batch's bytes before writing
         return outcomes
 
     def _write(self, drop_id: str, outcomes: list[Outcome], report: IngestReport) -> None:

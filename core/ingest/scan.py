@@ -4,17 +4,19 @@ A drop is either a sub-folder of the drop root (walked recursively) or a list of
 the root that the sensor grouped together. Hidden entries (names starting with '.') and the
 `_READY` marker are not part of a drop. Every other entry is returned exactly once, with the
 problem found from its directory entry alone (a link leaving the drop root, a FIFO, a folder that
-cannot be listed) so the caller can record it instead of losing it.
+cannot be listed) so the caller can record it instead of losing it. Every path, a loose drop's
+list included, is walked component by component beneath the root (`core.files`): a link in a
+folder on the way is followed only while it stays inside the root.
 """
 
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
+from core.files import FileTooLargeError, NotRegularFileError, PathEscapeError, stat_drop_file
 from core.ingest.reasons import Rejected, RejectReason
 
 READY_MARKER = "_READY"
@@ -43,8 +45,8 @@ class DropRef:
 
 @dataclass(frozen=True)
 class SeenFile:
-    path: str  # relative to the drop root, '/'-separated; the key of every row
-    location: Path  # what to open: the file itself, or a link's target inside the root
+    path: str  # relative to the drop root, '/'-separated, as text; the key of every row
+    relative: str  # the same path as the OS spells it: what `core.files` opens
     size: int | None
     mtime_ns: int | None
     problem: Rejected | None = None
@@ -70,31 +72,29 @@ def display_path(relative: str) -> str:
         return os.fsencode(relative).decode("utf-8", errors="backslashreplace")
 
 
-def _classify(root: Path, full: Path, relative: str) -> SeenFile:
+_FILE_ERRORS: tuple[tuple[type[OSError], RejectReason], ...] = (
+    (PathEscapeError, RejectReason.PATH_ESCAPE),
+    (NotRegularFileError, RejectReason.NOT_A_REGULAR_FILE),
+    (FileTooLargeError, RejectReason.TOO_LARGE),
+)
+
+
+def file_problem(error: OSError) -> Rejected:
+    """The rejection a `core.files` error stands for (anything else the OS said: unreadable)."""
+    for kind, reason in _FILE_ERRORS:
+        if isinstance(error, kind):
+            return Rejected(reason, error.strerror or str(error))
+    return Rejected(RejectReason.UNREADABLE, f"{type(error).__name__}: {error.strerror or error}")
+
+
+def _classify(root: Path, relative: str) -> SeenFile:
+    """Stat `relative` by walking it beneath the root: links are followed only inside it."""
     path = display_path(relative)
     try:
-        info = os.lstat(full)
+        info = stat_drop_file(root, relative)
     except OSError as error:
-        return SeenFile(path, full, None, None, Rejected(RejectReason.UNREADABLE, str(error)))
-    location = full
-    if stat.S_ISLNK(info.st_mode):
-        target = Path(os.path.realpath(full))
-        if not target.is_relative_to(root):
-            problem = Rejected(
-                RejectReason.PATH_ESCAPE, f"link resolves to {target}, outside the drop root"
-            )
-            return SeenFile(path, full, None, None, problem)
-        try:
-            info = os.stat(target)
-        except OSError as error:
-            problem = Rejected(RejectReason.UNREADABLE, f"broken link: {error}")
-            return SeenFile(path, full, None, None, problem)
-        location = target
-    if not stat.S_ISREG(info.st_mode):
-        kind = "directory" if stat.S_ISDIR(info.st_mode) else "special file"
-        problem = Rejected(RejectReason.NOT_A_REGULAR_FILE, f"{kind}, not a regular file")
-        return SeenFile(path, location, None, None, problem)
-    return SeenFile(path, location, info.st_size, info.st_mtime_ns)
+        return SeenFile(path, relative, None, None, file_problem(error))
+    return SeenFile(path, relative, info.st_size, info.st_mtime_ns)
 
 
 def _walk_folder(root: Path, folder: Path) -> list[SeenFile]:
@@ -103,7 +103,7 @@ def _walk_folder(root: Path, folder: Path) -> list[SeenFile]:
     def unlistable(error: OSError) -> None:
         relative = os.path.relpath(error.filename or folder, root)
         problem = Rejected(RejectReason.UNREADABLE, f"folder could not be listed: {error}")
-        seen.append(SeenFile(display_path(relative) + "/", folder, None, None, problem))
+        seen.append(SeenFile(display_path(relative) + "/", relative, None, None, problem))
 
     for dirpath, dirnames, filenames in os.walk(folder, onerror=unlistable, followlinks=False):
         here = Path(dirpath)
@@ -112,8 +112,7 @@ def _walk_folder(root: Path, folder: Path) -> list[SeenFile]:
         for name in sorted([*filenames, *linked_dirs]):
             if name.startswith(".") or (here == folder and name == READY_MARKER):
                 continue
-            full = here / name
-            seen.append(_classify(root, full, full.relative_to(root).as_posix()))
+            seen.append(_classify(root, (here / name).relative_to(root).as_posix()))
     return sorted(seen, key=lambda f: f.path)
 
 
@@ -125,9 +124,9 @@ def _loose_files(root: Path, files: tuple[str, ...]) -> list[SeenFile]:
             problem = Rejected(
                 RejectReason.PATH_ESCAPE, f"{relative!r} points outside the drop root"
             )
-            seen.append(SeenFile(display_path(relative), root, None, None, problem))
+            seen.append(SeenFile(display_path(relative), relative, None, None, problem))
             continue
-        seen.append(_classify(root, root / pure, relative))
+        seen.append(_classify(root, relative))
     return sorted(seen, key=lambda f: f.path)
 
 

@@ -60,7 +60,7 @@ def test_rescan_of_an_unchanged_drop_neither_hashes_nor_decodes(
     def forbidden(*_args, **_kwargs):
         raise AssertionError("an unchanged file was read")
 
-    monkeypatch.setattr(ingest_module, "sha256_file", forbidden)
+    monkeypatch.setattr(ingest_module, "read_drop_file", forbidden)
     monkeypatch.setattr(ingest_module, "inspect_image", forbidden)
     report = DropIngestor(ingested_samples, drop_root).ingest(DropRef.folder("samples"))
     assert report.files_unchanged == 7
@@ -128,8 +128,7 @@ def test_small_batches_write_the_same_rows_as_one_batch(tmp_path, drop_root, sam
 
 
 def test_a_file_that_vanishes_before_hashing_is_rejected_as_unreadable(tmp_path):
-    gone = tmp_path / "gone.jpg"
-    outcome = _hash(Outcome(SeenFile("x/gone.jpg", gone, 100, 1)), DecodeLimits())
+    outcome = _hash(Outcome(SeenFile("x/gone.jpg", "x/gone.jpg", 100, 1)), tmp_path, DecodeLimits())
     assert outcome.problem is not None and outcome.problem.reason.value == "unreadable"
 
 
