@@ -142,7 +142,7 @@ def images(
     drop = resolve_drop(context.partition_key, config.files, store)
     ingestor = DropIngestor(store, drop_folder.path, config.options(), log=context.log.info)
     report = ingestor.ingest(drop)
-    accounting = account_for_drop(store, drop.drop_id, report.seen_paths)
+    accounting = account_for_drop(store, drop.drop_id, report.seen_paths, report.seen_entries)
     if report.vanished_paths:
         context.log.warning(
             f"{len(report.vanished_paths)} files recorded earlier are gone from the drop; "
@@ -162,6 +162,7 @@ def images(
             NOTHING_LOST_CHECK: {
                 "missing": dg.MetadataValue.json(accounting.missing[:50]),
                 "counted_twice": dg.MetadataValue.json(accounting.in_both[:50]),
+                "shared_keys": dg.MetadataValue.json(accounting.shared_keys[:50]),
             }
         },
     )

@@ -107,7 +107,8 @@ class IngestReport:
     rejected: Counter[str] = field(default_factory=Counter)  # reason -> files, this run
     bytes_read: int = 0
     seconds: float = 0.0
-    seen_paths: list[str] = field(default_factory=list)
+    seen_paths: list[str] = field(default_factory=list)  # row keys
+    seen_entries: list[str] = field(default_factory=list)  # the same files as the OS names them
     vanished_paths: list[str] = field(default_factory=list)  # rows whose file is gone
 
     @property
@@ -212,6 +213,7 @@ class DropIngestor:
         known = _known_rows(self.warehouse, drop.drop_id)
         report = IngestReport(drop_id=drop.drop_id, files_seen=len(seen))
         report.seen_paths = [f.path for f in seen]
+        report.seen_entries = [f.relative for f in seen]
         seen_set = set(report.seen_paths)
         report.vanished_paths = sorted(p for p in known if p not in seen_set)
         todo = [f for f in seen if not _is_unchanged(f, known.get(f.path))]

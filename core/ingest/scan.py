@@ -64,12 +64,26 @@ def validate_drop_id(drop_id: str) -> None:
 
 
 def display_path(relative: str) -> str:
-    """Text for a path: file names that are not valid UTF-8 keep their bytes as escapes."""
-    try:
-        relative.encode("utf-8")
+    """The row key for a path: the name itself when it is plain text without a backslash.
+
+    Otherwise backslashes are doubled and bytes that are not UTF-8 (surrogate escapes from the
+    OS) become `\\xNN`, so distinct names always get distinct keys: a file named with the raw
+    byte 0xFF and one literally named backslash-x-f-f no longer share a row.
+    """
+    if not any(c == "\\" or 0xD800 <= ord(c) <= 0xDFFF for c in relative):
         return relative
-    except UnicodeEncodeError:
-        return os.fsencode(relative).decode("utf-8", errors="backslashreplace")
+    out = []
+    for c in relative:
+        code = ord(c)
+        if c == "\\":
+            out.append("\\\\")
+        elif 0xDC80 <= code <= 0xDCFF:  # an undecodable byte, as os.fsdecode spells it
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif 0xD800 <= code <= 0xDFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(c)
+    return "".join(out)
 
 
 _FILE_ERRORS: tuple[tuple[type[OSError], RejectReason], ...] = (

@@ -170,9 +170,13 @@ def nothing_lost(accounting: Accounting) -> CheckOutcome:
             f"{accounting.files_seen} files seen = {accounting.image_file_rows} image_files"
             f" + {accounting.rejected_rows} rejected_files rows"
             if accounting.balanced
-            else f"{len(accounting.missing)} files missing, {len(accounting.in_both)} counted twice"
+            else f"{accounting.files_seen} files seen: {len(accounting.missing)} missing,"
+            f" {len(accounting.in_both)} counted twice, {len(accounting.shared_keys)} row keys"
+            " shared by several files"
         ),
-        value=float(len(accounting.missing) + len(accounting.in_both)),
+        value=float(
+            len(accounting.missing) + len(accounting.in_both) + len(accounting.shared_keys)
+        ),
         threshold=0.0,
         counts={
             "files_seen": accounting.files_seen,
@@ -180,9 +184,11 @@ def nothing_lost(accounting: Accounting) -> CheckOutcome:
             "rejected_rows": accounting.rejected_rows,
             "missing": len(accounting.missing),
             "counted_twice": len(accounting.in_both),
+            "shared_keys": len(accounting.shared_keys),
         },
         offending=[{"path": p, "problem": "missing"} for p in accounting.missing[:SAMPLE_ROWS]]
-        + [{"path": p, "problem": "counted_twice"} for p in accounting.in_both[:SAMPLE_ROWS]],
+        + [{"path": p, "problem": "counted_twice"} for p in accounting.in_both[:SAMPLE_ROWS]]
+        + [{"path": p, "problem": "shared_key"} for p in accounting.shared_keys[:SAMPLE_ROWS]],
     )
 
 
