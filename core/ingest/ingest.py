@@ -33,10 +33,17 @@ CONTENT_REASONS = frozenset(
         RejectReason.NOT_AN_IMAGE,
         RejectReason.TRUNCATED,
         RejectReason.CORRUPT,
-        RejectReason.TOO_LARGE,
         RejectReason.UNSUPPORTED_MODE,
     }
 )
+# Reasons that depend on the bytes and the run's limits: kept while the limits are the same.
+LIMIT_REASONS = frozenset({RejectReason.TOO_LARGE})
+
+
+def limits_text(limits: DecodeLimits) -> str:
+    """How `rejected_files.limits` records the limits a verdict was reached under."""
+    return f"max_bytes={limits.max_bytes};max_pixels={limits.max_pixels}"
+
 
 _IMAGES = pa.schema(
     [
@@ -69,6 +76,7 @@ _REJECTED = pa.schema(
         ("byte_size", pa.int64()),
         ("mtime_ns", pa.int64()),
         ("sha256", pa.string()),
+        ("limits", pa.string()),
     ]
 )
 
@@ -116,27 +124,31 @@ class IngestReport:
         return self.files_processed / self.seconds if self.seconds > 0 else 0.0
 
 
-def _is_unchanged(seen: SeenFile, known: tuple[int | None, int | None, str | None] | None) -> bool:
+Known = tuple[int | None, int | None, str | None, str | None]  # size, mtime, reason, limits
+
+
+def _is_unchanged(seen: SeenFile, known: Known | None, limits: str) -> bool:
     if known is None:
         return False
-    size, mtime_ns, reason = known
+    size, mtime_ns, reason, limits_then = known
     if (size, mtime_ns) != (seen.size, seen.mtime_ns):
         return False
     if seen.problem is not None:  # decided from the directory entry: same verdict, same row
         return reason == seen.problem.reason.value
+    if reason in LIMIT_REASONS:  # a verdict of the limits as much as of the bytes
+        return limits_then == limits
     return reason is None or reason in CONTENT_REASONS
 
 
-def _known_rows(
-    warehouse: Warehouse, drop_id: str
-) -> dict[str, tuple[int | None, int | None, str | None]]:
+def _known_rows(warehouse: Warehouse, drop_id: str) -> dict[str, Known]:
     with warehouse.transaction() as conn:
         rows = conn.execute(
-            "SELECT path, byte_size, mtime_ns, NULL FROM image_files WHERE drop_id = ?"
-            " UNION ALL SELECT path, byte_size, mtime_ns, reason FROM rejected_files WHERE drop_id = ?",
+            "SELECT path, byte_size, mtime_ns, NULL, NULL FROM image_files WHERE drop_id = ?"
+            " UNION ALL SELECT path, byte_size, mtime_ns, reason, limits"
+            " FROM rejected_files WHERE drop_id = ?",
             [drop_id, drop_id],
         ).fetchall()
-    return {path: (size, mtime, reason) for path, size, mtime, reason in rows}
+    return {path: (size, mtime, reason, limits) for path, size, mtime, reason, limits in rows}
 
 
 def _hash(outcome: Outcome, root: Path, limits: DecodeLimits) -> Outcome:
@@ -216,7 +228,8 @@ class DropIngestor:
         report.seen_entries = [f.relative for f in seen]
         seen_set = set(report.seen_paths)
         report.vanished_paths = sorted(p for p in known if p not in seen_set)
-        todo = [f for f in seen if not _is_unchanged(f, known.get(f.path))]
+        limits = limits_text(self.options.limits)
+        todo = [f for f in seen if not _is_unchanged(f, known.get(f.path), limits)]
         report.files_unchanged = len(seen) - len(todo)
         self.log(
             f"drop {drop.drop_id}: {len(seen)} files, {report.files_unchanged} unchanged since the "
@@ -284,6 +297,7 @@ class DropIngestor:
                         "byte_size": o.seen.size,
                         "mtime_ns": o.seen.mtime_ns,
                         "sha256": o.sha256,
+                        "limits": limits_text(self.options.limits),
                     }
                 )
                 report.rejected[o.problem.reason.value] += 1
@@ -375,7 +389,9 @@ class DropIngestor:
             conn.execute(
                 """
                 INSERT INTO rejected_files
-                SELECT ?, path, reason, error, byte_size, mtime_ns, sha256, ? FROM incoming_rejected
+                    (drop_id, path, reason, error, byte_size, mtime_ns, sha256, rejected_at, limits)
+                SELECT ?, path, reason, error, byte_size, mtime_ns, sha256, ?, limits
+                FROM incoming_rejected
                 ON CONFLICT (drop_id, path) DO UPDATE SET
                     rejected_at = CASE
                         WHEN rejected_files.reason = excluded.reason
@@ -385,7 +401,7 @@ class DropIngestor:
                         THEN rejected_files.rejected_at ELSE excluded.rejected_at END,
                     reason = excluded.reason, error = excluded.error,
                     byte_size = excluded.byte_size, mtime_ns = excluded.mtime_ns,
-                    sha256 = excluded.sha256
+                    sha256 = excluded.sha256, limits = excluded.limits
                 """,
                 [drop_id, now],
             )

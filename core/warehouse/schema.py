@@ -148,6 +148,15 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        111,
+        "limits recorded on rejections",
+        """
+        -- The limits in force when the row was written ('max_bytes=N;max_pixels=N'): a
+        -- `too_large` verdict is re-evaluated when the run's limits differ.
+        ALTER TABLE rejected_files ADD COLUMN limits VARCHAR;
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = max(number for number, _, _ in MIGRATIONS)

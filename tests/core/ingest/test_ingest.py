@@ -172,3 +172,28 @@ def test_ingestion_reads_through_links_inside_the_drop_root(warehouse, drop_root
     shutil.copy2(sample_drop / "coffee.jpg", other / "coffee.jpg")
     DropIngestor(warehouse, drop_root).ingest(DropRef.folder("linked"))
     assert warehouse.rows("SELECT count(*) FROM image_files WHERE drop_id = 'linked'")[0][0] == 2
+
+
+def test_raising_a_limit_re_evaluates_too_large_rejections(warehouse, drop_root, sample_drop):
+    small = IngestOptions(limits=DecodeLimits(max_bytes=100_000))
+    DropIngestor(warehouse, drop_root, small).ingest(DropRef.folder("samples"))
+    assert warehouse.rows("SELECT count(*) FROM rejected_files")[0][0] == 1
+    again = DropIngestor(warehouse, drop_root, small).ingest(DropRef.folder("samples"))
+    assert again.files_unchanged == 7  # same limits: the verdict stands without a read
+    raised = DropIngestor(warehouse, drop_root).ingest(DropRef.folder("samples"))
+    assert raised.files_processed == 1
+    assert warehouse.rows("SELECT count(*) FROM rejected_files")[0][0] == 0
+    assert warehouse.rows(
+        "SELECT count(*) FROM image_files WHERE path = 'samples/hubble_deep_field.jpg'"
+    ) == [(1,)]
+
+
+def test_the_pixel_limit_that_applied_is_recorded_and_re_evaluated(
+    warehouse, drop_root, sample_drop
+):
+    tight = IngestOptions(limits=DecodeLimits(max_pixels=300_000))
+    DropIngestor(warehouse, drop_root, tight).ingest(DropRef.folder("samples"))
+    rejected = warehouse.rows("SELECT count(*), min(limits) FROM rejected_files")[0]
+    assert rejected[0] >= 1 and "max_pixels=300000" in rejected[1]
+    DropIngestor(warehouse, drop_root).ingest(DropRef.folder("samples"))
+    assert warehouse.rows("SELECT count(*) FROM rejected_files")[0][0] == 0
