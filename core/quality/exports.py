@@ -16,6 +16,10 @@ from pydantic import BaseModel, ValidationError
 from core.warehouse import Warehouse
 
 FORMATS = {"parquet": "(FORMAT parquet)", "jsonl": "(FORMAT json)"}
+# Model ids of the locally built random-weight stand-ins (core/vlm/standin.py, core/clip/standin.py):
+# their labels are meaningless, so exports leave them out unless asked.
+STANDIN_PREFIX = "standin/"
+_NOT_STANDIN = "NOT starts_with({column}, '" + STANDIN_PREFIX + "')"
 
 
 class ExportedFile(BaseModel):
@@ -40,17 +44,19 @@ def _literal(path: Path) -> str:
     return "'" + str(path).replace("'", "''") + "'"
 
 
-def task_table_query(warehouse: Warehouse, table: str) -> str:
-    """The table's rows with `image_path` (the image's first path, relative to the drop root)."""
+def task_table_query(warehouse: Warehouse, table: str, *, include_standin: bool = True) -> str:
+    """The table's rows with `image_path` (the image's first path, relative to the drop root);
+    without `include_standin`, rows of stand-in models are left out."""
     if table not in task_tables(warehouse):
         raise ValueError(f"{table!r} is not a task table")
     columns = [name for name, _ in warehouse.columns(table)]
     order = ", ".join(
         f't."{c}"' for c in ("image_id", "model_id", "task_fingerprint", "idx") if c in columns
     )
+    where = "" if include_standin else " WHERE " + _NOT_STANDIN.format(column="t.model_id")
     return (
         f'SELECT t.*, i.first_path AS image_path FROM "{table}" t'
-        f" LEFT JOIN images i USING (image_id) ORDER BY {order}"
+        f" LEFT JOIN images i USING (image_id){where} ORDER BY {order}"
     )
 
 
@@ -60,8 +66,10 @@ def export_task_tables(
     *,
     tables: Sequence[str] | None = None,
     formats: Sequence[str] = ("parquet", "jsonl"),
+    include_standin: bool = True,
 ) -> list[ExportedFile]:
-    """Write each task table to `<out_dir>/<table>.parquet` and `.jsonl`, with image paths."""
+    """Write each task table to `<out_dir>/<table>.parquet` and `.jsonl`, with image paths
+    (and, unless `include_standin`, without the rows of stand-in models)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     unknown = set(formats) - set(FORMATS)
@@ -69,9 +77,9 @@ def export_task_tables(
         raise ValueError(f"unknown formats {sorted(unknown)}; choose from {sorted(FORMATS)}")
     exported = []
     for table in tables if tables is not None else task_tables(warehouse):
-        query = task_table_query(warehouse, table)
+        query = task_table_query(warehouse, table, include_standin=include_standin)
         with warehouse.reader() as conn:
-            rows = conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()
+            rows = conn.execute(f"SELECT count(*) FROM ({query})").fetchone()
             for fmt in formats:
                 target = out / f"{table}.{fmt}"
                 conn.execute(f"COPY ({query}) TO {_literal(target)} {FORMATS[fmt]}")
@@ -87,12 +95,17 @@ class InstructionExport(BaseModel):
     path: str
     records: int
     skipped_invalid: int  # `ok` rows the task's model refuses today (e.g. after a schema edit)
+    standin_left_out: int = 0  # images whose only `ok` results came from stand-in models
 
 
-def llava_conversation(image: str, instruction: str, answer: dict, image_id: str) -> dict:
-    """One LLaVA-style training record: the image, the instruction, the JSON answer."""
+def llava_conversation(
+    image: str, instruction: str, answer: dict, image_id: str, model_id: str
+) -> dict:
+    """One LLaVA-style training record: the image, the instruction, the JSON answer, and the
+    model that gave it (so a training set never mixes models unknowingly)."""
     return {
         "id": image_id,
+        "model_id": model_id,
         "image": image,
         "conversations": [
             {"from": "human", "value": f"<image>\n{instruction}"},
@@ -111,10 +124,12 @@ def export_instruction_data(
     model_id: str | None = None,
     task_fingerprint: str | None = None,
     image_root: str | Path | None = None,
+    include_standin: bool = False,
 ) -> InstructionExport:
     """Validated extractions of `task` as a LLaVA fine-tuning file (a JSON list of records).
 
-    One record per image: its latest `ok` result (optionally of one model and task version).
+    One record per image: its latest `ok` result (optionally of one model and task version),
+    naming its `model_id`. Stand-in models' results are left out unless `include_standin`.
     With `model`, each answer is validated again and re-serialised in the schema's field order;
     rows it refuses are skipped and counted. Image paths are the image's first path, under
     `image_root` (the drop root) when given.
@@ -127,17 +142,26 @@ def export_instruction_data(
     if task_fingerprint:
         filters.append("x.task_fingerprint = ?")
         params.append(task_fingerprint)
+    every = f"""
+        SELECT count(DISTINCT x.image_id) FROM vlm_extractions x JOIN images i USING (image_id)
+        WHERE {" AND ".join(filters)}
+    """
+    if not include_standin:
+        filters.append(_NOT_STANDIN.format(column="x.model_id"))
     rows = warehouse.rows(
         f"""
-        SELECT x.image_id, i.first_path, arg_max(CAST(x.parsed_json AS VARCHAR), x.created_at)
+        SELECT x.image_id, i.first_path,
+               arg_max(CAST(x.parsed_json AS VARCHAR), x.created_at),
+               arg_max(x.model_id, x.created_at)
         FROM vlm_extractions x JOIN images i USING (image_id)
         WHERE {" AND ".join(filters)}
         GROUP BY x.image_id, i.first_path ORDER BY i.first_path
         """,
         params,
     )
+    left_out = int(warehouse.rows(every, params)[0][0]) - len(rows)
     records, skipped = [], 0
-    for image_id, first_path, parsed in rows:
+    for image_id, first_path, parsed, model_used in rows:
         answer = json.loads(parsed)
         if model is not None:
             try:
@@ -146,27 +170,45 @@ def export_instruction_data(
                 skipped += 1
                 continue
         image = str(Path(image_root) / first_path) if image_root else first_path
-        records.append(llava_conversation(image, instruction, answer, image_id))
+        records.append(llava_conversation(image, instruction, answer, image_id, model_used))
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(records, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    return InstructionExport(path=str(out), records=len(records), skipped_invalid=skipped)
+    return InstructionExport(
+        path=str(out), records=len(records), skipped_invalid=skipped, standin_left_out=left_out
+    )
 
 
 class ExportSummary(BaseModel):
     tables: list[ExportedFile]
     instructions: dict[str, InstructionExport]  # task name -> its LLaVA file
+    standin_rows_left_out: int = 0  # task-table rows of stand-in models not written
+
+
+def _standin_rows(warehouse: Warehouse, tables: Sequence[str]) -> int:
+    where = _NOT_STANDIN.format(column="model_id")
+    return sum(
+        int(warehouse.rows(f'SELECT count(*) FROM "{table}" WHERE NOT ({where})')[0][0])
+        for table in tables
+    )
 
 
 def export_all(
-    warehouse: Warehouse, out_dir: str | Path, *, image_root: str | Path | None = None
+    warehouse: Warehouse,
+    out_dir: str | Path,
+    *,
+    image_root: str | Path | None = None,
+    include_standin: bool = False,
 ) -> ExportSummary:
     """Every task table (Parquet + JSONL) and, per built-in task, its validated extractions of
-    the current task version as `llava_<task>.json`, with the task's own prompt as instruction."""
+    the current task version as `llava_<task>.json`, with the task's own prompt as instruction.
+
+    Rows of stand-in models (`standin/...`, random weights) are left out unless
+    `include_standin`: they must never end up in a training set by default."""
     from core.tasks.registry import TASKS
 
     out = Path(out_dir)
-    tables = export_task_tables(warehouse, out)
+    tables = export_task_tables(warehouse, out, include_standin=include_standin)
     present = set(task_tables(warehouse))
     instructions = {
         name: export_instruction_data(
@@ -177,11 +219,13 @@ def export_all(
             model=task.model,
             task_fingerprint=task.fingerprint,
             image_root=image_root,
+            include_standin=include_standin,
         )
         for name, task in TASKS.items()
         if task.tables.table in present
     }
-    return ExportSummary(tables=tables, instructions=instructions)
+    left_out = 0 if include_standin else _standin_rows(warehouse, sorted(present))
+    return ExportSummary(tables=tables, instructions=instructions, standin_rows_left_out=left_out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -199,10 +243,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=str(settings.drop_root),
         help="Prefix for image paths in the LLaVA files (default: the drop root).",
     )
+    parser.add_argument(
+        "--include-standin",
+        action="store_true",
+        help="Also export rows of the random-weight stand-in models (left out by default).",
+    )
     args = parser.parse_args(argv)
     if not args.warehouse.exists():
         parser.error(f"no warehouse at {args.warehouse}: run `make demo` or the pipeline first")
-    summary = export_all(Warehouse(args.warehouse), args.out, image_root=args.image_root)
+    summary = export_all(
+        Warehouse(args.warehouse),
+        args.out,
+        image_root=args.image_root,
+        include_standin=args.include_standin,
+    )
     for exported in summary.tables:
         print(f"{exported.rows:>8} rows  {exported.path}")
     for name, result in summary.instructions.items():
@@ -213,6 +267,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if result.skipped_invalid
                 else ""
             )
+        )
+    if summary.standin_rows_left_out:
+        print(
+            f"{summary.standin_rows_left_out} task-table rows of stand-in models left out"
+            " (random weights); --include-standin exports them"
         )
     return 0
 

@@ -115,3 +115,32 @@ def test_the_export_command_writes_every_table_and_one_llava_file_per_task(
         keys = [c for c in ("image_id", "idx") if c in stored.columns]
         assert_frame_equal(exported.drop("image_path").sort(keys), stored.sort(keys))
     assert "conversations" in capsys.readouterr().out
+
+
+def test_export_all_leaves_stand_in_rows_out_unless_asked_and_names_every_model(
+    warehouse, extracted, tmp_path
+):
+    from core.quality.exports import export_all
+    from core.vlm.standin import STANDIN_MODEL_ID
+
+    standin_only = add_drop(warehouse, "d2", ["s"], at=T0)[0]
+    add_extraction(
+        warehouse,
+        standin_only,
+        "scenery_people",
+        STANDIN_MODEL_ID,
+        "ok",
+        {"scenery": "night_time", "people": []},
+    )
+    summary = export_all(warehouse, tmp_path / "real")
+    records = json.loads((tmp_path / "real" / "llava_scenery_people.json").read_text())
+    assert [r["id"] for r in records] == extracted[:2]
+    assert {r["model_id"] for r in records} == {"m"}
+    table = pl.read_parquet(tmp_path / "real" / "task_scenery_people.parquet")
+    assert STANDIN_MODEL_ID not in table["model_id"].to_list()
+    assert summary.standin_rows_left_out > 0
+    export_all(warehouse, tmp_path / "all", include_standin=True)
+    records = json.loads((tmp_path / "all" / "llava_scenery_people.json").read_text())
+    assert {r["model_id"] for r in records} == {"m", STANDIN_MODEL_ID}
+    table = pl.read_parquet(tmp_path / "all" / "task_scenery_people.parquet")
+    assert STANDIN_MODEL_ID in table["model_id"].to_list()
