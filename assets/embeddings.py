@@ -7,6 +7,7 @@ from pydantic import Field
 from assets.metadata import column_schema, preview_table
 from assets.quality import record_and_report
 from core.clip import store
+from core.clip.loading import device_pool
 from core.clip.near_duplicates import DEFAULT_THRESHOLD, near_duplicate_pairs
 from core.clip.pipeline import EmbedReport, embed_drop
 from core.clip.zero_shot import classify
@@ -15,7 +16,7 @@ from core.quality.checks import CheckOutcome, LabelSource
 from core.tasks.label_sets import LABEL_SETS
 from core.warehouse import Warehouse
 from orchestration.partitions import image_drops
-from resources.clip_model import ClipModelResource
+from resources.clip_model import ClipModelResource, configured_device
 from resources.drop_folder import DropFolderResource
 from resources.warehouse import WarehouseResource
 
@@ -31,6 +32,9 @@ ZERO_SHOT_CHECKS = (checks.ZERO_SHOT_ONE_PER_IMAGE, checks.ZERO_SHOT_PROBABILITI
 LABEL_DRIFT_CHECK = checks.LABEL_DRIFT
 PREVIEW_ROWS = 20
 ZERO_SHOT_BATCH = 4096
+# On CUDA both CLIP steps hold the `gpu` pool (limit 1, shared with vlm_extractions), so two runs
+# never load models onto one GPU at once; on the CPU they need no pool.
+CLIP_POOL = device_pool(configured_device())
 
 
 class EmbeddingsConfig(dg.Config):
@@ -124,6 +128,7 @@ def _near_duplicate_outcome(
     deps=["images"],
     group_name="clip",
     kinds={"duckdb", "pytorch"},
+    pool=CLIP_POOL,
     check_specs=[
         dg.AssetCheckSpec(
             checks.EMBEDDING_ONE_PER_IMAGE,
@@ -219,6 +224,7 @@ def clip_embeddings(
     deps=[clip_embeddings],
     group_name="clip",
     kinds={"duckdb", "pytorch"},
+    pool=CLIP_POOL,
     check_specs=[
         dg.AssetCheckSpec(
             checks.ZERO_SHOT_ONE_PER_IMAGE,

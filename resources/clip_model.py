@@ -5,6 +5,7 @@ loud banner; `prod` deployments set `allow_standin_fallback=False` and fail inst
 at import or construction: the first asset that asks calls `load()`.
 """
 
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -24,6 +25,15 @@ from core.clip.loading import (
     standin_spec,
 )
 from core.clip.pipeline import EmbedOptions
+
+DEVICE_ENV = "IMAGE_PIPELINE_CLIP_DEVICE"
+
+
+def configured_device() -> str:
+    """The CLIP device of this deployment: IMAGE_PIPELINE_CLIP_DEVICE, default `auto`. The
+    assets read it at load time to declare their pool, so it is an environment setting."""
+    return os.environ.get(DEVICE_ENV, "auto")
+
 
 _cache: dict[ModelSpec, ClipModel] = {}
 _cache_lock = threading.Lock()
@@ -58,7 +68,10 @@ class ClipModelResource(dg.ConfigurableResource):
         default=None,
         description="Recorded on every row; default `<model_name>/<tag or file stem>`.",
     )
-    device: str = Field(default="auto", description="`auto` (CUDA when present), `cpu`, `cuda:0`.")
+    device: str = Field(
+        default_factory=configured_device,
+        description="`auto` (CUDA when present), `cpu`, `cuda:0`; default IMAGE_PIPELINE_CLIP_DEVICE.",
+    )
     precision: str = Field(
         default="fp32",
         description="fp32, bf16 (weights converted; fast on AVX-512 BF16 CPUs), fp16 (GPU).",

@@ -30,7 +30,9 @@ class VLMResource(dg.ConfigurableResource):
     model_id: str | None = Field(default=None, description="Recorded on rows; default: the path.")
     standin: bool = Field(default=False, description="Use the tiny random-weight stand-in.")
     allow_standin: bool = Field(default=True, description="False in prod: never a stand-in.")
-    device: str = "cpu"
+    device: str = Field(
+        default="auto", description="transformers: `auto` (CUDA when present), `cpu`, `cuda:0`."
+    )
     batch_size: int = Field(default=4, ge=1, description="transformers: images per generate().")
     model_cache_dir: str | None = None
 
@@ -57,18 +59,23 @@ class VLMResource(dg.ConfigurableResource):
             path = ensure_standin(Path(self.model_cache_dir) if self.model_cache_dir else None)
             (log.warning if log else print)(STANDIN_BANNER.format(model_id=STANDIN_MODEL_ID))
             self._backend = TransformersBackend(
-                path, model_id=STANDIN_MODEL_ID, batch_size=self.batch_size, log=info
+                path,
+                model_id=STANDIN_MODEL_ID,
+                device=self.device,
+                batch_size=self.batch_size,
+                log=info,
             )
             return self._backend
-        info(f"VLM backend: transformers in-process, {self.model_path} on {self.device}")
-        self._backend = TransformersBackend(
+        backend = TransformersBackend(
             self.model_path,
             model_id=self.model_id,
             device=self.device,
             batch_size=self.batch_size,
             log=info,
         )
-        return self._backend
+        info(f"VLM backend: transformers in-process, {self.model_path} on {backend.device}")
+        self._backend = backend
+        return backend
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._backend is not None:

@@ -90,6 +90,15 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+GPU_POOL = "gpu"
+
+
+def device_pool(device: str) -> str | None:
+    """The Dagster pool a step using `device` must hold: `gpu` on CUDA (one step at a time on
+    the instance, shared with the VLM step), none on the CPU."""
+    return GPU_POOL if resolve_device(device).type == "cuda" else None
+
+
 def hub_reachable(timeout_s: float = 3.0) -> bool:
     """A cheap probe, so an offline machine does not sit through a minute of hub retries."""
     if os.environ.get("HF_HUB_OFFLINE") in {"1", "true", "True"}:

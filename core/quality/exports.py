@@ -16,8 +16,8 @@ from pydantic import BaseModel, ValidationError
 from core.warehouse import Warehouse
 
 FORMATS = {"parquet": "(FORMAT parquet)", "jsonl": "(FORMAT json)"}
-# Model ids of the locally built random-weight stand-ins (core/vlm/standin.py, core/clip/standin.py):
-# their labels are meaningless, so exports leave them out unless asked.
+# Model ids of the locally built random-weight VLM stand-in (core/vlm/standin.py): its labels are
+# meaningless, so exports leave them out unless asked.
 STANDIN_PREFIX = "standin/"
 _NOT_STANDIN = "NOT starts_with({column}, '" + STANDIN_PREFIX + "')"
 

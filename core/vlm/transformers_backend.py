@@ -22,6 +22,15 @@ from core.vlm.types import ExtractionResult, ImageInput, VLMBackend, judge
 DEFAULT_MODEL = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
 
 
+def resolve_device(device: str) -> str:
+    """`auto`: CUDA when torch sees a GPU, else the CPU; anything else as given."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 class TransformersBackend(VLMBackend):
     """Loads the model lazily, on the first batch, so building the resource is cheap."""
 
@@ -30,7 +39,7 @@ class TransformersBackend(VLMBackend):
         model_path: str | Path = DEFAULT_MODEL,
         *,
         model_id: str | None = None,
-        device: str = "cpu",
+        device: str = "auto",
         batch_size: int = 4,
         max_completion_tokens: int | None = None,
         min_image_side: int = 384,
@@ -39,7 +48,7 @@ class TransformersBackend(VLMBackend):
     ) -> None:
         self.model_path = str(model_path)
         self._model_id = model_id or self.model_path
-        self.device = device
+        self.device = resolve_device(device)
         self.batch_size = batch_size
         self.max_completion_tokens = max_completion_tokens
         self.min_image_side = min_image_side
