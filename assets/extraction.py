@@ -190,7 +190,8 @@ def vlm_extractions(
     validity_outcome = next(o for o in outcomes if o.check_name == VALIDITY_CHECK)
     statuses = {k: v for k, v in validity_outcome.counts.items() if k != "images"}
     total = sum(statuses.values())
-    validity = statuses.get("ok", 0) / total if total else 1.0
+    # The check's rate: images no file still held (unavailable) are not judged.
+    validity = validity_outcome.value if validity_outcome.value is not None else 1.0
     preview = store.query(
         """
         SELECT e.task, left(e.image_id, 12) AS image_id, f.path, e.status,

@@ -231,11 +231,19 @@ class ImageUnreadable(Exception):
     or replaced); `unavailable`: no copy can be read at all (deleted, moved, not a file).
     """
 
-    def __init__(self, status: str, image_id: str, details: list[str], changed: list[str]) -> None:
+    def __init__(
+        self,
+        status: str,
+        image_id: str,
+        details: list[str],
+        changed: list[str],
+        missing: list[str] | None = None,
+    ) -> None:
         self.status = status
         self.image_id = image_id
         self.details = details
-        self.changed = changed  # paths whose bytes no longer hash to image_id
+        self.changed = changed  # paths whose bytes no longer hash to image_id, or not a file
+        self.missing = missing or []  # paths where nothing exists any more
         super().__init__(f"{status}: " + "; ".join(details))
 
 
@@ -243,23 +251,30 @@ def read_image_copy(drop_root: Path, image_id: str, paths: Iterable[str]) -> tup
     """(path, bytes) of the first of `paths` that still exists and hashes to `image_id`.
 
     Raises `ImageUnreadable` when none does: `changed_since_ingest` if some copy was read and
-    hashed differently, else `unavailable`.
+    hashed differently, else `unavailable` (gone, or no regular file inside the root).
     """
     details: list[str] = []
     changed: list[str] = []
+    missing: list[str] = []
+    hash_changed = False
     for path in paths:
         try:
             data = read_drop_file(drop_root, path).data
-        except OSError as error:
-            details.append(
-                f"{path}: {getattr(error, 'kind', 'unreadable')}: {error.strerror or error}"
-            )
+        except FileMissingError:
+            missing.append(path)
+            details.append(f"{path}: missing")
+            continue
+        except OSError as error:  # a FIFO, a link out of the root, no permission: not that file
+            changed.append(path)
+            kind = getattr(error, "kind", "unreadable")
+            details.append(f"{path}: {kind}: {error.strerror or error}")
             continue
         if sha256_hex(data) == image_id:
             return path, data
         changed.append(path)
+        hash_changed = True
         details.append(f"{path}: bytes changed since ingestion")
     if not details:
         details.append("no file of this image is recorded")
-    status = "changed_since_ingest" if changed else "unavailable"
-    raise ImageUnreadable(status, image_id, details, changed)
+    status = "changed_since_ingest" if hash_changed else "unavailable"
+    raise ImageUnreadable(status, image_id, details, changed, missing)

@@ -26,10 +26,11 @@ Transform = Callable[[Image.Image], torch.Tensor]
 
 
 def load_tensors(
-    path: Path, transforms: dict[str, Transform], min_side: int | None
+    source: Path | bytes, transforms: dict[str, Transform], min_side: int | None
 ) -> dict[str, torch.Tensor]:
-    """One file as the tensors each transform makes of it (one decode for all of them)."""
-    image = load_rgb(path, min_side=min_side)
+    """One file (its bytes, as `core.files` read them, or a path) as the tensors each
+    transform makes of it (one decode for all of them)."""
+    image = load_rgb(source, min_side=min_side)
     try:
         return {name: transform(image) for name, transform in transforms.items()}
     finally:
@@ -43,6 +44,7 @@ class Batch(Generic[T]):
     items: list[T] = field(default_factory=list)
     results: list = field(default_factory=list)
     failures: list[tuple[T, str]] = field(default_factory=list)
+    errors: list[tuple[T, Exception]] = field(default_factory=list)  # the failures' exceptions
 
     def __len__(self) -> int:
         return len(self.items) + len(self.failures)
@@ -90,6 +92,7 @@ def prefetched_batches(
                     result = future.result()
                 except Exception as error:  # one bad file must not stop the drop
                     batch.failures.append((item, f"{type(error).__name__}: {error}"))
+                    batch.errors.append((item, error))
                 else:
                     batch.items.append(item)
                     batch.results.append(result)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torchvision.transforms.v2.functional as TF
@@ -62,19 +61,20 @@ class GpuPreprocess:
 
 
 def decode_batch(
-    paths: Sequence[Path],
+    datas: Sequence[bytes],
     preprocess: GpuPreprocess,
-    cpu_fallback: Callable[[Path], torch.Tensor],
+    cpu_fallback: Callable[[bytes], torch.Tensor],
     *,
     device: torch.device | str = "cuda",
-) -> tuple[torch.Tensor, list[Path]]:
-    """(N, 3, S, S) preprocessed pixels on `device` in input order, and the files that fell back.
+) -> tuple[torch.Tensor, list[int]]:
+    """(N, 3, S, S) preprocessed pixels on `device` in input order, and the indices that fell
+    back.
 
-    Non-JPEG files and files `decode_jpeg` rejects go through `cpu_fallback` (a CPU tensor that is
-    moved to `device`). Raises only if the CPU fallback fails too.
+    `datas` are the files' bytes, already read (and checked against their image ids) by the
+    caller. Non-JPEG files and files `decode_jpeg` rejects go through `cpu_fallback` (a CPU
+    tensor that is moved to `device`). Raises only if the CPU fallback fails too.
     """
-    datas = [Path(path).read_bytes() for path in paths]
-    results: list[torch.Tensor | None] = [None] * len(paths)
+    results: list[torch.Tensor | None] = [None] * len(datas)
     jpeg_index = [i for i, data in enumerate(datas) if is_jpeg(data)]
     encoded = [torch.frombuffer(bytearray(datas[i]), dtype=torch.uint8) for i in jpeg_index]
     decoded: list[torch.Tensor | None]
@@ -102,8 +102,7 @@ def decode_batch(
     for i, image in zip(jpeg_index, decoded, strict=True):
         if image is not None:
             results[i] = preprocess(image)
-    fallbacks = [Path(paths[i]) for i, result in enumerate(results) if result is None]
-    for i, result in enumerate(results):
-        if result is None:
-            results[i] = cpu_fallback(Path(paths[i])).to(device)
+    fallbacks = [i for i, result in enumerate(results) if result is None]
+    for i in fallbacks:
+        results[i] = cpu_fallback(datas[i]).to(device)
     return torch.stack(results), fallbacks  # type: ignore[arg-type]

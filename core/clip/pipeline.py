@@ -22,6 +22,8 @@ from core.clip.decoding import Transform, load_tensors, prefetched_batches
 from core.clip.embed import embed_image_tensors, warm_up
 from core.clip.gpu_decode import GpuPreprocess, decode_batch, gpu_decoding_enabled
 from core.clip.loading import ClipModel
+from core.copies import image_copies
+from core.files import ImageUnreadable, read_image_copy
 from core.progress import Progress
 from core.warehouse import Warehouse
 
@@ -41,6 +43,14 @@ class EmbedOptions:
 
 
 @dataclass
+class Loaded:
+    """One image after its decode: tensors per kind, and its bytes when the GPU decodes them."""
+
+    tensors: dict[str, torch.Tensor | None]
+    data: bytes | None = None
+
+
+@dataclass
 class EmbedReport:
     drop_id: str
     model_id: str
@@ -48,6 +58,8 @@ class EmbedReport:
     written: dict[str, int] = field(default_factory=dict)  # kind -> new rows
     already_embedded: dict[str, int] = field(default_factory=dict)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, error)
+    unreadable: dict[str, str] = field(default_factory=dict)  # image_id -> status, this run
+    skipped_unreadable: int = 0  # unreadable at an earlier run, no usable file since
     dims: dict[str, int] = field(default_factory=dict)
     images_processed: int = 0
     seconds: float = 0.0
@@ -101,6 +113,9 @@ def embed_drop(
     report.images_in_drop = len(images)
     report.dims = kind_dims(clip, options)
     ids = [image.image_id for image in images]
+    skipped = store.unreadable_ids(warehouse, clip.model_id, ids)
+    report.skipped_unreadable = len(skipped)
+    ids = [i for i in ids if i not in skipped]
     missing: dict[str, set[str]] = {}
     for kind, dim in report.dims.items():
         done = store.embedded_ids(warehouse, dim, clip.model_id, kind, ids)
@@ -110,7 +125,8 @@ def embed_drop(
     todo = [image for image in images if any(image.image_id in m for m in missing.values())]
     if not todo:
         log(
-            f"clip_embeddings: all {len(images)} images of {drop_id} already embedded by {clip.model_id}"
+            f"clip_embeddings: all {len(images)} images of {drop_id} already embedded by "
+            f"{clip.model_id}" + (f" ({len(skipped)} have no readable file)" if skipped else "")
         )
         report.seconds = time.perf_counter() - started
         return report
@@ -124,18 +140,20 @@ def embed_drop(
         gpu_preprocess = GpuPreprocess(max(clip.image_size), cfg["mean"], cfg["std"])
         log("clip_embeddings: decoding JPEGs on the GPU (CPU fallback per file)")
 
-    def cpu_global(path: Path) -> torch.Tensor:
-        return load_tensors(path, {"global": clip.preprocess}, clip.min_decode_side)["global"]
+    copies = image_copies(warehouse, drop_id, [image.image_id for image in todo])
 
-    def load(image: store.DropImage) -> dict[str, torch.Tensor | None]:
+    def cpu_global(data: bytes) -> torch.Tensor:
+        return load_tensors(data, {"global": clip.preprocess}, clip.min_decode_side)["global"]
+
+    def load(image: store.DropImage) -> Loaded:
+        # The bytes are read once, safely, and must hash to the image id they are embedded as.
+        _, data = read_image_copy(drop_root, image.image_id, copies[image.image_id])
         wanted = {k: t for k, t in transforms.items() if image.image_id in missing[k]}
         gpu_global = on_gpu and wanted.pop("global", None) is not None
-        tensors: dict[str, torch.Tensor | None] = (
-            load_tensors(drop_root / image.path, wanted, side) if wanted else {}
-        )
+        tensors: dict[str, torch.Tensor | None] = load_tensors(data, wanted, side) if wanted else {}
         if gpu_global:
             tensors["global"] = None  # decoded on the GPU with the whole batch
-        return tensors
+        return Loaded(tensors, data if gpu_global else None)
 
     progress = Progress(f"clip_embeddings {drop_id} ({clip.model_id})", len(todo), log)
     for batch in prefetched_batches(
@@ -148,31 +166,38 @@ def embed_drop(
     ):
         vectors: dict[str, tuple[list[str], np.ndarray]] = {}
         for kind in report.dims:
-            picked = [i for i, tensors in enumerate(batch.results) if kind in tensors]
+            picked = [i for i, loaded in enumerate(batch.results) if kind in loaded.tensors]
             if not picked:
                 continue
             if kind == "global" and gpu_preprocess is not None:
-                paths = [drop_root / batch.items[i].path for i in picked]
+                datas = [batch.results[i].data for i in picked]
                 pixels, fallbacks = decode_batch(
-                    paths, gpu_preprocess, cpu_global, device=clip.device
+                    datas, gpu_preprocess, cpu_global, device=clip.device
                 )
                 if fallbacks:
                     log(f"clip_embeddings: {len(fallbacks)} files decoded on the CPU instead")
             else:
-                pixels = torch.stack([batch.results[i][kind] for i in picked])
+                pixels = torch.stack([batch.results[i].tensors[kind] for i in picked])
             if kind == "global":
                 matrix = embed_image_tensors(clip, pixels)
             else:
                 matrix = s2.embed_s2(clip, pixels, options.s2_scales, options.s2_max_split_size)
             vectors[kind] = ([batch.items[i].image_id for i in picked], matrix)
+        unreadable = [e for _, e in batch.errors if isinstance(e, ImageUnreadable)]
         with warehouse.transaction() as conn:
             for kind, (batch_ids, matrix) in vectors.items():
                 report.written[kind] += store.write_embeddings(
                     conn, batch_ids, matrix, model_id=clip.model_id, kind=kind
                 )
+            store.clear_failures(conn, [i.image_id for i in batch.items], clip.model_id)
+            store.write_failures(conn, unreadable, model_id=clip.model_id, drop_id=drop_id)
+        for failure in unreadable:
+            report.unreadable[failure.image_id] = failure.status
+            log(f"clip_embeddings: {failure.image_id[:12]} {failure}")
         for image, error in batch.failures:
-            report.failures.append((image.path, error))
-            log(f"clip_embeddings: could not decode {image.path}: {error}")
+            if image.image_id not in report.unreadable:
+                report.failures.append((image.path, error))
+                log(f"clip_embeddings: could not decode {image.path}: {error}")
         report.images_processed += len(batch)
         progress.advance(len(batch))
     progress.finish()

@@ -16,6 +16,8 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from core.copies import USABLE_COPY, record_unreadable
+from core.files import ImageUnreadable
 from core.warehouse import Warehouse
 
 KINDS = ("global", "s2")
@@ -98,6 +100,51 @@ def drop_images(warehouse: Warehouse, drop_id: str) -> list[DropImage]:
         [drop_id],
     )
     return [DropImage(image_id, path) for image_id, path in rows]
+
+
+def unreadable_ids(warehouse: Warehouse, model_id: str, image_ids: Sequence[str]) -> set[str]:
+    """Which of `image_ids` this model could not read and that still have no usable file:
+    they are not tried again until an ingestion records one (see core/copies.py)."""
+    if not image_ids or not warehouse.path.exists():
+        return set()
+    rows = _rows_for_ids(
+        warehouse,
+        image_ids,
+        "SELECT c.image_id FROM clip_failures c JOIN wanted_ids USING (image_id)"
+        f" WHERE c.model_id = ? AND NOT {USABLE_COPY.format(image_id='c.image_id')}",
+        [model_id],
+    )
+    return {image_id for (image_id,) in rows}
+
+
+def write_failures(
+    conn: duckdb.DuckDBPyConnection,
+    failures: Sequence[ImageUnreadable],
+    *,
+    model_id: str,
+    drop_id: str,
+) -> None:
+    """Record images with no readable copy (inside the caller's transaction), and mark what was
+    found at their paths so the next ingestion re-checks them."""
+    if not failures:
+        return
+    now = datetime.now(UTC)
+    conn.executemany(
+        "INSERT OR REPLACE INTO clip_failures VALUES (?, ?, ?, ?, ?, ?)",
+        [(f.image_id, model_id, f.status, str(f), drop_id, now) for f in failures],
+    )
+    record_unreadable(conn, failures)
+
+
+def clear_failures(
+    conn: duckdb.DuckDBPyConnection, image_ids: Sequence[str], model_id: str
+) -> None:
+    """An image embedded after all (a copy came back) has no failure row any more."""
+    if image_ids:
+        conn.execute(
+            "DELETE FROM clip_failures WHERE model_id = ? AND list_contains(?, image_id)",
+            [model_id, list(image_ids)],
+        )
 
 
 def embedded_ids(

@@ -141,9 +141,12 @@ def _is_unchanged(seen: SeenFile, known: Known | None, limits: str) -> bool:
 
 
 def _known_rows(warehouse: Warehouse, drop_id: str) -> dict[str, Known]:
+    """The drop's rows; a file a model stage found changed (`changed_at`) has no size or mtime
+    here, so it is re-hashed however its stat looks."""
     with warehouse.transaction() as conn:
         rows = conn.execute(
-            "SELECT path, byte_size, mtime_ns, NULL, NULL FROM image_files WHERE drop_id = ?"
+            "SELECT path, CASE WHEN changed_at IS NULL THEN byte_size END, mtime_ns, NULL, NULL"
+            " FROM image_files WHERE drop_id = ?"
             " UNION ALL SELECT path, byte_size, mtime_ns, reason, limits"
             " FROM rejected_files WHERE drop_id = ?",
             [drop_id, drop_id],
@@ -375,11 +378,13 @@ class DropIngestor:
             conn.execute(
                 """
                 INSERT INTO image_files
-                SELECT drop_id, path, image_id, is_duplicate, byte_size, mtime_ns, ? FROM staged_files
+                    (drop_id, path, image_id, is_duplicate, byte_size, mtime_ns, ingested_at)
+                SELECT drop_id, path, image_id, is_duplicate, byte_size, mtime_ns, ?
+                FROM staged_files
                 ON CONFLICT (drop_id, path) DO UPDATE SET
                     image_id = excluded.image_id, is_duplicate = excluded.is_duplicate,
                     byte_size = excluded.byte_size, mtime_ns = excluded.mtime_ns,
-                    ingested_at = excluded.ingested_at
+                    ingested_at = excluded.ingested_at, vanished_at = NULL, changed_at = NULL
                 """,
                 [now],
             )
@@ -401,7 +406,7 @@ class DropIngestor:
                         THEN rejected_files.rejected_at ELSE excluded.rejected_at END,
                     reason = excluded.reason, error = excluded.error,
                     byte_size = excluded.byte_size, mtime_ns = excluded.mtime_ns,
-                    sha256 = excluded.sha256, limits = excluded.limits
+                    sha256 = excluded.sha256, limits = excluded.limits, vanished_at = NULL
                 """,
                 [drop_id, now],
             )
@@ -410,23 +415,48 @@ class DropIngestor:
         report.files_duplicate += int(duplicates[0]) if duplicates else 0
 
     def _record_drop(self, drop: DropRef, report: IngestReport, *, changed: bool) -> None:
+        """Mark rows whose file is gone (and clear the mark on those back), then count the
+        drop: files_seen = files_ingested + files_rejected over the files present now."""
         now = datetime.now(timezone.utc)
+        seen = pa.table({"path": pa.array(sorted(set(report.seen_paths)), pa.string())})
         with self.warehouse.transaction() as conn:
+            conn.register("seen_now", seen)
+            for table in ("image_files", "rejected_files"):
+                conn.execute(
+                    f"""
+                    UPDATE {table} SET vanished_at = CASE
+                        WHEN path IN (SELECT path FROM seen_now) THEN NULL
+                        ELSE coalesce(vanished_at, $now) END
+                    WHERE drop_id = $drop_id
+                      AND (vanished_at IS NULL) = (path NOT IN (SELECT path FROM seen_now))
+                    """,
+                    {"drop_id": drop.drop_id, "now": now},
+                )
+            conn.unregister("seen_now")
             conn.execute(
                 """
-                INSERT INTO drops
+                INSERT INTO drops (drop_id, kind, first_ingested_at, last_ingested_at, files_seen,
+                                   files_ingested, files_rejected, images_new, files_vanished)
                 SELECT $drop_id, $kind, $now, $now, $seen,
-                       (SELECT count(*) FROM image_files WHERE drop_id = $drop_id),
-                       (SELECT count(*) FROM rejected_files WHERE drop_id = $drop_id),
-                       (SELECT count(*) FROM images WHERE first_drop_id = $drop_id)
+                       (SELECT count(*) FROM image_files
+                        WHERE drop_id = $drop_id AND vanished_at IS NULL),
+                       (SELECT count(*) FROM rejected_files
+                        WHERE drop_id = $drop_id AND vanished_at IS NULL),
+                       (SELECT count(*) FROM images WHERE first_drop_id = $drop_id),
+                       (SELECT count(*) FROM image_files
+                        WHERE drop_id = $drop_id AND vanished_at IS NOT NULL)
+                     + (SELECT count(*) FROM rejected_files
+                        WHERE drop_id = $drop_id AND vanished_at IS NOT NULL)
                 ON CONFLICT (drop_id) DO UPDATE SET
                     last_ingested_at = CASE
                         WHEN NOT $changed AND drops.files_seen = excluded.files_seen
                          AND drops.files_ingested = excluded.files_ingested
                          AND drops.files_rejected = excluded.files_rejected
+                         AND drops.files_vanished IS NOT DISTINCT FROM excluded.files_vanished
                         THEN drops.last_ingested_at ELSE excluded.last_ingested_at END,
                     files_seen = excluded.files_seen, files_ingested = excluded.files_ingested,
-                    files_rejected = excluded.files_rejected, images_new = excluded.images_new
+                    files_rejected = excluded.files_rejected, images_new = excluded.images_new,
+                    files_vanished = excluded.files_vanished
                 """,
                 {
                     "drop_id": drop.drop_id,

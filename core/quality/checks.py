@@ -24,6 +24,7 @@ import annotated_types
 import duckdb
 from pydantic import BaseModel, Field
 
+from core.copies import UNREADABLE_STATUSES
 from core.ingest.accounting import Accounting
 from core.quality import drift
 from core.quality.fields import LabelField
@@ -301,12 +302,20 @@ def embedding_checks(
         per_image = _records(
             conn,
             f"""
-            SELECT d.image_id, count(e.image_id) AS rows
+            SELECT d.image_id, count(e.image_id) AS rows, any_value(c.status) AS unreadable
             FROM ({DROP_IMAGES}) d LEFT JOIN ({rows}) e USING (image_id)
+            LEFT JOIN clip_failures c ON c.image_id = d.image_id AND c.model_id = $model
             GROUP BY d.image_id HAVING count(e.image_id) <> 1 ORDER BY rows, d.image_id
             """,
             params,
         )
+        # No file of the image still holds its bytes (core/copies.py): counted, not failed.
+        unreadable = [r for r in per_image if r["rows"] == 0 and r["unreadable"] is not None]
+        per_image = [
+            {"image_id": r["image_id"], "rows": r["rows"]}
+            for r in per_image
+            if not (r["rows"] == 0 and r["unreadable"] is not None)
+        ]
         dims = _records(
             conn,
             f"""
@@ -338,14 +347,17 @@ def embedding_checks(
     repeated = len(per_image) - missing
     counts = {"images": int(images), "rows": int(total_rows)}
     subject = f"{model_id} ({kind})"
+    unavailable = len(unreadable)
+    aside = f"; {unavailable} unavailable (no file holds their bytes)" if unavailable else ""
     return [
         CheckOutcome.from_offenders(
             EMBEDDING_ONE_PER_IMAGE,
             per_image,
             summary=f"{subject}: {missing} images without and {repeated} with several embeddings"
+            + aside
             if per_image
-            else f"{subject}: one embedding for each of {images} images",
-            counts={**counts, "missing": missing, "repeated": repeated},
+            else f"{subject}: one embedding for each of {images - unavailable} images" + aside,
+            counts={**counts, "missing": missing, "repeated": repeated, "unavailable": unavailable},
         ),
         CheckOutcome.from_offenders(
             EMBEDDING_DIMENSION,
@@ -466,7 +478,11 @@ def zero_shot_checks(
             SELECT d.image_id, z.label_set_fingerprint AS stale_fingerprint
             FROM ({DROP_IMAGES}) d LEFT JOIN clip_zero_shot z ON z.image_id = d.image_id
                 AND z.model_id = $model AND z.label_set = $set
-            WHERE z.image_id IS NULL OR z.label_set_fingerprint <> $fp ORDER BY d.image_id
+            WHERE (z.image_id IS NULL OR z.label_set_fingerprint <> $fp)
+              AND NOT EXISTS (  -- unreadable for this model: no embedding to label
+                SELECT 1 FROM clip_failures c
+                WHERE c.image_id = d.image_id AND c.model_id = $model)
+            ORDER BY d.image_id
             """,
             params,
         )
@@ -623,9 +639,14 @@ def extraction_validity(
     if not 0 <= error_below <= warn_below <= 1:
         raise ValueError("need 0 <= error_below <= warn_below <= 1")
     counts = _status_counts(warehouse, drop_id, scope)
-    total = sum(counts.values())
+    # Images no file still held the bytes of never reached the model: counted, not judged.
+    unreadable = sum(counts.get(status, 0) for status in UNREADABLE_STATUSES)
+    total = sum(counts.values()) - unreadable
     rate = _rate(counts.get("ok", 0), total)
-    if rate is None:
+    if rate is None and unreadable:
+        passed, severity, threshold = True, "WARN", warn_below
+        summary = f"{scope.task}/{scope.model_id}: all {unreadable} images are unavailable"
+    elif rate is None:
         passed, severity, threshold = False, "ERROR", error_below
         summary = f"{scope.task}/{scope.model_id}: no extraction rows for this drop"
     elif rate < error_below:
@@ -636,6 +657,8 @@ def extraction_validity(
         summary = (
             f"{scope.task}/{scope.model_id}: validity {rate:.1%} (warn below {warn_below:.0%})"
         )
+    if unreadable and rate is not None:
+        summary += f"; {unreadable} images unavailable, not judged"
     return CheckOutcome(
         check_name=EXTRACTION_VALIDITY,
         passed=passed,
@@ -643,7 +666,7 @@ def extraction_validity(
         summary=summary,
         value=rate,
         threshold=threshold,
-        counts={"images": total, **counts},
+        counts={"images": total + unreadable, **counts},
         offending=[]
         if passed
         else _failures_sample(warehouse, drop_id, scope, ["invalid", "truncated", "error"]),
@@ -655,7 +678,8 @@ def extraction_truncation(
 ) -> CheckOutcome:
     """Share of images whose latest result hit the token limit: raise the budget or fix the prompt."""
     counts = _status_counts(warehouse, drop_id, scope)
-    total = sum(counts.values())
+    unreadable = sum(counts.get(status, 0) for status in UNREADABLE_STATUSES)
+    total = sum(counts.values()) - unreadable  # images that reached the model
     rate = _rate(counts.get("truncated", 0), total) or 0.0
     passed = rate <= max_rate
     return CheckOutcome(
@@ -666,7 +690,7 @@ def extraction_truncation(
         f" ({rate:.1%}; warn above {max_rate:.0%})",
         value=rate,
         threshold=max_rate,
-        counts={"images": total, **counts},
+        counts={"images": total + unreadable, **counts},
         offending=[] if passed else _failures_sample(warehouse, drop_id, scope, ["truncated"]),
     )
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from core.progress import Progress
 from core.tasks.base import Task
+from core.vlm.inputs import read_inputs
 from core.vlm.store import pending_images, write_batch
 from core.vlm.types import ExtractionResult, VLMBackend
 from core.warehouse import Warehouse
@@ -93,7 +94,8 @@ def extract_drop(
         started = time.monotonic()
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
-            results = backend.extract(batch, task)
+            readable, results = read_inputs(warehouse, drop_root, drop_id, batch)
+            results += backend.extract(readable, task) if readable else []
             write_batch(warehouse, task, model_id, drop_id, results)
             report.add(results)
             progress.advance(len(batch))

@@ -56,9 +56,10 @@ class SGLangClientConfig(BaseModel):
     jpeg_quality: int = Field(default=90, ge=50, le=100)
 
 
-def encode_image(path: Path, max_side: int = 1536, quality: int = 90) -> bytes:
-    """The bytes sent for an image: upright RGB (EXIF applied here), at most `max_side`, JPEG."""
-    picture = load_rgb(path, min_side=max_side)
+def encode_image(source: Path | bytes, max_side: int = 1536, quality: int = 90) -> bytes:
+    """The bytes sent for an image (from the file's bytes as `core.files` read them, or a path):
+    upright RGB (EXIF applied here), at most `max_side`, JPEG."""
+    picture = load_rgb(source, min_side=max_side)
     if max(picture.size) > max_side:
         picture.thumbnail((max_side, max_side))
     buffer = io.BytesIO()
@@ -198,7 +199,10 @@ class SGLangClient(VLMBackend):
         config = self.config
         try:
             jpeg = await asyncio.to_thread(
-                encode_image, image.path, config.max_image_side, config.jpeg_quality
+                encode_image,
+                image.data if image.data is not None else image.path,
+                config.max_image_side,
+                config.jpeg_quality,
             )
         except Exception as error:
             failure = ExtractionResult(

@@ -3,7 +3,9 @@
 Work is keyed by (image_id, task, task_fingerprint, model_id). An image is pending for a task
 when it has no row for that key, or only an `error` row: errors are transient (server, network,
 unreadable file) and are retried by the next run, while `invalid` and `truncated` are the model's
-deterministic answer at temperature 0 and stay until the task or the model changes.
+deterministic answer at temperature 0 and stay until the task or the model changes. An
+`unavailable` or `changed_since_ingest` row (no file held the image's bytes) is retried once an
+ingestion has recorded a usable file of the image again, not on every run.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import duckdb
 
+from core.copies import UNREADABLE_STATUSES, USABLE_COPY
 from core.tasks.base import Task
 from core.vlm.types import ExtractionResult, ImageInput
 from core.warehouse import Warehouse
@@ -26,8 +29,9 @@ def pending_images(
     warehouse: Warehouse, drop_id: str, drop_root: Path, task: Task, model_id: str
 ) -> list[ImageInput]:
     """The drop's distinct images with no final result for this task version and model."""
+    usable = USABLE_COPY.format(image_id="e.image_id")
     rows = warehouse.rows(
-        """
+        f"""
         SELECT f.image_id, min(f.path) AS path
         FROM image_files f
         WHERE f.drop_id = $drop
@@ -36,6 +40,7 @@ def pending_images(
             WHERE e.image_id = f.image_id AND e.task = $task
               AND e.task_fingerprint = $fp AND e.model_id = $model
               AND e.status NOT IN (SELECT unnest($retry))
+              AND NOT (e.status IN (SELECT unnest($unreadable)) AND {usable})
           )
         GROUP BY f.image_id
         ORDER BY path
@@ -46,6 +51,7 @@ def pending_images(
             "fp": task.fingerprint,
             "model": model_id,
             "retry": list(RETRYABLE_STATUSES),
+            "unreadable": list(UNREADABLE_STATUSES),
         },
     )
     return [ImageInput(image_id=image_id, path=drop_root / path) for image_id, path in rows]

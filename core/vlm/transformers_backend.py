@@ -166,7 +166,8 @@ class TransformersBackend(VLMBackend):
         failed: dict[int, str] = {}
         for i, image in enumerate(chunk):
             try:
-                pictures.append(load_rgb(image.path, min_side=self.min_image_side))
+                source = image.data if image.data is not None else image.path
+                pictures.append(load_rgb(source, min_side=self.min_image_side))
             except Exception as error:  # one unreadable file must not fail its batch
                 failed[i] = f"cannot read image: {type(error).__name__}: {error}"
         try:

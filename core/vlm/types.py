@@ -11,8 +11,17 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core.tasks.base import Task, TaskOutputError
 
-Status = Literal["ok", "invalid", "truncated", "error"]
-STATUSES: tuple[Status, ...] = ("ok", "invalid", "truncated", "error")
+# `unavailable` / `changed_since_ingest`: no file of the image still holds the bytes its id names
+# (core/copies.py); the image never reached the model.
+Status = Literal["ok", "invalid", "truncated", "error", "unavailable", "changed_since_ingest"]
+STATUSES: tuple[Status, ...] = (
+    "ok",
+    "invalid",
+    "truncated",
+    "error",
+    "unavailable",
+    "changed_since_ingest",
+)
 
 
 class ImageInput(BaseModel):
@@ -22,6 +31,9 @@ class ImageInput(BaseModel):
 
     image_id: str
     path: Path
+    # The file's bytes, read once by `core.files` and checked to hash to `image_id`; backends
+    # decode these instead of reopening `path` (which could have changed since).
+    data: bytes | None = None
 
 
 class ExtractionResult(BaseModel):

@@ -157,6 +157,34 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE rejected_files ADD COLUMN limits VARCHAR;
         """,
     ),
+    (
+        112,
+        "vanished and changed files, clip failures",
+        """
+        -- Set when the latest ingestion (or a model stage) found the file gone; the row is kept
+        -- (the image was in the drop) and cleared when the file is seen again.
+        ALTER TABLE image_files ADD COLUMN vanished_at TIMESTAMPTZ;
+        ALTER TABLE rejected_files ADD COLUMN vanished_at TIMESTAMPTZ;
+        -- Set when a model stage read bytes at this path that no longer hash to image_id (or
+        -- found no regular file there): the next ingestion of the drop re-hashes the file.
+        ALTER TABLE image_files ADD COLUMN changed_at TIMESTAMPTZ;
+        -- Rows of the drop whose file is gone; files_seen = files_ingested + files_rejected
+        -- counts only files present at the last ingestion.
+        ALTER TABLE drops ADD COLUMN files_vanished INTEGER DEFAULT 0;
+
+        -- Images CLIP could not read: no copy still exists with bytes that hash to image_id.
+        -- Not retried until an ingestion records a usable copy again.
+        CREATE TABLE clip_failures (
+            image_id          VARCHAR NOT NULL,
+            model_id          VARCHAR NOT NULL,
+            status            VARCHAR NOT NULL,      -- 'unavailable' or 'changed_since_ingest'
+            error             VARCHAR NOT NULL,
+            drop_id           VARCHAR NOT NULL,      -- the partition that tried
+            created_at        TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (image_id, model_id)
+        );
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = max(number for number, _, _ in MIGRATIONS)

@@ -60,7 +60,8 @@ def test_a_contradicting_row_is_repaired_by_the_next_run(
     assert materialize(instance, warehouse, drop_root, "samples").success
     with warehouse.transaction() as conn:  # plant a rejection for a file that was accepted
         conn.execute(
-            "INSERT INTO rejected_files VALUES ('samples', 'samples/coffee.jpg', 'corrupt', 'planted',"
+            "INSERT INTO rejected_files (drop_id, path, reason, error, byte_size, mtime_ns, sha256, rejected_at)"
+            " VALUES ('samples', 'samples/coffee.jpg', 'corrupt', 'planted',"
             " NULL, NULL, NULL, now())"
         )
     result = materialize(instance, warehouse, drop_root, "samples")

@@ -53,7 +53,8 @@ def test_an_image_recorded_as_new_twice_fails_the_blocking_uniqueness_check(
     rocket, _ = sha256_file(sample_drop / "rocket.jpg")
     with warehouse.transaction() as conn:  # plant: another drop claims rocket's bytes as new
         conn.execute(
-            "INSERT INTO image_files VALUES ('samples', 'samples/elsewhere/rocket.jpg', ?, false,"
+            "INSERT INTO image_files (drop_id, path, image_id, is_duplicate, byte_size, mtime_ns, ingested_at)"
+            " VALUES ('samples', 'samples/elsewhere/rocket.jpg', ?, false,"
             " 1, 0, now())",
             [rocket],
         )

@@ -36,21 +36,21 @@ def test_batch_decode_matches_the_cpu_path_and_falls_back_per_file(tmp_path: Pat
     from PIL import Image
 
     Image.open(good[1]).save(png)
-    calls: list[Path] = []
+    calls: list[bytes] = []
 
-    def cpu(path: Path) -> torch.Tensor:
-        calls.append(path)
-        return load_tensors(path, {"g": preprocess}, None)["g"]
+    def cpu(data: bytes) -> torch.Tensor:
+        calls.append(data)
+        return load_tensors(data, {"g": preprocess}, None)["g"]
 
-    paths = [good[0], broken, png, good[1]]
+    datas = [p.read_bytes() for p in (good[0], broken, png, good[1])]
     with pytest.raises(Exception):  # noqa: B017 - the truncated file fails on the CPU as well
-        decode_batch(paths, GpuPreprocess(64, MEAN, STD), cpu, device="cpu")
-    assert calls == [broken]  # the good JPEG decoded in the batch; the bad one fell back
+        decode_batch(datas, GpuPreprocess(64, MEAN, STD), cpu, device="cpu")
+    assert calls == [datas[1]]  # the good JPEG decoded in the batch; the bad one fell back
 
     calls.clear()
     pixels, fallbacks = decode_batch(
-        [good[0], png, good[1]], GpuPreprocess(64, MEAN, STD), cpu, device="cpu"
+        [datas[0], datas[2], datas[3]], GpuPreprocess(64, MEAN, STD), cpu, device="cpu"
     )
-    assert pixels.shape == (3, 3, 64, 64) and fallbacks == [png]
-    reference = cpu(good[1])
+    assert pixels.shape == (3, 3, 64, 64) and fallbacks == [1]
+    reference = cpu(datas[3])
     assert (pixels[2] - reference).abs().mean() < 0.05  # same transform, another resampler

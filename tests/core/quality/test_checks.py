@@ -66,11 +66,13 @@ def test_unique_image_ids_fail_on_an_image_first_seen_twice_and_a_malformed_id(w
     add_drop(wh, "d1", ["a", "b"], at=T0)
     with wh.transaction() as conn:  # a bug marks a known image as new again, and a bad hash
         conn.execute(
-            "INSERT INTO image_files VALUES ('d1', 'd1/copy.jpg', ?, false, 100, 0, now())",
+            "INSERT INTO image_files (drop_id, path, image_id, is_duplicate, byte_size, mtime_ns, ingested_at)"
+            " VALUES ('d1', 'd1/copy.jpg', ?, false, 100, 0, now())",
             [image_id("a")],
         )
         conn.execute(
-            "INSERT INTO image_files VALUES ('d1', 'd1/bad.jpg', 'XYZ', false, 100, 0, now())"
+            "INSERT INTO image_files (drop_id, path, image_id, is_duplicate, byte_size, mtime_ns, ingested_at)"
+            " VALUES ('d1', 'd1/bad.jpg', 'XYZ', false, 100, 0, now())"
         )
     outcome = checks.unique_image_ids(wh, "d1")
     assert not outcome.passed and outcome.severity == "ERROR"

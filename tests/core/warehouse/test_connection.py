@@ -38,7 +38,10 @@ def test_a_database_from_newer_code_is_not_written(warehouse: Warehouse):
 def test_a_failed_transaction_leaves_nothing(warehouse: Warehouse):
     warehouse.ensure_schema()
     with pytest.raises(ZeroDivisionError), warehouse.transaction() as conn:
-        conn.execute("INSERT INTO drops VALUES ('d', 'folder', now(), now(), 1, 1, 0, 1)")
+        conn.execute(
+            "INSERT INTO drops (drop_id, kind, first_ingested_at, last_ingested_at, files_seen,"
+            " files_ingested, files_rejected, images_new) VALUES ('d', 'folder', now(), now(), 1, 1, 0, 1)"
+        )
         _ = 1 / 0
     assert warehouse.rows("SELECT count(*) FROM drops") == [(0,)]
 
@@ -55,7 +58,10 @@ def test_a_reader_waits_for_a_writer_and_sees_its_commit(warehouse: Warehouse):
     def write_slowly() -> None:
         with warehouse.transaction() as conn:
             inside.set()
-            conn.execute("INSERT INTO drops VALUES ('d', 'folder', now(), now(), 1, 1, 0, 1)")
+            conn.execute(
+                "INSERT INTO drops (drop_id, kind, first_ingested_at, last_ingested_at, files_seen,"
+                " files_ingested, files_rejected, images_new) VALUES ('d', 'folder', now(), now(), 1, 1, 0, 1)"
+            )
             time.sleep(0.5)
 
     writer = threading.Thread(target=write_slowly)
