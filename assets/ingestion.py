@@ -146,7 +146,7 @@ def images(
     if report.vanished_paths:
         context.log.warning(
             f"{len(report.vanished_paths)} files recorded earlier are gone from the drop; "
-            f"their rows are kept (first: {report.vanished_paths[:5]})"
+            f"their rows are kept, marked vanished_at (first: {report.vanished_paths[:5]})"
         )
     outcomes = [
         checks.nothing_lost(accounting),
