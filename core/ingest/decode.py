@@ -8,6 +8,8 @@ decodes every file completely, since only a full decode finds truncated data; JP
 
 from __future__ import annotations
 
+import io
+import math
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -58,11 +60,11 @@ class ImageInfo:
     notes: tuple[str, ...] = field(default=())
 
 
-def _open(path: Path, limits: DecodeLimits) -> Image.Image:
+def _open(path: Path | bytes, limits: DecodeLimits) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image = Image.open(io.BytesIO(path) if isinstance(path, bytes) else path)
     except Image.DecompressionBombError as error:
         raise Rejected(RejectReason.TOO_LARGE, str(error)) from error
     except UnidentifiedImageError as error:
@@ -213,17 +215,26 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def load_rgb(
-    path: Path, limits: DecodeLimits = DecodeLimits(), *, min_side: int | None = None
+    path: Path | bytes,
+    limits: DecodeLimits = DecodeLimits(),
+    *,
+    min_side: int | None = None,
+    fit_within: int | None = None,
 ) -> Image.Image:
-    """The picture a model sees: oriented upright, RGB, first frame.
+    """The picture a model sees: oriented upright, RGB, first frame; `path` may be the file's bytes.
 
     With `min_side`, JPEGs decode at the smallest DCT scale (1/2, 1/4, 1/8) whose shorter side is
     still at least `min_side` pixels, which is several times faster than a full decode for
-    camera-sized files; the caller's exact resize follows.
+    camera-sized files; the caller's exact resize follows. With `fit_within`, the smallest scale
+    that is still at least as large as the picture downscaled to a longest side of `fit_within`.
     """
     with _open(path, limits) as image:
-        if min_side is not None and image.format == "JPEG":
-            image.draft(None, (min_side, min_side))
+        if image.format == "JPEG":
+            if min_side is not None:
+                image.draft(None, (min_side, min_side))
+            elif fit_within is not None and max(image.size) > fit_within:
+                scale = fit_within / max(image.size)
+                image.draft(None, tuple(math.ceil(side * scale) for side in image.size))
         _load(image)
         upright = ImageOps.exif_transpose(image) or image
         rgb = to_rgb(upright)
