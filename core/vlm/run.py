@@ -107,9 +107,7 @@ def run_batches(
 
     def one(batch: list[ImageInput]) -> list[tuple[Task, list[ExtractionResult]]]:
         prepared = backend.prepare(batch)
-        jobs = [
-            (task, [p for p in prepared if p.image.image_id in ids]) for task, ids in wanted
-        ]
+        jobs = [(task, [p for p in prepared if p.image.image_id in ids]) for task, ids in wanted]
         jobs = [(task, items) for task, items in jobs if items]
         outputs = backend.extract_tasks(jobs)
         return [(task, results) for (task, _), results in zip(jobs, outputs, strict=True)]
@@ -165,9 +163,7 @@ def extract_drop(
         write_batch(warehouse, task, model_id, drop_id, results)
         reports[task.name].add(results)
 
-    run_batches(
-        backend, work, write, batch_size=batch_size, depth=depth, on_batch=progress.advance
-    )
+    run_batches(backend, work, write, batch_size=batch_size, depth=depth, on_batch=progress.advance)
     seconds = time.monotonic() - started
     for report in reports.values():
         report.seconds = seconds
