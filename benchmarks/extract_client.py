@@ -47,7 +47,7 @@ from benchmarks.report import print_table, write_json
 from core.ingest.decode import load_rgb
 from core.tasks.base import Task
 from core.tasks.registry import TASKS
-from core.vlm.prepare import data_url
+from core.vlm.prepare import RESAMPLE, data_url
 from core.vlm.prompt import chat_messages
 from core.vlm.run import run_batches
 from core.vlm.sglang_client import SGLangClient, SGLangClientConfig
@@ -153,6 +153,31 @@ def previous_cpu_s(paths: Sequence[Path], tasks: Sequence[Task], repeat: int) ->
     return (time.process_time() - started) / (repeat * len(paths))
 
 
+def stage_cpu_ms(paths: Sequence[Path], tasks: Sequence[Task], repeat: int = 2) -> dict:
+    """CPU ms per image of each preparation stage, in one thread, on these (large) files."""
+    totals: Counter[str] = Counter()
+
+    def timed(stage: str, function, *args, **kwargs):
+        started = time.process_time()
+        value = function(*args, **kwargs)
+        totals[stage] += time.process_time() - started
+        return value
+
+    for _ in range(repeat):
+        for path in paths:
+            data = timed("read", path.read_bytes)
+            picture = timed("decode (draft)", load_rgb, data, fit_within=1536)
+            timed("resize (bilinear)", picture.thumbnail, (1536, 1536), RESAMPLE)
+            buffer = io.BytesIO()
+            timed("encode JPEG", picture.save, buffer, "JPEG", quality=90)
+            url = timed("base64", data_url, buffer.getvalue())
+            for task in tasks:
+                timed("JSON bodies (all tasks)", json.dumps, {"messages": chat_messages(task, url)})
+    return {
+        stage: round(1000 * value / (repeat * len(paths)), 2) for stage, value in totals.items()
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--distinct", type=int, default=4, help="Generated files per size.")
@@ -182,6 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
                 assert run["lost"] == 0, run
                 cpu_per_image[kind] = run["cpu_s"] / run["images"]
         previous = previous_cpu_s(files["4000x3000"], tasks, repeat=1)
+        stages = stage_cpu_ms(files["4000x3000"], tasks)
         large_cpu = cpu_per_image["4000x3000"]
 
         # 2. One server, capacity C, with and without faults; a mix of all three kinds.
@@ -221,6 +247,8 @@ def main(argv: list[str] | None = None) -> dict:
         "tasks": [t.name for t in tasks],
         "client_cpu_s_per_image": round(large_cpu, 4),
         "client_cpu_s_per_image_by_kind": {k: round(v, 4) for k, v in cpu_per_image.items()},
+        "client_cpu_ms_by_stage_4000x3000": stages,
+        "client_cpu_ms_http_and_rest_4000x3000": round(large_cpu * 1000 - sum(stages.values()), 1),
         "previous_client_cpu_s_per_image": round(previous, 4),
         "host_cores": args.host_cores,
         "host_feed_limit_img_s": round(feed_limit, 1),
@@ -256,7 +284,12 @@ def main(argv: list[str] | None = None) -> dict:
         (f"client CPU per {kind} image ({len(tasks)} tasks)", f"{value * 1000:.1f} ms")
         for kind, value in cpu_per_image.items()
     ]
+    table += [(f"  4000x3000: {stage}", f"{ms:.1f} ms") for stage, ms in stages.items()]
     table += [
+        (
+            "  4000x3000: HTTP, parse, validate, threads",
+            f"{results['client_cpu_ms_http_and_rest_4000x3000']:.1f} ms",
+        ),
         ("previous client, per 4000x3000 image", f"{previous * 1000:.1f} ms"),
         (f"host feed limit, {args.host_cores} cores, 4000x3000", f"{feed_limit:.1f} img/s"),
         ("previous client's feed limit", f"{args.host_cores / previous:.1f} img/s"),
