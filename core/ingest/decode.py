@@ -9,6 +9,7 @@ decodes every file completely, since only a full decode finds truncated data; JP
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -59,12 +60,11 @@ class ImageInfo:
     notes: tuple[str, ...] = field(default=())
 
 
-def _open(source: Path | bytes, limits: DecodeLimits) -> Image.Image:
-    """`source` is a path, or the bytes already read (and hashed) by `core.files`."""
+def _open(path: Path | bytes, limits: DecodeLimits) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+            image = Image.open(io.BytesIO(path) if isinstance(path, bytes) else path)
     except Image.DecompressionBombError as error:
         raise Rejected(RejectReason.TOO_LARGE, str(error)) from error
     except UnidentifiedImageError as error:
@@ -132,10 +132,9 @@ def _orientation(exif: Image.Exif) -> int | None:
     return int(value) if isinstance(value, int) and 1 <= value <= 8 else None
 
 
-def inspect_image(source: Path | bytes, limits: DecodeLimits = DecodeLimits()) -> ImageInfo:
-    """Validate a file (path or bytes) with a full decode and describe it; raise `Rejected` if
-    it is unusable."""
-    with _open(source, limits) as image:
+def inspect_image(path: Path, limits: DecodeLimits = DecodeLimits()) -> ImageInfo:
+    """Validate `path` with a full decode and describe it; raise `Rejected` if it is unusable."""
+    with _open(path, limits) as image:
         file_format = image.format or "UNKNOWN"
         mode = image.mode
         width, height = image.size
@@ -216,17 +215,26 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def load_rgb(
-    source: Path | bytes, limits: DecodeLimits = DecodeLimits(), *, min_side: int | None = None
+    path: Path | bytes,
+    limits: DecodeLimits = DecodeLimits(),
+    *,
+    min_side: int | None = None,
+    fit_within: int | None = None,
 ) -> Image.Image:
-    """The picture a model sees: oriented upright, RGB, first frame.
+    """The picture a model sees: oriented upright, RGB, first frame; `path` may be the file's bytes.
 
     With `min_side`, JPEGs decode at the smallest DCT scale (1/2, 1/4, 1/8) whose shorter side is
     still at least `min_side` pixels, which is several times faster than a full decode for
-    camera-sized files; the caller's exact resize follows.
+    camera-sized files; the caller's exact resize follows. With `fit_within`, the smallest scale
+    that is still at least as large as the picture downscaled to a longest side of `fit_within`.
     """
-    with _open(source, limits) as image:
-        if min_side is not None and image.format == "JPEG":
-            image.draft(None, (min_side, min_side))
+    with _open(path, limits) as image:
+        if image.format == "JPEG":
+            if min_side is not None:
+                image.draft(None, (min_side, min_side))
+            elif fit_within is not None and max(image.size) > fit_within:
+                scale = fit_within / max(image.size)
+                image.draft(None, tuple(math.ceil(side * scale) for side in image.size))
         _load(image)
         upright = ImageOps.exif_transpose(image) or image
         rgb = to_rgb(upright)

@@ -1,11 +1,19 @@
-"""One extraction pass over a drop: pending images only, batch by batch, one transaction each."""
+"""One extraction pass over a drop: pending images only, batch by batch, one transaction each.
+
+The loop is image-major: each batch of images is read and prepared once and then asked every
+task, so a run with three tasks decodes each image once, not three times. While one batch is with
+the model, the next is already being prepared and sent (`depth` batches at once), so neither the
+client's CPU nor a large server fleet waits for the slowest request of a batch. Results are
+written in batch order, one transaction per batch and task.
+"""
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +21,7 @@ from core.progress import Progress
 from core.tasks.base import Task
 from core.vlm.inputs import read_inputs
 from core.vlm.store import pending_images, write_batch
-from core.vlm.types import ExtractionResult, VLMBackend
+from core.vlm.types import ExtractionResult, ImageInput, VLMBackend
 from core.warehouse import Warehouse
 
 
@@ -60,7 +68,7 @@ class TaskReport:
 
     @classmethod
     def combined(cls, reports: Sequence[TaskReport]) -> TaskReport:
-        """All tasks of a run as one report; tasks run one after another, so seconds add up."""
+        """All tasks of a run as one report; the tasks ran together, so seconds is the longest."""
         total = cls(task="all", fingerprint="")
         for r in reports:
             total.pending += r.pending
@@ -68,8 +76,78 @@ class TaskReport:
             total.latencies_ms.extend(r.latencies_ms)
             total.prompt_tokens += r.prompt_tokens
             total.cached_tokens += r.cached_tokens
-            total.seconds += r.seconds
+            total.seconds = max(total.seconds, r.seconds)
         return total
+
+
+Work = Sequence[tuple[Task, Sequence[ImageInput]]]
+# Reads a batch's bytes once: (images with their verified bytes, failure rows for the rest).
+Reader = Callable[[list[ImageInput]], tuple[list[ImageInput], list[ExtractionResult]]]
+
+
+def run_batches(
+    backend: VLMBackend,
+    work: Work,
+    write: Callable[[Task, list[ExtractionResult]], None],
+    *,
+    batch_size: int = 64,
+    depth: int = 2,
+    on_batch: Callable[[int], None] | None = None,
+    read: Reader | None = None,
+) -> None:
+    """Every (task, pending images) pair through the backend, each image prepared once.
+
+    `write` is called on this thread, in batch order, once per batch and task. An exception from
+    the backend propagates after the batches before it were written; later ones are dropped
+    (nothing of them was written, so a rerun sends them again).
+    """
+    images: dict[str, ImageInput] = {}
+    wanted: list[tuple[Task, set[str]]] = []
+    for task, todo in work:
+        wanted.append((task, {image.image_id for image in todo}))
+        for image in todo:
+            images.setdefault(image.image_id, image)
+    ordered = list(images.values())
+
+    def one(
+        batch: list[ImageInput], failures: list[ExtractionResult]
+    ) -> list[tuple[Task, list[ExtractionResult]]]:
+        prepared = backend.prepare(batch) if batch else []
+        jobs = [(task, [p for p in prepared if p.image.image_id in ids]) for task, ids in wanted]
+        jobs = [(task, items) for task, items in jobs if items]
+        outputs = backend.extract_tasks(jobs) if jobs else []
+        answered = dict(zip((task.name for task, _ in jobs), outputs, strict=True))
+        out = []
+        for task, ids in wanted:
+            results = answered.get(task.name, []) + [
+                f.model_copy() for f in failures if f.image_id in ids
+            ]
+            if results:
+                out.append((task, results))
+        return out
+
+    def drain(future: Future, size: int) -> None:
+        for task, results in future.result():
+            write(task, results)
+        if on_batch is not None:
+            on_batch(size)
+
+    in_flight: deque[tuple[Future, int]] = deque()
+    with ThreadPoolExecutor(max_workers=max(1, depth), thread_name_prefix="extract") as pool:
+        try:
+            for start in range(0, len(ordered), batch_size):
+                batch = ordered[start : start + batch_size]
+                # Reading touches the warehouse, so it stays on this thread (DuckDB connections
+                # are not used across threads); decoding and the requests run in the pool.
+                readable, failures = read(batch) if read is not None else (batch, [])
+                in_flight.append((pool.submit(one, readable, failures), len(batch)))
+                if len(in_flight) >= depth:
+                    drain(*in_flight.popleft())
+            while in_flight:
+                drain(*in_flight.popleft())
+        finally:
+            for future, _ in in_flight:
+                future.cancel()
 
 
 def extract_drop(
@@ -80,27 +158,43 @@ def extract_drop(
     tasks: Sequence[Task],
     *,
     batch_size: int = 64,
+    depth: int = 2,
     log: Callable[[str], None] = print,
 ) -> list[TaskReport]:
     """Extract every task for the drop's images that lack a result; resumable at batch level."""
     model_id = backend.model_id
-    reports = []
+    reports: dict[str, TaskReport] = {}
+    work = []
     for task in tasks:
         report = TaskReport(task.name, task.fingerprint)
         todo = pending_images(warehouse, drop_id, drop_root, task, model_id)
         report.pending = len(todo)
         log(f"{task.name} ({task.fingerprint}) with {model_id}: {len(todo)} images to extract")
-        progress = Progress(f"extract {task.name}", len(todo), log)
-        started = time.monotonic()
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start : start + batch_size]
-            readable, results = read_inputs(warehouse, drop_root, drop_id, batch)
-            results += backend.extract(readable, task) if readable else []
-            write_batch(warehouse, task, model_id, drop_id, results)
-            report.add(results)
-            progress.advance(len(batch))
-        report.seconds = time.monotonic() - started
-        if todo:
-            progress.finish()
-        reports.append(report)
-    return reports
+        reports[task.name] = report
+        work.append((task, todo))
+    distinct = len({image.image_id for _, todo in work for image in todo})
+    progress = Progress(f"extract {len(tasks)} task(s)", distinct, log)
+    started = time.monotonic()
+
+    def write(task: Task, results: list[ExtractionResult]) -> None:
+        write_batch(warehouse, task, model_id, drop_id, results)
+        reports[task.name].add(results)
+
+    def read(batch: list[ImageInput]) -> tuple[list[ImageInput], list[ExtractionResult]]:
+        return read_inputs(warehouse, drop_root, drop_id, batch)
+
+    run_batches(
+        backend,
+        work,
+        write,
+        batch_size=batch_size,
+        depth=depth,
+        on_batch=progress.advance,
+        read=read,
+    )
+    seconds = time.monotonic() - started
+    for report in reports.values():
+        report.seconds = seconds
+    if distinct:
+        progress.finish()
+    return list(reports.values())

@@ -6,7 +6,8 @@ single requests in flight (bounded by a semaphore) so the server's continuous ba
 
 Per request: temperature 0 and `max_completion_tokens` always sent (SGLang's defaults come from
 the model and are unlimited); the task's JSON schema as `response_format`; the image as a base64
-`data:` URL (a remote server cannot read our paths). Connection errors, timeouts, 429 and 5xx
+`data:` URL (a remote server cannot read our paths), prepared once per run for all tasks
+(`core/vlm/prepare.py`). Connection errors, timeouts, 429 and 5xx
 (SGLang answers 503 when its queue is full) are retried with exponential backoff and full jitter;
 other 4xx are the request's fault and never retried. A `length` finish is recorded as truncated
 and retried once with a larger token budget. Whatever comes back is validated again with pydantic.
@@ -15,9 +16,10 @@ and retried once with a larger token budget. Whatever comes back is validated ag
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
+import contextlib
+import functools
 import random
+import ssl
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,13 +28,20 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, Field
 
-from core.ingest.decode import load_rgb
 from core.tasks.base import Task
 from core.vlm.metrics import parse_prometheus, summarize
+from core.vlm.prepare import data_url, jpeg_payload, prepare_images
 from core.vlm.prompt import chat_messages
-from core.vlm.types import ExtractionResult, ImageInput, VLMBackend, judge
+from core.vlm.types import ExtractionResult, ImageInput, PreparedImage, VLMBackend, judge
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+POOL_SHARD = 16
+
+
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    """One TLS context per process: building one loads the CA bundle (a tenth of a second)."""
+    return httpx.create_ssl_context()
 
 
 class SGLangUnavailable(RuntimeError):
@@ -54,21 +63,27 @@ class SGLangClientConfig(BaseModel):
     invalid_retries: int = Field(default=1, ge=0, description="Re-asks after an invalid answer.")
     max_image_side: int = Field(default=1536, ge=32, description="Longer sides are downscaled.")
     jpeg_quality: int = Field(default=90, ge=50, le=100)
+    passthrough_max_bytes: int = Field(
+        default=2_000_000,
+        ge=0,
+        description="An upright RGB/grey JPEG within max_image_side is sent as it is up to this "
+        "size; 0 re-encodes every image.",
+    )
 
 
-def encode_image(source: Path | bytes, max_side: int = 1536, quality: int = 90) -> bytes:
-    """The bytes sent for an image (from the file's bytes as `core.files` read them, or a path):
-    upright RGB (EXIF applied here), at most `max_side`, JPEG."""
-    picture = load_rgb(source, min_side=max_side)
-    if max(picture.size) > max_side:
-        picture.thumbnail((max_side, max_side))
-    buffer = io.BytesIO()
-    picture.save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
+def encode_image(
+    source: Path | bytes,
+    max_side: int = 1536,
+    quality: int = 90,
+    passthrough_max_bytes: int = 2_000_000,
+) -> bytes:
+    """The bytes sent for an image (a file's bytes, or a path): upright RGB (EXIF applied), at
+    most `max_side`, JPEG."""
+    data = source if isinstance(source, bytes) else source.read_bytes()
+    return jpeg_payload(data, max_side, quality, passthrough_max_bytes)
 
 
-def data_url(jpeg: bytes) -> str:
-    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+__all__ = ["SGLangClient", "SGLangClientConfig", "SGLangUnavailable", "data_url", "encode_image"]
 
 
 def request_body(task: Task, image_url: str, model: str, max_tokens: int) -> dict[str, Any]:
@@ -160,23 +175,68 @@ class SGLangClient(VLMBackend):
 
     # -- extraction -------------------------------------------------------------------------
 
+    def prepare(self, images: Sequence[ImageInput]) -> list[PreparedImage]:
+        """Each image's `data:` URL, built once per run for all tasks."""
+        config = self.config
+
+        def payload(data: bytes) -> str:
+            jpeg = jpeg_payload(
+                data, config.max_image_side, config.jpeg_quality, config.passthrough_max_bytes
+            )
+            return data_url(jpeg)
+
+        return prepare_images(images, payload)
+
     def extract(self, images: Sequence[ImageInput], task: Task) -> list[ExtractionResult]:
-        return asyncio.run(self.extract_async(images, task))
+        return self.extract_prepared(self.prepare(images), task)
+
+    def extract_prepared(
+        self, prepared: Sequence[PreparedImage], task: Task
+    ) -> list[ExtractionResult]:
+        return self.extract_tasks([(task, prepared)])[0]
+
+    def extract_tasks(
+        self, jobs: Sequence[tuple[Task, Sequence[PreparedImage]]]
+    ) -> list[list[ExtractionResult]]:
+        """All tasks of a batch in flight together, so a large fleet never waits on one task."""
+        return asyncio.run(self.extract_tasks_async(jobs))
 
     async def extract_async(
         self, images: Sequence[ImageInput], task: Task
     ) -> list[ExtractionResult]:
+        prepared = await asyncio.to_thread(self.prepare, images)
+        return (await self.extract_tasks_async([(task, prepared)]))[0]
+
+    async def extract_tasks_async(
+        self, jobs: Sequence[tuple[Task, Sequence[PreparedImage]]]
+    ) -> list[list[ExtractionResult]]:
         model = self.served_model
-        limits = httpx.Limits(
-            max_connections=self.config.max_in_flight,
-            max_keepalive_connections=self.config.max_in_flight,
-        )
+        # httpcore scans its whole pool for every request it queues or finishes, so one pool of
+        # hundreds of connections costs the client more CPU than the images do: spread the
+        # requests over pools of at most POOL_SHARD connections.
+        shards = -(-self.config.max_in_flight // POOL_SHARD)
+        per_shard = -(-self.config.max_in_flight // shards)
+        limits = httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
         gate = asyncio.Semaphore(self.config.max_in_flight)
-        async with httpx.AsyncClient(
-            timeout=self.config.timeout_s, limits=limits, headers=self._headers()
-        ) as http:
+        async with contextlib.AsyncExitStack() as stack:
+            pools = [
+                await stack.enter_async_context(
+                    httpx.AsyncClient(
+                        timeout=self.config.timeout_s,
+                        limits=limits,
+                        headers=self._headers(),
+                        verify=_ssl_context(),
+                    )
+                )
+                for _ in range(shards)
+            ]
             results = await asyncio.gather(
-                *(self._one(http, gate, image, task, model) for image in images)
+                *(
+                    self._one(pools[i % shards], gate, image, task, model)
+                    for i, (task, image) in enumerate(
+                        (task, image) for task, prepared in jobs for image in prepared
+                    )
+                )
             )
         if results and not any(reached for _, reached in results):
             # No request of the batch reached the server: it went away. Fail loudly; the caller
@@ -184,35 +244,33 @@ class SGLangClient(VLMBackend):
             raise SGLangUnavailable(
                 f"SGLang server at {self.base_url} stopped answering: {results[0][0].error}"
             )
-        return [result for result, _ in results]
+        out, start = [], 0
+        for _, prepared in jobs:
+            out.append([result for result, _ in results[start : start + len(prepared)]])
+            start += len(prepared)
+        return out
 
     async def _one(
         self,
         http: httpx.AsyncClient,
         gate: asyncio.Semaphore,
-        image: ImageInput,
+        prepared: PreparedImage,
         task: Task,
         model: str,
     ) -> tuple[ExtractionResult, bool]:
         """The image's result, and whether any request reached the server."""
         started = time.monotonic()
         config = self.config
-        try:
-            jpeg = await asyncio.to_thread(
-                encode_image,
-                image.data if image.data is not None else image.path,
-                config.max_image_side,
-                config.jpeg_quality,
-            )
-        except Exception as error:
+        image = prepared.image
+        if prepared.error is not None or prepared.payload is None:
             failure = ExtractionResult(
                 image_id=image.image_id,
                 status="error",
-                error=f"cannot read image: {type(error).__name__}: {error}",
+                error=prepared.error or "cannot read image: not prepared",
                 attempts=0,
             )
             return failure, True
-        url = data_url(jpeg)
+        url = prepared.payload
         budget = task.max_completion_tokens
         attempts = transport_failures = 0
         invalid_left = config.invalid_retries

@@ -16,8 +16,9 @@ from typing import Any
 
 from core.ingest.decode import load_rgb
 from core.tasks.base import Task
+from core.vlm.prepare import prepare_images
 from core.vlm.prompt import chat_messages
-from core.vlm.types import ExtractionResult, ImageInput, VLMBackend, judge
+from core.vlm.types import ExtractionResult, ImageInput, PreparedImage, VLMBackend, judge
 
 DEFAULT_MODEL = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
 
@@ -148,42 +149,51 @@ class TransformersBackend(VLMBackend):
             chat_messages(task), add_generation_prompt=True, tokenize=False
         )
 
+    def prepare(self, images: Sequence[ImageInput]) -> list[PreparedImage]:
+        """Each picture decoded once per run (at the DCT scale the processor needs), for all tasks."""
+        return prepare_images(images, lambda data: load_rgb(data, min_side=self.min_image_side))
+
     def extract(self, images: Sequence[ImageInput], task: Task) -> list[ExtractionResult]:
+        return self.extract_prepared(self.prepare(images), task)
+
+    def extract_prepared(
+        self, prepared: Sequence[PreparedImage], task: Task
+    ) -> list[ExtractionResult]:
         max_tokens = self.max_completion_tokens or task.max_completion_tokens
         results: list[ExtractionResult] = []
         with self._lock:  # one generate at a time: the model is not thread-safe
             prompt = self.prompt(task)
-            for start in range(0, len(images), self.batch_size):
-                chunk = list(images[start : start + self.batch_size])
+            for start in range(0, len(prepared), self.batch_size):
+                chunk = list(prepared[start : start + self.batch_size])
                 results += self._extract_chunk(chunk, task, prompt, max_tokens)
         return results
 
     def _extract_chunk(
-        self, chunk: list[ImageInput], task: Task, prompt: str, max_tokens: int
+        self, chunk: list[PreparedImage], task: Task, prompt: str, max_tokens: int
     ) -> list[ExtractionResult]:
         started = time.monotonic()
         pictures: list[Any] = []
         failed: dict[int, str] = {}
-        for i, image in enumerate(chunk):
-            try:
-                source = image.data if image.data is not None else image.path
-                pictures.append(load_rgb(source, min_side=self.min_image_side))
-            except Exception as error:  # one unreadable file must not fail its batch
-                failed[i] = f"cannot read image: {type(error).__name__}: {error}"
+        for i, item in enumerate(chunk):
+            if item.error is not None or item.payload is None:  # fails alone, not its batch
+                failed[i] = item.error or "cannot read image: not prepared"
+            else:
+                pictures.append(item.payload)
         try:
             outputs = iter(
                 self.generate(pictures, prompt, task.schema_json, max_tokens) if pictures else []
             )
         except Exception as error:
             if len(chunk) == 1:
-                return [self._failure(chunk[0], f"{type(error).__name__}: {error}", started)]
+                return [self._failure(chunk[0].image, f"{type(error).__name__}: {error}", started)]
             # Isolate the bad one: retry each image alone.
             return [
-                r for image in chunk for r in self._extract_chunk([image], task, prompt, max_tokens)
+                r for item in chunk for r in self._extract_chunk([item], task, prompt, max_tokens)
             ]
         latency_ms = (time.monotonic() - started) * 1000 / max(1, len(pictures))
         results = []
-        for i, image in enumerate(chunk):
+        for i, item in enumerate(chunk):
+            image = item.image
             if i in failed:
                 results.append(self._failure(image, failed[i], started))
                 continue

@@ -36,6 +36,19 @@ class ImageInput(BaseModel):
     data: bytes | None = None
 
 
+class PreparedImage(BaseModel):
+    """An image read and decoded once per run, ready for every task: a backend's payload or why not.
+
+    `payload` is backend-specific (a JPEG `data:` URL for SGLang, a picture for transformers).
+    """
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    image: ImageInput
+    payload: Any = None
+    error: str | None = None
+
+
 class ExtractionResult(BaseModel):
     """What became of one image for one task: a parsed answer or a failure with its reason."""
 
@@ -76,7 +89,12 @@ def judge(task: Task, text: str | None, finish_reason: str | None, max_tokens: i
 
 
 class VLMBackend(abc.ABC):
-    """Labels batches of images for a task; one image's failure never fails the batch."""
+    """Labels batches of images for a task; one image's failure never fails the batch.
+
+    A run prepares each batch once (`prepare`) and asks every task about the same prepared
+    images (`extract_tasks`), so no image is read or decoded once per task. Backends without a
+    preparation step implement `extract` only; the defaults then pass the images through.
+    """
 
     @property
     @abc.abstractmethod
@@ -86,6 +104,22 @@ class VLMBackend(abc.ABC):
     @abc.abstractmethod
     def extract(self, images: Sequence[ImageInput], task: Task) -> list[ExtractionResult]:
         """One result per input image, in input order."""
+
+    def prepare(self, images: Sequence[ImageInput]) -> list[PreparedImage]:
+        """Read and decode each image once for all tasks; default: nothing to prepare."""
+        return [PreparedImage(image=image) for image in images]
+
+    def extract_prepared(
+        self, prepared: Sequence[PreparedImage], task: Task
+    ) -> list[ExtractionResult]:
+        """One result per prepared image, in order; default: `extract` on the images."""
+        return self.extract([p.image for p in prepared], task)
+
+    def extract_tasks(
+        self, jobs: Sequence[tuple[Task, Sequence[PreparedImage]]]
+    ) -> list[list[ExtractionResult]]:
+        """Several tasks over prepared images, one result list per job; default: one by one."""
+        return [self.extract_prepared(prepared, task) for task, prepared in jobs]
 
     def server_metrics(self) -> dict[str, float]:
         """Server-side counters for asset metadata, where the backend has a server."""
