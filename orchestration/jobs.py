@@ -13,8 +13,13 @@ pipeline_assets = dg.AssetSelection.assets(
     images, clip_embeddings, clip_zero_shot, vlm_extractions, label_agreement, evaluation
 )
 
+# Dagster's run retries (enabled in dagster.yaml, `run_retries`): a failed run is re-executed
+# from its failed steps up to twice; the sensor takes over once these are exhausted.
+RETRY_TAGS = {"dagster/max_retries": "2", "dagster/retry_strategy": "FROM_FAILURE"}
+
 image_pipeline_job = dg.define_asset_job(
     PIPELINE_JOB_NAME,
     selection=pipeline_assets,
     description="Ingest a drop and run every downstream stage on it.",
+    tags=RETRY_TAGS,
 )
