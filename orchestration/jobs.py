@@ -22,4 +22,8 @@ image_pipeline_job = dg.define_asset_job(
     selection=pipeline_assets,
     description="Ingest a drop and run every downstream stage on it.",
     tags=RETRY_TAGS,
+    # One process runs every step in order. Only clip_embeddings and vlm_extractions could
+    # overlap, and they compete for the same GPU or cores; the multiprocess default paid a
+    # process start plus a torch import per step (6 per run), most of a no-op run's time.
+    executor_def=dg.in_process_executor,
 )
