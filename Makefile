@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py --out data/bench/ingest.json
 	$(BIN)/python benchmarks/embed.py --out data/bench/embed.json
 	$(BIN)/python benchmarks/extract_client.py --out data/bench/extract_client.json
+	$(BIN)/python benchmarks/sensor_tick.py --out data/bench/sensor_tick.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

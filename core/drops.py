@@ -1,9 +1,14 @@
 """Deciding when a drop is ready: the pure logic behind the drop sensor.
 
-A sub-folder of the drop root is ready once its file set has not changed for a quiet period, or
-at once when it holds a `_READY` marker. Loose files at the root are grouped into one drop named
-by the time they became ready. The state between ticks is a small JSON document (the sensor's
-cursor), so a restarted daemon carries on where it stopped.
+A sub-folder of the drop root is ready once its file set has not changed for a quiet period (timed
+from when the sensor first saw that exact set, never from file mtimes, which `cp -p` and
+`rsync -t` set to the past), or at once when it holds a `_READY` marker. Any change of its file
+set other than pure removal (a new path, a size or mtime that differs, older or newer) makes it
+ready again; a drop whose files the warehouse already records with the same size and mtime is
+not run again. Loose files at the root are judged quiet one by one and grouped into one drop
+named by the time it became ready. The state between ticks is a small JSON document (the
+sensor's cursor) that only describes what lies in the drop root now, so a restarted daemon
+carries on where it stopped and the cursor does not grow with history.
 """
 
 from __future__ import annotations
@@ -11,49 +16,115 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
+import duckdb
 from pydantic import BaseModel, Field
 
-from core.ingest.scan import LOOSE_PREFIX, READY_MARKER, InvalidDrop, validate_drop_id
+from core.ingest.scan import LOOSE_PREFIX, READY_MARKER, InvalidDrop, display_path, validate_drop_id
+from core.warehouse import LockTimeout, Warehouse, WarehouseNotFound
+
+Entry = tuple[
+    str, int, int
+]  # path relative to the drop root (as the warehouse keys it), size, mtime
+# drop ids -> {path: (size, mtime_ns)} of the files the warehouse already holds for each drop
+KnownFiles = Callable[[list[str]], Mapping[str, Mapping[str, tuple[int, int]]]]
+# A directory modified this recently may still change within its timestamp's granularity: a tree
+# is only trusted unchanged (walk skipped) once all its folders are older than this.
+RACY_S = 2.0
 
 
 class FileSetSummary(BaseModel):
-    """A file set in a few numbers: enough to tell 'files were added' from 'files were removed'."""
+    """A file set in two numbers: a fingerprint of every (path, size, mtime) and the count."""
 
     fingerprint: str
     count: int
-    max_mtime_ns: int
 
-    def grew_beyond(self, earlier: FileSetSummary) -> bool:
-        """True if this set holds files `earlier` did not (new, replaced or modified)."""
-        if self.fingerprint == earlier.fingerprint:
-            return False
-        return self.count >= earlier.count or self.max_mtime_ns > earlier.max_mtime_ns
+
+def summarize(entries: list[Entry]) -> FileSetSummary:
+    digest = hashlib.sha256()
+    for name, size, mtime_ns in sorted(entries):
+        digest.update(f"{name}\0{size}\0{mtime_ns}\n".encode("utf-8", "surrogateescape"))
+    return FileSetSummary(fingerprint=digest.hexdigest()[:32], count=len(entries))
+
+
+def only_removed(entries: list[Entry], known: Mapping[str, tuple[int, int]] | None) -> bool:
+    """True if every file is already recorded, with the same size and mtime: nothing to ingest.
+
+    This is the only case that needs no run (files were removed, or the set is the one already
+    ingested). A new path, or a path whose size or mtime differs in either direction, is work.
+    """
+    if known is None:
+        return False
+    return all(known.get(display_path(path)) == (size, mtime) for path, size, mtime in entries)
+
+
+class Folder(BaseModel):
+    """What the sensor knows about one sub-folder drop."""
+
+    fingerprint: str  # the file set last requested, or found already ingested
+    count: int
+    signature: str = ""  # of the folder tree's directory mtimes at the last walk; "": walk again
+    subdirs: list[str] = Field(default_factory=list)  # relative sub-folders at the last walk
+    walked_at: float = 0.0  # sensor clock of the last full walk
+    attempt: int = 0  # re-requests after failed runs, so every retry gets a fresh run_key
 
 
 class Pending(BaseModel):
-    summary: FileSetSummary
-    since: float  # unix time when this exact file set was first observed
+    fingerprint: str
+    since: float  # sensor clock when this exact file set was first observed
+
+
+class Failed(BaseModel):
+    """A drop whose latest run failed and that Dagster will not retry any more."""
+
+    run_id: str
+    at: float  # sensor clock when the sensor learnt of it
+    fingerprint: str = ""  # folder drops: the file set the failed run was asked to ingest
+    files: list[str] = Field(default_factory=list)  # loose drops: the files of the failed run
 
 
 class WatcherState(BaseModel):
-    """The sensor cursor."""
+    """The sensor cursor: bounded by the folders and loose files in the drop root now."""
 
-    requested: dict[str, FileSetSummary] = Field(default_factory=dict)
+    folders: dict[str, Folder] = Field(default_factory=dict)
     pending: dict[str, Pending] = Field(default_factory=dict)
+    failed: dict[str, Failed] = Field(default_factory=dict)
     loose_assigned: dict[str, tuple[int, int]] = Field(default_factory=dict)  # name -> size, mtime
-    loose_pending: Pending | None = None
+    # loose files not yet in a drop: name -> size, mtime, sensor clock when first seen like that
+    loose_seen: dict[str, tuple[int, int, float]] = Field(default_factory=dict)
+    runs_checked_at: float | None = None  # update time of the last run outcome read (wall clock)
 
     @classmethod
     def from_cursor(cls, cursor: str | None) -> WatcherState:
-        return cls.model_validate_json(cursor) if cursor else cls()
+        if not cursor:
+            return cls()
+        try:
+            return cls.model_validate_json(cursor)
+        except ValueError:
+            # A cursor written by an older version: start afresh. Drops already ingested are
+            # recognised from the warehouse, so nothing is run twice.
+            return cls()
 
     def to_cursor(self) -> str:
-        return self.model_dump_json()
+        return self.model_dump_json(exclude_defaults=True)
+
+    def record_failure(self, drop_id: str, run_id: str, now: float, files: list[str]) -> None:
+        folder = self.folders.get(drop_id)
+        self.failed[drop_id] = Failed(
+            run_id=run_id,
+            at=now,
+            fingerprint=folder.fingerprint if folder else "",
+            files=files,
+        )
+
+    def record_success(self, drop_id: str) -> None:
+        self.failed.pop(drop_id, None)
 
 
 @dataclass(frozen=True)
@@ -63,10 +134,12 @@ class ReadyDrop:
     summary: FileSetSummary
     files: tuple[str, ...] = ()  # loose drops only
     reason: str = ""
+    attempt: int = 0
 
     @property
     def run_key(self) -> str:
-        return f"{self.drop_id}:{self.summary.fingerprint[:16]}"
+        key = f"{self.drop_id}:{self.summary.fingerprint[:16]}"
+        return f"{key}:retry{self.attempt}" if self.attempt else key
 
 
 @dataclass(frozen=True)
@@ -75,34 +148,75 @@ class TickPlan:
     waiting: dict[str, str]  # drop -> why it is not ready yet
     ignored: dict[str, str]  # entry -> why it can never be a drop
     state: WatcherState
+    already_ingested: dict[str, str] = field(default_factory=dict)  # drop -> why no run
+    failed: dict[str, str] = field(default_factory=dict)  # drop -> its failed run, what happens
+    walked: int = 0  # folders walked this tick (the others were unchanged by their signature)
 
 
-def summarize(entries: list[tuple[str, int, int]]) -> FileSetSummary:
-    digest = hashlib.sha256()
-    for name, size, mtime_ns in sorted(entries):
-        digest.update(f"{name}\0{size}\0{mtime_ns}\n".encode("utf-8", "surrogateescape"))
-    return FileSetSummary(
-        fingerprint=digest.hexdigest(),
-        count=len(entries),
-        max_mtime_ns=max((m for _, _, m in entries), default=0),
-    )
+@dataclass(frozen=True)
+class Timing:
+    """The sensor's time settings."""
+
+    quiet_period_s: float
+    loose_max_wait_s: float = 300.0  # quiet loose files wait at most this for the rest
+    rewalk_s: float = 600.0  # an unchanged-looking folder is still walked this often
+    retry_failed_s: float = 3600.0  # a failed drop is re-requested this long after; 0: never
 
 
-def _folder_entries(folder: Path) -> tuple[list[tuple[str, int, int]], bool]:
-    """(relative name, size, mtime) of the drop's files, and whether the ready marker is there."""
-    entries: list[tuple[str, int, int]] = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for name in filenames:
-            if name.startswith(".") or (dirpath == str(folder) and name == READY_MARKER):
+def _walk(folder: Path, drop_id: str) -> tuple[list[Entry], list[str], bool]:
+    """The drop's files (path relative to the drop root, size, mtime), its sub-folders, marker."""
+    entries: list[Entry] = []
+    subdirs: list[str] = []
+    has_marker = False
+    stack = [""]
+    while stack:
+        relative = stack.pop()
+        here = folder / relative if relative else folder
+        try:
+            listing = list(os.scandir(here))
+        except OSError:
+            continue  # vanished or unreadable: ingestion reports it; the next tick looks again
+        for entry in listing:
+            name = entry.name
+            if name.startswith("."):
                 continue
-            full = os.path.join(dirpath, name)
+            child = f"{relative}/{name}" if relative else name
             try:
-                info = os.lstat(full)
+                info = entry.stat(follow_symlinks=False)
             except OSError:
                 continue  # vanished between listing and stat: the next tick sees the new state
-            entries.append((os.path.relpath(full, folder), info.st_size, info.st_mtime_ns))
-    return entries, (folder / READY_MARKER).exists()
+            if stat.S_ISDIR(info.st_mode):
+                subdirs.append(child)
+                stack.append(child)
+            elif not relative and name == READY_MARKER:
+                has_marker = True
+            else:
+                entries.append((f"{drop_id}/{child}", info.st_size, info.st_mtime_ns))
+    return entries, sorted(subdirs), has_marker
+
+
+def _signature(folder: Path, subdirs: list[str], wall_now: float) -> str:
+    """A digest of the mtimes of the folder and its sub-folders; "" if any is missing or recent.
+
+    Adding, removing or renaming an entry changes its directory's mtime, so an equal signature
+    means the same names. A file rewritten in place keeps it: the periodic full walk finds those.
+    """
+    digest = hashlib.sha256()
+    for relative in ["", *subdirs]:
+        try:
+            info = os.lstat(folder / relative if relative else folder)
+        except OSError:
+            return ""
+        if not stat.S_ISDIR(info.st_mode) or info.st_mtime > wall_now - RACY_S:
+            return ""
+        digest.update(f"{relative}\0{info.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()[:16]
+
+
+def _rewalk_due(drop_id: str, folder: Folder, now: float, rewalk_s: float) -> bool:
+    """Spread full re-walks over a quarter of the interval so they do not all land on one tick."""
+    spread = int(hashlib.sha256(drop_id.encode("utf-8", "surrogateescape")).hexdigest()[:4], 16)
+    return now - folder.walked_at >= rewalk_s * (0.75 + 0.25 * spread / 0xFFFF)
 
 
 def _loose_entries(root: Path) -> dict[str, tuple[int, int]]:
@@ -120,82 +234,249 @@ def _loose_entries(root: Path) -> dict[str, tuple[int, int]]:
     return loose
 
 
-def _settled(pending: Pending | None, summary: FileSetSummary, now: float) -> Pending:
-    if pending is not None and pending.summary.fingerprint == summary.fingerprint:
-        return pending
-    return Pending(summary=summary, since=now)
+def _folder_names(root: Path) -> list[str]:
+    with os.scandir(root) as listing:
+        return sorted(
+            entry.name
+            for entry in listing
+            if entry.is_dir(follow_symlinks=False) and not entry.name.startswith((".", "_"))
+        )
 
 
-def plan_tick(root: Path, state: WatcherState, *, now: float, quiet_period_s: float) -> TickPlan:
-    """Look at the drop root once; say which drops are ready and what the new cursor is."""
+def plan_tick(
+    root: Path,
+    state: WatcherState,
+    *,
+    now: float,
+    timing: Timing,
+    known_files: KnownFiles | None = None,
+    wall_now: float | None = None,
+) -> TickPlan:
+    """Look at the drop root once; say which drops are ready and what the new cursor is.
+
+    `now` is the sensor's clock (quiet periods, waits); `wall_now` the real time that file and
+    folder mtimes are compared with (default: time.time()).
+    """
+    wall_now = time.time() if wall_now is None else wall_now
     state = state.model_copy(deep=True)
     ready: list[ReadyDrop] = []
     waiting: dict[str, str] = {}
     ignored: dict[str, str] = {}
+    ingested: dict[str, str] = {}
+    failed: dict[str, str] = {}
     if not root.is_dir():
         return TickPlan(ready, {}, {str(root): "drop root does not exist"}, state)
 
-    folders = sorted(
-        entry.name
-        for entry in os.scandir(root)
-        if entry.is_dir(follow_symlinks=False) and not entry.name.startswith((".", "_"))
-    )
+    folders = _folder_names(root)
+    present = set(folders)
+    # The cursor only describes what lies in the root now.
+    state.folders = {n: f for n, f in state.folders.items() if n in present}
+    state.pending = {n: p for n, p in state.pending.items() if n in present}
+
+    changed: dict[str, tuple[list[Entry], FileSetSummary, bool]] = {}
+    walked = 0
     for name in folders:
         try:
             validate_drop_id(name)
         except InvalidDrop as error:
             ignored[name] = str(error)
             continue
-        entries, has_marker = _folder_entries(root / name)
+        record = state.folders.get(name)
+        path = root / name
+        if (
+            record is not None
+            and name not in state.pending
+            and name not in state.failed
+            and record.signature
+            and not _rewalk_due(name, record, now, timing.rewalk_s)
+            and _signature(path, record.subdirs, wall_now) == record.signature
+        ):
+            continue  # the same names as at the last walk, which found nothing to do
+        walked += 1
+        entries, subdirs, has_marker = _walk(path, name)
+        signature = _signature(path, subdirs, wall_now)
         if not entries:
             waiting[name] = "empty folder"
             state.pending.pop(name, None)
             continue
         summary = summarize(entries)
-        earlier = state.requested.get(name)
-        if earlier is not None and not summary.grew_beyond(earlier):
+        if record is not None and summary.fingerprint == record.fingerprint:
             state.pending.pop(name, None)
-            if summary.fingerprint != earlier.fingerprint:
-                state.requested[name] = summary  # files were only removed: nothing to do
+            record.signature, record.subdirs, record.walked_at = signature, subdirs, now
             continue
-        pending = _settled(state.pending.get(name), summary, now)
+        changed[name] = (entries, summary, has_marker)
+        if record is not None:  # keep the tree signature for after the change is handled
+            record.signature, record.subdirs = signature, subdirs
+        else:
+            state.folders[name] = Folder(
+                fingerprint="", count=0, signature=signature, subdirs=subdirs, walked_at=now
+            )
+
+    to_check = [name for name in changed if name not in state.failed]
+    known = known_files(to_check) if known_files is not None and to_check else {}
+    for name, (entries, summary, has_marker) in changed.items():
+        record = state.folders[name]
+        first_seen = record.fingerprint == ""
+        if name not in state.failed and only_removed(entries, known.get(name)):
+            why = (
+                "already ingested with these files"
+                if first_seen
+                else "files were only removed; the rest are ingested"
+            )
+            ingested[name] = why
+            record.fingerprint, record.count, record.walked_at = (
+                summary.fingerprint,
+                summary.count,
+                now,
+            )
+            state.pending.pop(name, None)
+            continue
+        pending = state.pending.get(name)
+        if pending is None or pending.fingerprint != summary.fingerprint:
+            pending = Pending(fingerprint=summary.fingerprint, since=now)
         quiet_for = now - pending.since
-        if has_marker or quiet_for >= quiet_period_s:
+        if has_marker or quiet_for >= timing.quiet_period_s:
             why = f"{READY_MARKER} marker" if has_marker else f"unchanged for {quiet_for:.0f}s"
-            if earlier is not None:
-                why = f"files added; {why}"
-            ready.append(ReadyDrop(name, "folder", summary, reason=why))
-            state.requested[name] = summary
+            attempt = record.attempt
+            if name in state.failed:
+                attempt += 1
+                why = f"files changed after failed run {state.failed.pop(name).run_id}; {why}"
+            elif not first_seen:
+                why = f"files added or changed; {why}"
+            ready.append(ReadyDrop(name, "folder", summary, reason=why, attempt=attempt))
+            record.fingerprint, record.count, record.walked_at = (
+                summary.fingerprint,
+                summary.count,
+                now,
+            )
+            record.attempt = attempt
             state.pending.pop(name, None)
         else:
             state.pending[name] = pending
-            waiting[name] = f"still changing (quiet for {quiet_for:.0f}s of {quiet_period_s:.0f}s)"
+            waiting[name] = (
+                f"still changing (quiet for {quiet_for:.0f}s of {timing.quiet_period_s:.0f}s)"
+            )
 
-    present = _loose_entries(root)
-    # Forget assigned files that left the root, so the cursor is bounded by what lies there now.
-    state.loose_assigned = {n: e for n, e in state.loose_assigned.items() if n in present}
-    loose = {
-        name: entry
-        for name, entry in present.items()
-        if tuple(state.loose_assigned.get(name, ())) != entry
-    }
-    if loose:
-        summary = summarize([(name, size, mtime) for name, (size, mtime) in loose.items()])
-        pending = _settled(state.loose_pending, summary, now)
-        quiet_for = now - pending.since
-        if quiet_for >= quiet_period_s:
-            stamp = datetime.fromtimestamp(now, tz=timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-            drop_id = f"{LOOSE_PREFIX}{stamp}"
+    loose_now = _loose_entries(root)
+    _plan_loose(state, loose_now, now, timing, ready, waiting)
+
+    # Failed drops: named on every tick; re-requested on schedule (folder drops also at once
+    # when their files change, above).
+    for name, failure in list(state.failed.items()):
+        if name.startswith(LOOSE_PREFIX):
+            files = [f for f in failure.files if f in loose_now]
+            if not files:
+                del state.failed[name]  # its files left the root: nothing left to retry
+                continue
+        elif name not in present:
+            del state.failed[name]
+            continue
+        due = timing.retry_failed_s > 0 and now - failure.at >= timing.retry_failed_s
+        if due:
+            del state.failed[name]
+            if name.startswith(LOOSE_PREFIX):
+                entries = [(f, *loose_now[f]) for f in files]
+                summary = summarize(entries)
+                attempt = 1
+                files_tuple = tuple(sorted(files))
+                kind: Literal["folder", "loose"] = "loose"
+            else:
+                record = state.folders[name]
+                record.attempt += 1
+                summary = FileSetSummary(fingerprint=record.fingerprint, count=record.count)
+                attempt, files_tuple, kind = record.attempt, (), "folder"
             ready.append(
                 ReadyDrop(
-                    drop_id, "loose", summary, files=tuple(sorted(loose)), reason="loose files"
+                    name,
+                    kind,
+                    summary,
+                    files=files_tuple,
+                    reason=f"retrying after failed run {failure.run_id}",
+                    attempt=attempt,
                 )
             )
-            state.loose_assigned.update(loose)
-            state.loose_pending = None
+            failed[name] = f"last run {failure.run_id} failed; re-requested now"
         else:
-            state.loose_pending = pending
-            waiting["(loose files)"] = f"{len(loose)} files still changing"
-    else:
-        state.loose_pending = None
-    return TickPlan(ready, waiting, ignored, state)
+            when = (
+                f"re-requested in {timing.retry_failed_s - (now - failure.at):.0f}s or"
+                if timing.retry_failed_s > 0
+                else "re-requested"
+            )
+            failed[name] = (
+                f"last run {failure.run_id} failed and Dagster will not retry it; {when} "
+                "when its files change"
+            )
+    return TickPlan(ready, waiting, ignored, state, ingested, failed, walked)
+
+
+def _plan_loose(
+    state: WatcherState,
+    present: dict[str, tuple[int, int]],
+    now: float,
+    timing: Timing,
+    ready: list[ReadyDrop],
+    waiting: dict[str, str],
+) -> None:
+    """Loose files: quiet judged per file; the quiet ones leave together, at the latest after
+    `loose_max_wait_s`, even while other files keep arriving."""
+    # Forget files that left the root, so the cursor is bounded by what lies there now.
+    state.loose_assigned = {n: e for n, e in state.loose_assigned.items() if n in present}
+    seen: dict[str, tuple[int, int, float]] = {}
+    for name, (size, mtime) in present.items():
+        if tuple(state.loose_assigned.get(name, ())) == (size, mtime):
+            continue
+        earlier = state.loose_seen.get(name)
+        since = earlier[2] if earlier is not None and earlier[:2] == (size, mtime) else now
+        seen[name] = (size, mtime, since)
+    state.loose_seen = seen
+    if not seen:
+        return
+    quiet = sorted(n for n, (_, _, since) in seen.items() if now - since >= timing.quiet_period_s)
+    still = len(seen) - len(quiet)
+    oldest = min((seen[n][2] for n in quiet), default=now)
+    waited = now - oldest - timing.quiet_period_s
+    if quiet and (still == 0 or waited >= timing.loose_max_wait_s):
+        stamp = datetime.fromtimestamp(now, tz=timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        summary = summarize([(n, seen[n][0], seen[n][1]) for n in quiet])
+        why = (
+            "loose files quiet"
+            if still == 0
+            else f"loose files quiet; waited {waited:.0f}s for {still} still changing"
+        )
+        ready.append(ReadyDrop(f"{LOOSE_PREFIX}{stamp}", "loose", summary, tuple(quiet), why))
+        for name in quiet:
+            state.loose_assigned[name] = seen[name][:2]
+            del state.loose_seen[name]
+    if state.loose_seen:
+        waiting["(loose files)"] = (
+            f"{len(state.loose_seen) - still} quiet, {still} still changing "
+            f"(each must be unchanged for {timing.quiet_period_s:.0f}s)"
+        )
+
+
+def ingested_files(
+    warehouse: Warehouse, drop_ids: list[str]
+) -> dict[str, dict[str, tuple[int, int]]]:
+    """{drop: {path: (size, mtime)}} of every file the warehouse records for these drops.
+
+    Ingested files and rejected files whose size and mtime were read both count: the next run
+    would skip them as unchanged. Returns {} when there is no warehouse yet or it cannot be read now.
+    """
+    if not drop_ids:
+        return {}
+    sql = """
+        SELECT drop_id, path, byte_size, mtime_ns FROM image_files
+        WHERE list_contains(?::VARCHAR[], drop_id)
+        UNION ALL
+        SELECT drop_id, path, byte_size, mtime_ns FROM rejected_files
+        WHERE list_contains(?::VARCHAR[], drop_id)
+          AND byte_size IS NOT NULL AND mtime_ns IS NOT NULL
+    """
+    try:
+        rows = warehouse.rows(sql, [drop_ids, drop_ids])
+    except (WarehouseNotFound, LockTimeout, duckdb.Error, OSError):
+        return {}  # unreadable now: every changed drop counts as new work (runs are idempotent)
+    known: dict[str, dict[str, tuple[int, int]]] = {}
+    for drop_id, path, size, mtime in rows:
+        known.setdefault(drop_id, {})[path] = (size, mtime)
+    return known

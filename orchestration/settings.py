@@ -33,6 +33,14 @@ class Settings(BaseModel):
     sensor_running_by_default: bool = True
     sensor_interval_s: int = Field(default=30, ge=1)
     quiet_period_s: float = Field(default=30.0, ge=0)
+    # Quiet loose files wait at most this long for others still arriving, then leave as a drop.
+    loose_max_wait_s: float = Field(default=300.0, ge=0)
+    # A folder that looks unchanged (same folder mtimes) is still walked this often, which finds
+    # a file rewritten in place under the same name.
+    rewalk_s: float = Field(default=600.0, ge=0)
+    # A drop whose last run failed (Dagster's retries exhausted) is re-requested this long after
+    # the failure; 0: only when its files change.
+    retry_failed_s: float = Field(default=3600.0, ge=0)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -63,6 +71,12 @@ class Settings(BaseModel):
             values["sensor_running_by_default"] = status == "running"
         if env.get("IMAGE_DROP_INTERVAL_SECONDS"):
             values["sensor_interval_s"] = int(env["IMAGE_DROP_INTERVAL_SECONDS"])
-        if env.get("IMAGE_DROP_QUIET_SECONDS"):
-            values["quiet_period_s"] = float(env["IMAGE_DROP_QUIET_SECONDS"])
+        for variable, key in (
+            ("IMAGE_DROP_QUIET_SECONDS", "quiet_period_s"),
+            ("IMAGE_DROP_LOOSE_MAX_WAIT_SECONDS", "loose_max_wait_s"),
+            ("IMAGE_DROP_REWALK_SECONDS", "rewalk_s"),
+            ("IMAGE_DROP_RETRY_FAILED_SECONDS", "retry_failed_s"),
+        ):
+            if env.get(variable):
+                values[key] = float(env[variable])
         return cls.model_validate(values)

@@ -23,9 +23,19 @@ def test_the_drop_sensor_runs_by_default_and_can_be_switched_off():
     assert stopped.resolve_sensor_def(SENSOR_NAME).default_status == dg.DefaultSensorStatus.STOPPED
 
 
-def test_the_sensor_never_gets_more_than_the_drop_folder():
+def test_the_sensor_gets_the_drop_folder_and_the_warehouse_only():
+    """The warehouse tells it which drops are ingested already; no model resource is built."""
     sensor = defs.resolve_sensor_def(SENSOR_NAME)
-    assert sensor.required_resource_keys == {"drop_folder"}
+    assert sensor.required_resource_keys == {"drop_folder", "warehouse"}
+
+
+def test_the_pipeline_job_runs_in_one_process_and_is_retried_by_dagster():
+    """One process per run: a no-op or small drop pays for one start and one torch import,
+    not one per step; run retries re-execute from the failed steps."""
+    job = defs.resolve_job_def(PIPELINE_JOB_NAME)
+    assert job.executor_def.name == dg.in_process_executor.name
+    assert job.tags["dagster/max_retries"] == "2"
+    assert job.tags["dagster/retry_strategy"] == "FROM_FAILURE"
 
 
 def test_production_never_falls_back_to_demo_paths():

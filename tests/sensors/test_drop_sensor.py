@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
+from core.ingest.ingest import DropIngestor, IngestReport
+from core.ingest.scan import DropRef
+from core.warehouse import Warehouse
 from orchestration.definitions import build_definitions
 from orchestration.jobs import PIPELINE_JOB_NAME
 from orchestration.resources import build_resources
@@ -29,6 +35,7 @@ class Daemon:
     """Ticks the sensor like the daemon: the cursor of one tick is the input of the next."""
 
     def __init__(self, settings: Settings, instance: dg.DagsterInstance, clock: Clock) -> None:
+        self.settings = settings
         self.defs = build_definitions(settings, clock=clock)
         self.resources = build_resources(settings)
         self.sensor = self.defs.resolve_sensor_def(SENSOR_NAME)
@@ -42,7 +49,10 @@ class Daemon:
             instance_ref=self.instance.get_ref(),
             definitions=self.defs,
             cursor=self.cursor,
-            resources={"drop_folder": self.resources["drop_folder"]},
+            resources={
+                "drop_folder": self.resources["drop_folder"],
+                "warehouse": self.resources["warehouse"],
+            },
         )
         data = self.sensor.evaluate_tick(context)
         self.cursor = data.cursor
@@ -52,12 +62,23 @@ class Daemon:
             )
         return data
 
-    def run(self, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
+    def ingest(self, request: dg.RunRequest) -> IngestReport:
+        """What the run's `images` step writes, without the model steps (they are not needed
+        for what the sensor reads back)."""
+        files = request.run_config.get("ops", {}).get("images", {}).get("config", {}).get("files")
+        key = request.partition_key or ""
+        drop = DropRef.loose(key, files) if files else DropRef.folder(key)
+        warehouse = Warehouse(self.settings.warehouse_path)
+        return DropIngestor(warehouse, self.settings.drop_root).ingest(drop)
+
+    def run(self, request: dg.RunRequest, **kwargs) -> dg.ExecuteInProcessResult:
         job = self.defs.resolve_job_def(PIPELINE_JOB_NAME)
         return job.execute_in_process(
             partition_key=request.partition_key,
             run_config=request.run_config,
             instance=self.instance,
+            tags=kwargs.pop("tags", request.tags),
+            **kwargs,
         )
 
 
@@ -131,7 +152,7 @@ def test_a_restarted_daemon_keeps_its_cursor_and_does_not_retrigger(
     restarted.cursor = first.cursor  # what the daemon stored in the instance
     data = restarted.tick(after_s=3600)
     assert data.run_requests == []
-    assert json.loads(restarted.cursor or "{}")["requested"].keys() == {"done"}
+    assert json.loads(restarted.cursor or "{}")["folders"].keys() == {"done"}
 
 
 def test_files_added_to_an_old_drop_trigger_a_run_that_only_works_on_them(
@@ -151,7 +172,8 @@ def test_files_added_to_an_old_drop_trigger_a_run_that_only_works_on_them(
 
 def test_removing_files_alone_does_not_retrigger(daemon: Daemon, drop_root: Path):
     folder = copy_samples(drop_root, "shrinking", names=["astronaut.jpg", "coffee.jpg"])
-    assert len(daemon.tick().run_requests) == 1
+    (request,) = daemon.tick().run_requests
+    daemon.ingest(request)
     (folder / "coffee.jpg").unlink()
     assert daemon.tick(after_s=60).run_requests == []
 
@@ -165,3 +187,141 @@ def test_empty_and_hidden_folders_are_not_drops(daemon: Daemon, drop_root: Path)
     data = daemon.tick()
     assert data.run_requests == []
     assert data.skip_message == "no drop is ready"
+
+
+def _old_file(path: Path, seed: int, mtime: float = 1_000_000_000.0) -> None:
+    """A file as `cp -p` / `rsync -t` / a camera import leaves it: new content, an old mtime."""
+    path.write_bytes(jpeg_bytes(seed=seed))
+    os.utime(path, (mtime, mtime))
+
+
+def test_replacing_files_with_one_older_file_triggers(daemon: Daemon, drop_root: Path):
+    folder = copy_samples(drop_root, "swap", names=["astronaut.jpg", "coffee.jpg"])
+    (first,) = daemon.tick().run_requests
+    daemon.ingest(first)
+    (folder / "astronaut.jpg").unlink()
+    (folder / "coffee.jpg").unlink()
+    _old_file(folder / "older.jpg", seed=5)  # fewer files, and no mtime newer than before
+    (second,) = daemon.tick(after_s=60).run_requests
+    assert second.partition_key == "swap" and second.run_key != first.run_key
+    assert daemon.ingest(second).files_processed == 1
+
+
+def test_a_file_rewritten_with_an_older_mtime_triggers(daemon: Daemon, drop_root: Path):
+    folder = copy_samples(drop_root, "rewrite", names=["astronaut.jpg", "coffee.jpg"])
+    (first,) = daemon.tick().run_requests
+    daemon.ingest(first)
+    _old_file(folder / "coffee.jpg", seed=6)  # same path, other size and an older mtime
+    (second,) = daemon.tick(after_s=60).run_requests
+    assert second.partition_key == "rewrite"
+
+
+def test_a_trickle_of_loose_files_is_not_starved(
+    settings: Settings, instance: dg.DagsterInstance, clock: Clock, drop_root: Path
+):
+    """One file every 20 s with a 30 s quiet period: the quiet ones leave within the max wait."""
+    daemon = Daemon(
+        settings.model_copy(update={"quiet_period_s": 30.0, "loose_max_wait_s": 60.0}),
+        instance,
+        clock,
+    )
+    requests: list[dg.RunRequest] = []
+    for index in range(10):  # 200 s of arrivals
+        (drop_root / f"t{index}.jpg").write_bytes(jpeg_bytes(seed=20 + index))
+        requests += daemon.tick(after_s=20 if index else 0).run_requests
+    assert requests, "no loose drop while files kept arriving"
+    files = requests[0].run_config["ops"]["images"]["config"]["files"]
+    assert "t0.jpg" in files and "t9.jpg" not in files  # quiet ones went, the newest waits
+    seen = [f for r in requests for f in r.run_config["ops"]["images"]["config"]["files"]]
+    assert len(seen) == len(set(seen))  # no file is in two drops
+
+
+def test_a_drop_already_ingested_by_hand_is_not_run_again(
+    daemon: Daemon, drop_root: Path, warehouse
+):
+    """`make demo` ingests `samples` in its own run; the sensor's first tick must not redo it."""
+    copy_samples(drop_root, "samples")
+    DropIngestor(warehouse, drop_root).ingest(DropRef.folder("samples"))
+    data = daemon.tick()
+    assert data.run_requests == []
+    assert daemon.tick(after_s=60).run_requests == []
+    (drop_root / "samples" / "extra.jpg").write_bytes(jpeg_bytes(seed=31))
+    (request,) = daemon.tick(after_s=60).run_requests  # a real change still triggers
+    assert request.partition_key == "samples"
+
+
+def test_a_folder_filled_with_old_mtimes_does_not_look_quiet(
+    patient_daemon: Daemon, drop_root: Path
+):
+    """`cp -p` / `rsync -t`: every file arrives with an mtime long past, 20 s apart."""
+    folder = drop_root / "copying"
+    folder.mkdir()
+    for index in range(4):
+        _old_file(folder / f"c{index}.jpg", seed=40 + index)
+        assert patient_daemon.tick(after_s=20 if index else 0).run_requests == []
+    (request,) = patient_daemon.tick(after_s=31).run_requests
+    assert request.partition_key == "copying"
+
+
+def test_the_cursor_forgets_folders_that_left_the_root(daemon: Daemon, drop_root: Path):
+    copy_samples(drop_root, "kept", names=["rocket.jpg"])
+    gone = copy_samples(drop_root, "gone", names=["coffee.jpg"])
+    assert len(daemon.tick().run_requests) == 2
+    shutil.rmtree(gone)
+    daemon.tick(after_s=60)
+    assert "gone" not in (daemon.cursor or "") and "kept" in (daemon.cursor or "")
+
+
+@pytest.fixture
+def retrying_instance() -> Iterator[dg.DagsterInstance]:
+    """An instance with Dagster's run retries on, as dagster.yaml configures them."""
+    with dg.instance_for_test(overrides={"run_retries": {"enabled": True}}) as test_instance:
+        yield test_instance
+
+
+@pytest.fixture
+def failing_daemon(settings: Settings, retrying_instance, clock: Clock, tmp_path: Path) -> Daemon:
+    """Runs fail on purpose: the warehouse path is a directory, so `images` cannot open it."""
+    blocked = tmp_path / "blocked.duckdb"
+    blocked.mkdir()
+    failing = settings.model_copy(update={"warehouse_path": blocked, "retry_failed_s": 600.0})
+    return Daemon(failing, retrying_instance, clock)
+
+
+def test_a_failed_run_with_retries_left_is_left_to_dagster(failing_daemon: Daemon, drop_root: Path):
+    copy_samples(drop_root, "flaky", names=["rocket.jpg"])
+    (request,) = failing_daemon.tick().run_requests
+    result = failing_daemon.run(request, raise_on_error=False)
+    assert not result.success
+    run = failing_daemon.instance.get_run_by_id(result.run_id)
+    assert run.tags["dagster/will_retry"] == "true"  # the job's retry tags at work
+    assert failing_daemon.tick(after_s=3600).run_requests == []  # Dagster retries, not us
+
+
+def test_a_failed_run_is_named_and_re_requested(
+    failing_daemon: Daemon, drop_root: Path, capfd: pytest.CaptureFixture[str]
+):
+    folder = copy_samples(drop_root, "stranded", names=["rocket.jpg"])
+    (request,) = failing_daemon.tick().run_requests
+    # Retries exhausted: what Dagster tags the last failed run of a run group with.
+    result = failing_daemon.run(
+        request, raise_on_error=False, tags={**request.tags, "dagster/max_retries": "0"}
+    )
+    assert not result.success
+    assert failing_daemon.instance.get_run_by_id(result.run_id).tags["dagster/will_retry"] == (
+        "false"
+    )
+    capfd.readouterr()
+    assert failing_daemon.tick(after_s=60).run_requests == []
+    logged = "".join(capfd.readouterr())
+    assert f"drop stranded: last run {result.run_id} failed" in logged  # the tick log names it
+    (retry,) = failing_daemon.tick(after_s=600).run_requests  # the documented schedule
+    assert retry.partition_key == "stranded" and retry.run_key != request.run_key
+    failed_again = failing_daemon.run(
+        retry, raise_on_error=False, tags={**retry.tags, "dagster/max_retries": "0"}
+    )
+    assert not failed_again.success
+    assert failing_daemon.tick(after_s=60).run_requests == []
+    (folder / "fixed.jpg").write_bytes(jpeg_bytes(seed=50))  # its files change: at once
+    (changed,) = failing_daemon.tick(after_s=1).run_requests
+    assert changed.run_key not in {request.run_key, retry.run_key}
