@@ -33,7 +33,9 @@ import polars as pl
 import pyarrow as pa
 
 from core.clip.near_duplicates import DEFAULT_THRESHOLD, near_duplicate_pairs
+from core.quality.checks import CheckOutcome
 from core.quality.fields import AGREEMENT_FIELDS, FIELDS
+from core.review.store import ensure_final_labels_view
 from core.tasks.registry import TASKS
 from core.warehouse import Warehouse
 
@@ -429,4 +431,60 @@ def write_queue(warehouse: Warehouse, report: QueueReport) -> int:
                 conn.execute(f"INSERT INTO review_queue ({names}) SELECT {names} FROM queue_rows")
             finally:
                 conn.unregister("queue_rows")
+        ensure_final_labels_view(conn)  # picks up task tables that appeared since
     return frame.height
+
+
+# -- checks ------------------------------------------------------------------------------------
+
+QUEUE_CONSISTENT = "review_queue_consistent"
+QUEUE_FLAGGED_SHARE = "review_queue_flagged_share"
+DEFAULT_MAX_FLAGGED_SHARE = 0.5
+
+
+def queue_checks(
+    warehouse: Warehouse,
+    report: QueueReport,
+    *,
+    max_flagged_share: float = DEFAULT_MAX_FLAGGED_SHARE,
+) -> list[CheckOutcome]:
+    """Two checks on the written queue: its rows are sound (ERROR), and the share of the drop
+    with a reason is not so high that the labels of the whole drop are suspect (WARN)."""
+    problems = warehouse.rows(
+        """
+        WITH q AS (SELECT * FROM review_queue WHERE drop_id = $drop)
+        SELECT image_id, 'not an image of the drop' FROM q
+        WHERE image_id NOT IN (SELECT image_id FROM image_files WHERE drop_id = $drop)
+        UNION ALL SELECT image_id, 'no reason' FROM q WHERE len(reasons) = 0 OR score <= 0
+        UNION ALL SELECT image_id, 'rank ' || rank || ' out of order' FROM (
+            SELECT image_id, rank, row_number() OVER (ORDER BY score DESC, rank) AS expected FROM q
+        ) WHERE rank <> expected
+        UNION ALL SELECT NULL, count(*) || ' rows over the cap of ' || $cap FROM q
+        HAVING count(*) > $cap
+        """,
+        {"drop": report.drop_id, "cap": report.size},
+    )
+    consistent = CheckOutcome(
+        check_name=QUEUE_CONSISTENT,
+        passed=not problems,
+        severity="ERROR",
+        summary=f"{report.queued} queued of {report.flagged} flagged images (cap {report.size})"
+        if not problems
+        else f"{len(problems)} problems in the review queue rows",
+        value=float(len(problems)),
+        threshold=0.0,
+        counts={"queued": report.queued, "flagged": report.flagged, "cap": report.size},
+        offending=[{"image_id": i, "problem": p} for i, p in problems[:10]],
+    )
+    share = report.flagged / report.images if report.images else None
+    flagged = CheckOutcome(
+        check_name=QUEUE_FLAGGED_SHARE,
+        passed=share is None or share <= max_flagged_share,
+        severity="WARN",
+        summary=f"{report.flagged} of {report.images} images have a reason to review"
+        + (f" ({share:.0%}; warn above {max_flagged_share:.0%})" if share is not None else ""),
+        value=share,
+        threshold=max_flagged_share,
+        counts={"images": report.images, "flagged": report.flagged, **report.reason_counts},
+    )
+    return [consistent, flagged]

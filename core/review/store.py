@@ -37,7 +37,8 @@ DEFAULT_IMAGE_PREFIX = "/data/local-files/?d="
 
 
 def _tables(conn: duckdb.DuckDBPyConnection) -> set[str]:
-    return {name for (name,) in conn.execute("SELECT table_name FROM information_schema.tables")}
+    rows = conn.execute("SELECT table_name FROM information_schema.tables").fetchall()
+    return {name for (name,) in rows}
 
 
 def final_labels_sql(present: set[str], tasks: Sequence[Task]) -> str:
