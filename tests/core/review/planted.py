@@ -43,9 +43,7 @@ def _probabilities(labels: tuple[str, ...], top: str, margin: float) -> np.ndarr
     high = (1 - rest + margin) / 2
     low = high - margin
     other = next(label for label in labels if label != top)
-    return np.array(
-        [high if label == top else low if label == other else 0.01 for label in labels]
-    )
+    return np.array([high if label == top else low if label == other else 0.01 for label in labels])
 
 
 def plant(warehouse: Warehouse, drop_root: Path) -> dict[str, str]:

@@ -207,7 +207,7 @@ def test_truncated_foreign_and_invalid_files_are_rejected_whole(warehouse, queue
         "truncated": (text[: len(text) // 2], "not valid JSON"),
         "not a list": (json.dumps({"tasks": good}), "a list of tasks"),
         "foreign": (
-            json.dumps(good + [{"id": 9, "data": {"image": "x.jpg"}, "annotations": []}]),
+            json.dumps([*good, {"id": 9, "data": {"image": "x.jpg"}, "annotations": []}]),
             "not exported by this pipeline",
         ),
         "json-min": (

@@ -54,9 +54,7 @@ def test_the_queue_goes_through_label_studio_and_back_into_final_labels(
         assert imported.json()["task_count"] == count == 6
         assert imported.json()["prediction_count"] == 6
         listed = client.get("/api/tasks", params={"project": pid, "page_size": 100}).json()
-        camera = next(
-            t for t in listed["tasks"] if t["data"]["image_id"] == ids["camera.jpg"]
-        )
+        camera = next(t for t in listed["tasks"] if t["data"]["image_id"] == ids["camera.jpg"])
         (prediction,) = client.get("/api/predictions", params={"task": camera["id"]}).json()
         assert prediction["model_version"] == VLM
         result = prediction["result"]
