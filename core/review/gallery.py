@@ -360,7 +360,8 @@ def build_gallery(
     for tile in sheet_tiles:
         tile.thumb = tile.thumb and f"../thumbs/{tile.thumb}"
     buffer = io.BytesIO()
-    sheet.quantize(256).save(buffer, "PNG", optimize=True)
+    # 256 colours keep the inline PNG small; fast octree takes ~50 ms where median cut takes ~2 s
+    sheet.quantize(256, method=Image.Quantize.FASTOCTREE).save(buffer, "PNG")
     sheet_path = page_dir / "contact_sheet.png"
     sheet_path.write_bytes(buffer.getvalue())
     page = page_dir / "index.html"
