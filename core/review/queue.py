@@ -419,10 +419,30 @@ def _rank(
     return pl.DataFrame(rows, schema=schema).select(COLUMNS)
 
 
+def _keep_unchanged_times(conn: Any, drop_id: str, frame: pl.DataFrame) -> pl.DataFrame:
+    """A row identical to the stored one keeps its `created_at`: a rerun on unchanged labels
+    changes no row."""
+    stored = conn.execute(
+        f"SELECT {', '.join(COLUMNS)} FROM review_queue WHERE drop_id = ?", [drop_id]
+    ).fetchall()
+    if not stored:
+        return frame
+    content = [c for c in COLUMNS if c != "created_at"]
+    at = COLUMNS.index("created_at")
+    kept = {repr([row[COLUMNS.index(c)] for c in content]): row[at] for row in stored}
+    times = [
+        kept.get(repr([row[c] for c in content]), row["created_at"])
+        for row in frame.iter_rows(named=True)
+    ]
+    return frame.with_columns(pl.Series("created_at", times, dtype=frame["created_at"].dtype))
+
+
 def write_queue(warehouse: Warehouse, report: QueueReport) -> int:
     """Replace the drop's queue in one transaction: a rerun never leaves old and new rows."""
     frame = report.frame if report.frame is not None else pl.DataFrame()
     with warehouse.transaction() as conn:
+        if frame.height:
+            frame = _keep_unchanged_times(conn, report.drop_id, frame)
         conn.execute("DELETE FROM review_queue WHERE drop_id = ?", [report.drop_id])
         if frame.height:
             conn.register("queue_rows", frame.to_arrow())

@@ -75,6 +75,9 @@ def test_the_queue_keeps_only_the_top_rows_and_a_rerun_replaces_them(warehouse, 
     )
     assert [rank for rank, _ in rows] == [1, 2, 3, 4, 5, 6]
     assert rows[0][1] == planted["coffee.jpg"]
+    snapshot = warehouse.rows("SELECT * FROM review_queue ORDER BY rank")
+    write_queue(warehouse, compute_queue(warehouse, DROP))  # nothing changed: no row changes
+    assert warehouse.rows("SELECT * FROM review_queue ORDER BY rank") == snapshot
     assert write_queue(warehouse, small) == 2  # smaller again: no stale rows left behind
     assert warehouse.rows("SELECT count(*) FROM review_queue")[0][0] == 2
 
