@@ -62,11 +62,12 @@ validate: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 export: $(STAMP)
 	$(BIN)/python -m core.quality.exports --out data/exports
 
-## Run the speed benchmarks (about 4 minutes on 2 cores); JSON lands in data/bench/.
+## Run the speed benchmarks (about 5 minutes on 2 cores); JSON lands in data/bench/.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py --out data/bench/ingest.json
 	$(BIN)/python benchmarks/embed.py --out data/bench/embed.json
 	$(BIN)/python benchmarks/extract_client.py --out data/bench/extract_client.json
+	$(BIN)/python benchmarks/review.py --out data/bench/review.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -8,6 +8,7 @@ with the pipeline's writers (random labels, so about half the drop disagrees), t
   `thumbnail()`, save; no cap, no reuse;
 - bound: our thumbnail step alone (draft decode + scale + save, same threads) for as many
   images as the page shows, no database, no page: the first build cannot be faster than this.
+Page builds and the bound are the best of two runs.
 Prints a table and writes JSON (`--out`). Usage: python benchmarks/review.py [--images N]
 """
 
@@ -40,6 +41,7 @@ from core.vlm.types import ExtractionResult
 from core.warehouse import Warehouse
 
 DROP = "bench"
+REPEATS = 2
 
 
 def _plant(warehouse: Warehouse, rng: np.random.Generator) -> None:
@@ -97,7 +99,7 @@ def _bound(folder: Path, out: Path, count: int) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
@@ -116,14 +118,19 @@ def main(argv: list[str] | None = None) -> dict:
         report = compute_queue(warehouse, DROP)
         write_queue(warehouse, report)
         queue_s = time.perf_counter() - start
+        first_s = float("inf")
+        for attempt in range(REPEATS):  # best of REPEATS: other work on the machine adds noise
+            start = time.perf_counter()
+            first = build_gallery(warehouse, root, DROP, Path(tmp) / f"reports{attempt}")
+            first_s = min(first_s, time.perf_counter() - start)
         start = time.perf_counter()
-        first = build_gallery(warehouse, root, DROP, Path(tmp) / "reports")
-        first_s = time.perf_counter() - start
-        start = time.perf_counter()
-        build_gallery(warehouse, root, DROP, Path(tmp) / "reports")
+        build_gallery(warehouse, root, DROP, Path(tmp) / "reports0")
         rebuild_s = time.perf_counter() - start
         naive_s = _naive(folder, Path(tmp) / "naive")
-        bound_s = _bound(folder, Path(tmp) / "bound", first.images_shown)
+        bound_s = min(
+            _bound(folder, Path(tmp) / f"bound{attempt}", first.images_shown)
+            for attempt in range(REPEATS)
+        )
     results = {
         "images": args.images,
         "flagged": report.flagged,
