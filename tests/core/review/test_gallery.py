@@ -19,15 +19,19 @@ from tests.core.review.planted import DROP, plant
 EXTRA = 293  # + the 7 samples = 300 images
 
 
-@pytest.fixture
-def big_drop(warehouse: Warehouse, drop_root: Path) -> dict[str, str]:
+@pytest.fixture(scope="module")
+def big_drop(tmp_path_factory: pytest.TempPathFactory) -> tuple[Warehouse, Path]:
+    """Built once for the module: ingesting 300 files is the slow part."""
+    base = tmp_path_factory.mktemp("gallery")
+    drop_root = base / "drops"
+    warehouse = Warehouse(base / "warehouse.duckdb", lock_timeout_s=60)
     folder = drop_root / DROP / "generated"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for i in range(EXTRA):
         pixels = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(folder / f"img_{i:03d}.jpg", quality=70)
-    ids = plant(warehouse, drop_root)
+    plant(warehouse, drop_root)
     write_queue(warehouse, compute_queue(warehouse, DROP))
     record_outcomes(
         warehouse,
@@ -36,14 +40,15 @@ def big_drop(warehouse: Warehouse, drop_root: Path) -> dict[str, str]:
         asset="images",
         partition=DROP,
     )
-    return ids
+    return warehouse, drop_root
 
 
 def figures(page: str) -> list[str]:
     return re.findall(r'<figure class="([^"]+)"', page)
 
 
-def test_the_page_shows_every_image_with_the_queue_first(warehouse, drop_root, big_drop, tmp_path):
+def test_the_page_shows_every_image_with_the_queue_first(big_drop, tmp_path):
+    warehouse, drop_root = big_drop
     reports = tmp_path / "reports"
     report = build_gallery(warehouse, drop_root, DROP, reports)
     assert (report.images_in_drop, report.images_shown, report.queue_shown) == (300, 300, 6)
@@ -68,9 +73,8 @@ def test_the_page_shows_every_image_with_the_queue_first(warehouse, drop_root, b
     assert (again.thumbs_made, again.thumbs_reused) == (0, 300)
 
 
-def test_a_big_drop_is_capped_to_the_queue_and_a_stable_sample(
-    warehouse, drop_root, big_drop, tmp_path
-):
+def test_a_big_drop_is_capped_to_the_queue_and_a_stable_sample(big_drop, tmp_path):
+    warehouse, drop_root = big_drop
     first = build_gallery(warehouse, drop_root, DROP, tmp_path / "a", max_images=20)
     second = build_gallery(warehouse, drop_root, DROP, tmp_path / "b", max_images=20)
     assert (first.images_shown, first.queue_shown) == (20, 6)
@@ -80,10 +84,14 @@ def test_a_big_drop_is_capped_to_the_queue_and_a_stable_sample(
     assert page == second.page.read_text()  # the same sample every time
 
 
-def test_an_unreadable_file_gets_a_placeholder_not_a_failed_page(
-    warehouse, drop_root, big_drop, tmp_path
-):
-    (drop_root / DROP / "generated" / "img_000.jpg").write_bytes(b"not a jpeg any more")
-    report = build_gallery(warehouse, drop_root, DROP, tmp_path / "reports")
+def test_an_unreadable_file_gets_a_placeholder_not_a_failed_page(big_drop, tmp_path):
+    warehouse, drop_root = big_drop
+    damaged = drop_root / DROP / "generated" / "img_000.jpg"
+    original = damaged.read_bytes()
+    damaged.write_bytes(b"not a jpeg any more")
+    try:
+        report = build_gallery(warehouse, drop_root, DROP, tmp_path / "reports")
+    finally:
+        damaged.write_bytes(original)
     assert report.thumb_failures == 1 and report.images_shown == 300
     assert 'class="missing"' in report.page.read_text()

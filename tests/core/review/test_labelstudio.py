@@ -277,3 +277,22 @@ def test_a_cancelled_annotation_imports_nothing(warehouse, queued, tmp_path):
     path.write_text(json.dumps([skipped]))
     with pytest.raises(ReviewImportError, match="no completed annotations"):
         import_reviews(warehouse, path)
+
+
+def test_the_cli_exports_and_imports_and_refuses_a_bad_file(warehouse, queued, tmp_path, capsys):
+    from core.review.__main__ import main
+
+    out = tmp_path / "reviews" / "samples.json"
+    db = ["--db", str(warehouse.path)]
+    assert main([*db, "export", "--drop", DROP, "--out", str(out)]) == 0
+    assert "6 tasks" in capsys.readouterr().out
+    tasks = json.loads(out.read_text())
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps([annotate(tasks[0], {}, at="2026-12-01T10:00:00Z")]))
+    assert main([*db, "import", str(export)]) == 0
+    assert "imported 4 labels of 1 images" in capsys.readouterr().out
+    export.write_text(export.read_text()[:100])
+    assert main([*db, "import", str(export)]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+    assert main([*db, "export", "--drop", "nope", "--out", str(out)]) == 2
+    assert "no review queue rows" in capsys.readouterr().err
