@@ -5,13 +5,23 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
-.PHONY: demo test ui lint validate bench export clean-data
+.PHONY: demo test ui lint validate bench export clean-data label-studio export-reviews import-reviews
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet ".[dev]"
 	touch $(STAMP)
+
+# Label Studio, for the review round trip, in its own venv (its pins clash with ours).
+LS_VENV := .venv-label-studio
+LS_STAMP := $(LS_VENV)/.installed
+LABEL_STUDIO_VERSION := 1.23.2
+
+$(LS_STAMP):
+	$(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/pip install --quiet "label-studio==$(LABEL_STUDIO_VERSION)"
+	touch $(LS_STAMP)
 
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
@@ -21,10 +31,25 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/python -m orchestration.demo
 
-## Run the test suite (what CI runs).
+## Run the test suite (what CI runs). Label Studio is installed first when it can be; without
+## it the round-trip test against a real server skips and says why.
 test: $(STAMP)
+	-$(MAKE) label-studio
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+## Install Label Studio into .venv-label-studio and migrate its template database (~7 min once).
+label-studio: $(STAMP) $(LS_STAMP)
+	$(BIN)/python -m tests.fixtures.label_studio prepare
+
+## Write a drop's review queue as Label Studio tasks: make export-reviews DROP=samples
+export-reviews: $(STAMP)
+	$(BIN)/python -m core.review export --drop "$(or $(DROP),samples)"
+
+## Import Label Studio's JSON export into human_labels: make import-reviews FILE=export.json
+import-reviews: $(STAMP)
+	@test -n "$(FILE)" || { echo "usage: make import-reviews FILE=path/to/export.json"; exit 2; }
+	$(BIN)/python -m core.review import "$(FILE)"
 
 ## Open the Dagster UI on http://127.0.0.1:3000 with the persistent instance.
 ui: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
@@ -37,12 +62,13 @@ validate: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 export: $(STAMP)
 	$(BIN)/python -m core.quality.exports --out data/exports
 
-## Run the speed benchmarks (about 4 minutes on 2 cores); JSON lands in data/bench/.
+## Run the speed benchmarks (about 5 minutes on 2 cores); JSON lands in data/bench/.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py --out data/bench/ingest.json
 	$(BIN)/python benchmarks/embed.py --out data/bench/embed.json
 	$(BIN)/python benchmarks/extract_client.py --out data/bench/extract_client.json
 	$(BIN)/python benchmarks/sensor_tick.py --out data/bench/sensor_tick.json
+	$(BIN)/python benchmarks/review.py --out data/bench/review.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -50,4 +76,5 @@ lint: $(STAMP)
 
 ## Remove the demo warehouse, drops and Dagster instance (sample images stay).
 clean-data:
-	rm -rf data/warehouse.duckdb data/warehouse.duckdb.* data/drops data/bench $(DAGSTER_HOME)
+	rm -rf data/warehouse.duckdb data/warehouse.duckdb.* data/drops data/bench data/reports data/reviews \
+		$(DAGSTER_HOME)

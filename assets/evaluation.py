@@ -9,11 +9,12 @@ from assets.extraction import vlm_extractions
 from assets.quality import record_and_report
 from core.quality import checks
 from core.quality.checks import CheckOutcome, LabelSource
-from core.quality.evaluation import evaluate, write_evaluations
+from core.quality.evaluation import EvaluationReport, evaluate, write_evaluations
 from core.quality.fields import AGREEMENT_FIELDS, FIELDS
-from core.quality.labelled import count_by_field
+from core.quality.labelled import LabelledSet, count_by_field
 from core.quality.metrics import ConfusionMatrix
 from core.quality.plots import confusion_metadata_markdown
+from core.review.store import human_labelled_set
 from core.tasks.registry import TASKS
 from core.warehouse import Warehouse
 from orchestration.partitions import image_drops
@@ -130,37 +131,63 @@ def evaluation(
     labelled_set: LabelledSetResource,
 ) -> dg.MaterializeResult:
     """Accuracy, macro-F1, adjacent-bin accuracy and kNN top-k of every model against the
-    labelled set (`evaluations`, keyed by run): CLIP zero-shot and the VLM side by side."""
+    labelled set and against `human_labels` (`evaluations`, keyed by run and labelled set):
+    CLIP zero-shot and the VLM side by side."""
     store = warehouse.get()
     labelled = labelled_set.load()
-    if labelled is None:
+    human = human_labelled_set(store)  # reviews imported from Label Studio, a second set
+    if labelled is None and human is None:
         outcome = CheckOutcome(
             check_name=LABELLED_INGESTED_CHECK,
             passed=True,
             severity="WARN",
-            summary="no labelled set configured (IMAGE_PIPELINE_LABELLED): nothing evaluated",
+            summary="no labelled set configured (IMAGE_PIPELINE_LABELLED) and no human_labels: "
+            "nothing evaluated",
         )
         results = record_and_report(context, store, [outcome], asset="evaluation")
         return dg.MaterializeResult(
             metadata={"labelled_set": "none configured"}, check_results=results
         )
-    report = evaluate(store, labelled, run_id=context.run.run_id)
-    written = write_evaluations(store, report)
-    if report.banner:
-        context.log.warning(report.banner)
-    outcome = checks.labelled_images_ingested(
-        store, {item.image_id: item.path for item in labelled.items}
-    )
+    metadata: dict[str, object] = {"dagster/table_name": "evaluations"}
+    written = 0
+    for labelled_items, prefix in ((labelled, ""), (human, "human_labels/")):
+        if labelled_items is None:
+            continue
+        report = evaluate(store, labelled_items, run_id=context.run.run_id)
+        written += write_evaluations(store, report)
+        if report.banner and not prefix:
+            context.log.warning(report.banner)
+        metadata.update(_report_metadata(report, labelled_items, prefix))
+    metadata["dagster/row_count"] = int(store.rows("SELECT count(*) FROM evaluations")[0][0])
+    metadata["rows_written"] = written
+    if labelled is None:
+        outcome = CheckOutcome(
+            check_name=LABELLED_INGESTED_CHECK,
+            passed=True,
+            severity="WARN",
+            summary="no labelled set configured; evaluated against human_labels only",
+        )
+    else:
+        outcome = checks.labelled_images_ingested(
+            store, {item.image_id: item.path for item in labelled.items}
+        )
+    results = record_and_report(context, store, [outcome], asset="evaluation")
+    return dg.MaterializeResult(metadata=metadata, check_results=results)
+
+
+def _report_metadata(
+    report: EvaluationReport, labelled: LabelledSet, prefix: str
+) -> dict[str, object]:
+    """One labelled set's side-by-side table and confusion matrices, keys under `prefix`."""
     metadata: dict[str, object] = {
-        "dagster/row_count": int(store.rows("SELECT count(*) FROM evaluations")[0][0]),
-        "dagster/table_name": "evaluations",
-        "labelled_set": labelled.source,
-        "rows_written": written,
-        "labelled_per_field": dg.MetadataValue.json(count_by_field(labelled)),
-        "side_by_side": dg.MetadataValue.md(report.markdown() or "nothing to evaluate yet"),
+        f"{prefix}labelled_set": labelled.source,
+        f"{prefix}labelled_per_field": dg.MetadataValue.json(count_by_field(labelled)),
+        f"{prefix}side_by_side": dg.MetadataValue.md(
+            report.markdown() or "nothing to evaluate yet"
+        ),
     }
     if report.banner:
-        metadata["warning"] = dg.MetadataValue.text(report.banner)
+        metadata[f"{prefix}warning"] = dg.MetadataValue.text(report.banner)
     for result in report.results:
         if result.confusion is None:
             continue
@@ -179,6 +206,7 @@ def evaluation(
             for c in result.per_class
             if c.support or c.predicted
         ]
-        metadata[f"confusion/{key}"] = dg.MetadataValue.md(markdown + "\n\n" + "\n".join(lines))
-    results = record_and_report(context, store, [outcome], asset="evaluation")
-    return dg.MaterializeResult(metadata=metadata, check_results=results)
+        metadata[f"{prefix}confusion/{key}"] = dg.MetadataValue.md(
+            markdown + "\n\n" + "\n".join(lines)
+        )
+    return metadata

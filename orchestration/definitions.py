@@ -11,6 +11,7 @@ from assets.embeddings import clip_embeddings, clip_zero_shot
 from assets.evaluation import evaluation, label_agreement
 from assets.extraction import vlm_extractions
 from assets.ingestion import images
+from assets.review import drop_page, review_queue
 from orchestration.jobs import image_pipeline_job
 from orchestration.resources import build_resources
 from orchestration.settings import Settings
@@ -29,6 +30,8 @@ def build_definitions(
             vlm_extractions,
             label_agreement,
             evaluation,
+            review_queue,
+            drop_page,
         ],
         jobs=[image_pipeline_job],
         sensors=[build_drop_sensor(settings, clock)],

@@ -6,11 +6,19 @@ from assets.embeddings import clip_embeddings, clip_zero_shot
 from assets.evaluation import evaluation, label_agreement
 from assets.extraction import vlm_extractions
 from assets.ingestion import images
+from assets.review import drop_page, review_queue
 
 PIPELINE_JOB_NAME = "image_pipeline"
 
 pipeline_assets = dg.AssetSelection.assets(
-    images, clip_embeddings, clip_zero_shot, vlm_extractions, label_agreement, evaluation
+    images,
+    clip_embeddings,
+    clip_zero_shot,
+    vlm_extractions,
+    label_agreement,
+    evaluation,
+    review_queue,
+    drop_page,
 )
 
 # Dagster's run retries (enabled in dagster.yaml, `run_retries`): a failed run is re-executed

@@ -275,7 +275,8 @@ def _finite(value: float) -> float | None:
 def write_evaluations(
     warehouse: Warehouse, report: EvaluationReport, *, evaluated_at: dt.datetime | None = None
 ) -> int:
-    """Upsert one `evaluations` row per metric (key: run, model, task, field, source, metric)."""
+    """Upsert one `evaluations` row per metric (key: run, labelled set, model, task, field,
+    source, metric)."""
     at = evaluated_at or dt.datetime.now(dt.timezone.utc)
     rows = []
     for result in report.results:
@@ -301,11 +302,15 @@ def write_evaluations(
                     result.n,
                     json.dumps(details),
                     at,
+                    report.labelled_source,
                 )
             )
     if rows:
         with warehouse.transaction() as conn:
             conn.executemany(
-                "INSERT OR REPLACE INTO evaluations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
+                "INSERT OR REPLACE INTO evaluations (run_id, model_id, task, field, source,"
+                " metric, value, n, details, evaluated_at, labelled_set)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
             )
     return len(rows)

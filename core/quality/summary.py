@@ -22,13 +22,14 @@ def latest_check_outcomes(warehouse: Warehouse) -> pl.DataFrame:
 
 
 def latest_evaluation(warehouse: Warehouse) -> pl.DataFrame:
-    """The newest evaluation run, one row per field, source and model, metrics as columns."""
+    """The newest evaluation run, one row per labelled set, field, source and model, metrics as
+    columns."""
     return warehouse.query(
         """
         WITH latest AS (
             SELECT run_id FROM evaluations ORDER BY evaluated_at DESC LIMIT 1
         )
-        SELECT field, source, model_id, max(n) AS n,
+        SELECT labelled_set, field, source, model_id, max(n) AS n,
                round(max(value) FILTER (metric = 'coverage'), 3) AS coverage,
                round(max(value) FILTER (metric = 'accuracy'), 3) AS accuracy,
                round(max(value) FILTER (metric = 'macro_f1'), 3) AS macro_f1,
@@ -37,8 +38,8 @@ def latest_evaluation(warehouse: Warehouse) -> pl.DataFrame:
                round(max(value) FILTER (metric = 'top5_accuracy'), 3) AS top5,
                bool_or(starts_with(lower(model_id), 'standin')) AS standin
         FROM evaluations WHERE run_id IN (SELECT run_id FROM latest)
-        GROUP BY field, source, model_id
-        ORDER BY field, CASE source WHEN 'clip_zero_shot' THEN 0 WHEN 'vlm' THEN 1 ELSE 2 END,
+        GROUP BY labelled_set, field, source, model_id
+        ORDER BY labelled_set, field, CASE source WHEN 'clip_zero_shot' THEN 0 WHEN 'vlm' THEN 1 ELSE 2 END,
                  model_id
         """
     )

@@ -185,6 +185,81 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    # Issue 14 (review loop). Numbered 1401+ so features landing in parallel cannot collide.
+    (
+        1401,
+        "review queue and human labels",
+        """
+        -- The images of a drop whose labels most likely are wrong, best candidates first;
+        -- rewritten whole per drop by the review_queue asset (see core/review/queue.py).
+        CREATE TABLE review_queue (
+            drop_id           VARCHAR NOT NULL,
+            rank              INTEGER NOT NULL,      -- 1 = review first
+            image_id          VARCHAR NOT NULL,
+            path              VARCHAR NOT NULL,      -- relative to the drop root
+            score             DOUBLE NOT NULL,       -- weighted sum of the reasons below
+            reasons           VARCHAR[] NOT NULL,    -- names of the reasons that hold
+            clip_vlm_disagree BOOLEAN NOT NULL,
+            disagree_fields   VARCHAR[] NOT NULL,    -- e.g. ['scenery: clip=indoors vlm=cloudy']
+            zero_shot_margin  DOUBLE,                -- smallest top-1 minus top-2 probability
+            low_margin        BOOLEAN NOT NULL,
+            extraction_failed BOOLEAN NOT NULL,
+            failed_tasks      VARCHAR[] NOT NULL,    -- e.g. ['age_gender: truncated']
+            near_duplicate_conflict BOOLEAN NOT NULL,
+            near_duplicate_of VARCHAR,               -- image_id of the conflicting near-duplicate
+            conflict_fields   VARCHAR[] NOT NULL,
+            people_count_mismatch BOOLEAN NOT NULL,
+            people_listed     INTEGER,               -- people in the scenery_people list
+            clip_model_id     VARCHAR,
+            vlm_model_id      VARCHAR,
+            created_at        TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (drop_id, image_id)
+        );
+
+        -- Corrections and confirmations from people (Label Studio exports, core/review).
+        CREATE TABLE human_labels (
+            image_id          VARCHAR NOT NULL,
+            task              VARCHAR NOT NULL,      -- extraction task, e.g. scenery_people
+            field             VARCHAR NOT NULL,      -- 'scenery', 'people.count', 'people[0].age_group'
+            value             VARCHAR NOT NULL,
+            reviewer          VARCHAR NOT NULL,      -- Label Studio user (e-mail or user id)
+            reviewed_at       TIMESTAMPTZ NOT NULL,  -- the annotation's last update
+            source_file       VARCHAR NOT NULL,      -- the export file it was imported from
+            annotation_id     BIGINT,
+            imported_at       TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (image_id, task, field, reviewer)
+        );
+        """,
+    ),
+    (
+        1402,
+        "evaluations keyed by labelled set",
+        """
+        -- Evaluations against several labelled sets in one run (the configured one and
+        -- human_labels): the labelled set joins the key. DuckDB cannot alter a primary key,
+        -- so the table is rebuilt with its rows.
+        CREATE TABLE evaluations_keyed (
+            run_id            VARCHAR NOT NULL,
+            model_id          VARCHAR NOT NULL,
+            task              VARCHAR NOT NULL,
+            field             VARCHAR NOT NULL,
+            source            VARCHAR NOT NULL,
+            metric            VARCHAR NOT NULL,
+            value             DOUBLE,
+            n                 INTEGER NOT NULL,
+            details           JSON NOT NULL,
+            evaluated_at      TIMESTAMPTZ NOT NULL,
+            labelled_set      VARCHAR NOT NULL,      -- the configured set's path, or 'human_labels'
+            PRIMARY KEY (run_id, labelled_set, model_id, task, field, source, metric)
+        );
+        INSERT INTO evaluations_keyed
+        SELECT run_id, model_id, task, field, source, metric, value, n, details, evaluated_at,
+               coalesce(json_extract_string(details, '$.labelled_source'), 'configured')
+        FROM evaluations;
+        DROP TABLE evaluations;
+        ALTER TABLE evaluations_keyed RENAME TO evaluations;
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = max(number for number, _, _ in MIGRATIONS)

@@ -55,6 +55,8 @@ def test_the_demo_runs_the_chain_and_a_second_demo_changes_no_row(
         "vlm_extractions",
         "label_agreement",
         "evaluation",
+        "review_queue",
+        "drop_page",
     }
     assert outcomes.filter(outcomes["severity"] == "ERROR")["passed"].all()
 

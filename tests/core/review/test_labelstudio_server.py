@@ -1,0 +1,85 @@
+"""The round trip through a real Label Studio server (PyPI `label-studio`, its own venv):
+create a project with our labeling config, import the exported queue, post an annotation the way
+the UI does (the prediction with one value changed), export JSON, import it back.
+
+Skips with the reason when `.venv-label-studio` is missing (`make label-studio` installs it;
+`make test` runs that first).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from core.review.queue import compute_queue, write_queue
+from core.review.store import import_reviews, write_export
+from tests.core.review.planted import DROP, VLM, plant
+from tests.fixtures import label_studio
+
+pytestmark = pytest.mark.timeout(900)
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    reason = label_studio.unavailable()
+    if reason:
+        print(f"SKIP Label Studio round trip: {reason}")
+        pytest.skip(reason)
+    running = label_studio.start(tmp_path / "label-studio", tmp_path / "label-studio.log")
+    try:
+        yield running
+    finally:
+        label_studio.stop(running)
+
+
+def test_the_queue_goes_through_label_studio_and_back_into_final_labels(
+    server, warehouse, drop_root, tmp_path
+):
+    ids = plant(warehouse, drop_root)
+    write_queue(warehouse, compute_queue(warehouse, DROP))
+    tasks_file, config_file, count = write_export(warehouse, DROP, tmp_path / "samples.json")
+    with server.client() as client:
+        project = client.post(
+            "/api/projects",
+            json={"title": "review samples", "label_config": config_file.read_text()},
+        )
+        assert project.status_code == 201, project.text  # Label Studio accepts the config
+        pid = project.json()["id"]
+        imported = client.post(
+            f"/api/projects/{pid}/import", json=json.loads(tasks_file.read_text())
+        )
+        assert imported.status_code == 201, imported.text
+        assert imported.json()["task_count"] == count == 6
+        assert imported.json()["prediction_count"] == 6
+        listed = client.get("/api/tasks", params={"project": pid, "page_size": 100}).json()
+        camera = next(t for t in listed["tasks"] if t["data"]["image_id"] == ids["camera.jpg"])
+        (prediction,) = client.get("/api/predictions", params={"task": camera["id"]}).json()
+        assert prediction["model_version"] == VLM
+        result = prediction["result"]
+        for item in result:
+            if item["from_name"] == "scenery_people__scenery":
+                assert item["value"] == {"choices": ["cloudy"]}
+                item["value"] = {"choices": ["indoors"]}
+        annotation = client.post(
+            f"/api/tasks/{camera['id']}/annotations/",
+            json={"result": result, "was_cancelled": False, "ground_truth": False},
+        )
+        assert annotation.status_code == 201, annotation.text
+        export = client.get(f"/api/projects/{pid}/export", params={"exportType": "JSON"})
+        assert export.status_code == 200, export.text
+    exported = tmp_path / "label-studio-export.json"
+    exported.write_bytes(export.content)
+    counts = import_reviews(warehouse, exported)
+    assert counts["images"] == 1
+    rows = warehouse.rows(
+        "SELECT field, value, provenance, model_value FROM final_labels"
+        " WHERE image_id = ? AND provenance = 'human' ORDER BY task, field",
+        [ids["camera.jpg"]],
+    )
+    assert ("scenery", "indoors", "human", "cloudy") in rows
+    assert ("age_group", "31-40", "human", "31-40") in rows  # confirmed, unchanged
+    again = import_reviews(warehouse, exported)
+    assert again["labels"] == counts["labels"]
+    assert warehouse.rows("SELECT count(*) FROM human_labels")[0][0] == counts["labels"]
