@@ -1,11 +1,11 @@
 """The SGLang GPU server: a running one (or an sglang-router) by URL, or one we launch per run."""
 
 import dagster as dg
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, field_validator
 
 from core.vlm.metrics import parse_prometheus, summarize
 from core.vlm.sglang_client import SGLangClient, SGLangClientConfig
-from core.vlm.sglang_launcher import LaunchSettings, SGLangProcess
+from core.vlm.sglang_launcher import LaunchSettings, SGLangProcess, check_extra_args
 
 
 class SGLangLaunch(dg.Config):
@@ -23,13 +23,17 @@ class SGLangLaunch(dg.Config):
     port: int = Field(default=0, ge=0, description="0: a free port.")
     mem_fraction_static: float | None = None
     context_length: int | None = None
-    extra_args: list[str] = Field(default=[])
+    extra_args: list[str] = Field(
+        default=[], description="More server flags; --host, --port and keys are refused."
+    )
     command: list[str] = Field(
         default=["python", "-m", "sglang.launch_server"],
         description="Executable and leading arguments; tests point this at a fake.",
     )
     ready_timeout_s: float = Field(default=1800.0, gt=0, description="Weights + CUDA graphs.")
     stop_grace_s: float = Field(default=30.0, ge=0)
+
+    _check_extra = field_validator("extra_args")(check_extra_args)
 
 
 class SGLangServer(dg.ConfigurableResource):

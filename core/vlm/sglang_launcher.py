@@ -21,9 +21,27 @@ from collections import deque
 from collections.abc import Callable, Sequence
 
 import httpx
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 HOST = "127.0.0.1"
+# Flags the launcher owns: the loopback binding, and secrets that must not sit on a command
+# line (`ps`, /proc/<pid>/cmdline). argparse also accepts unambiguous prefixes (`--hos`).
+RESERVED_FLAGS = ("--host", "--port", "--api-key", "--admin-api-key")
+
+
+def check_extra_args(extra_args: list[str]) -> list[str]:
+    """Refuse extra arguments that would rebind the server or put a key on its command line."""
+    for arg in extra_args:
+        name = arg.split("=", 1)[0]
+        if not name.startswith("--") or len(name) < 4:
+            continue
+        clash = next((flag for flag in RESERVED_FLAGS if flag.startswith(name)), None)
+        if clash:
+            raise ValueError(
+                f"extra_args may not set {clash} ({arg!r}): the launcher binds {HOST} on its own "
+                "port and passes the API key through the environment"
+            )
+    return extra_args
 
 
 class SGLangLaunchError(RuntimeError):
@@ -49,6 +67,8 @@ class LaunchSettings(BaseModel):
     )
     schedule_policy: str | None = "lpm"
     extra_args: list[str] = Field(default_factory=list)
+
+    _check_extra = field_validator("extra_args")(check_extra_args)
 
 
 def free_port() -> int:

@@ -138,3 +138,30 @@ def test_the_resource_stops_the_server_when_setup_fails(monkeypatch, pidfile):
     result = dg.materialize([probe], resources={"sglang": resource}, raise_on_error=False)
     assert not result.success
     assert _wait_gone(*_pids(pidfile))
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--host", "0.0.0.0"],
+        ["--host=0.0.0.0"],
+        ["--port", "8000"],
+        ["--port=8000"],
+        ["--api-key", "leaked"],
+        ["--api-key=leaked"],
+    ],
+)
+def test_extra_args_cannot_override_the_binding_or_put_a_key_on_the_command_line(extra):
+    with pytest.raises(ValueError, match="extra_args"):
+        LaunchSettings(model_path="m", chat_template="chatml-llava", extra_args=extra)
+    with pytest.raises(ValueError, match="extra_args"):
+        SGLangLaunch(model_path="m", chat_template="chatml-llava", extra_args=extra)
+
+
+def test_extra_args_that_do_not_touch_the_binding_are_passed_on():
+    settings = LaunchSettings(
+        model_path="m", chat_template="chatml-llava", extra_args=["--max-running-requests", "4"]
+    )
+    args = SGLangProcess(settings, command=FAKE).argv()
+    assert args[-2:] == ["--max-running-requests", "4"]
+    assert args[args.index("--host") + 1] == "127.0.0.1"
