@@ -640,7 +640,9 @@ def extraction_validity(
         counts={"images": total, **counts},
         offending=[]
         if passed
-        else _failures_sample(warehouse, drop_id, scope, ["invalid", "truncated", "error"]),
+        else _failures_sample(
+            warehouse, drop_id, scope, ["invalid", "truncated", "rejected", "error"]
+        ),
     )
 
 

@@ -11,8 +11,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core.tasks.base import Task, TaskOutputError
 
-Status = Literal["ok", "invalid", "truncated", "error"]
-STATUSES: tuple[Status, ...] = ("ok", "invalid", "truncated", "error")
+# ok: parsed and valid; invalid: violates the schema; truncated: hit the token limit; rejected:
+# the server refused the request (4xx other than auth/rate limits: deterministic, not retried);
+# error: transport, server or file trouble (transient, retried by the next run).
+Status = Literal["ok", "invalid", "truncated", "rejected", "error"]
+STATUSES: tuple[Status, ...] = ("ok", "invalid", "truncated", "rejected", "error")
 
 
 class ImageInput(BaseModel):
