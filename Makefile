@@ -5,13 +5,29 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
-.PHONY: demo test ui lint validate bench export clean-data
+.PHONY: demo test ui lint validate bench export clean-data sglang-env sglang-demo
+
+# The real SGLang server (CPU engine) lives in its own venv: its pins (torch CUDA build,
+# transformers 5) differ from the project's. `make sglang-env` installs it once (~6.7 GB).
+SGLANG_VENV := .venv-sglang
+SGLANG_STAMP := $(SGLANG_VENV)/.installed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet ".[dev]"
 	touch $(STAMP)
+
+$(SGLANG_STAMP): requirements/sglang-cpu.txt requirements/sglang-server.txt tools/sglang_cpu/install_pth.py
+	$(PYTHON) -m venv $(SGLANG_VENV)
+	$(SGLANG_VENV)/bin/pip install --quiet --upgrade pip
+	$(SGLANG_VENV)/bin/pip install --quiet -r requirements/sglang-cpu.txt
+	$(SGLANG_VENV)/bin/pip install --quiet --no-deps -r requirements/sglang-server.txt
+	$(SGLANG_VENV)/bin/python tools/sglang_cpu/install_pth.py
+	touch $(SGLANG_STAMP)
+
+## Create .venv-sglang: released sglang 0.5.23 with its CPU engine (no GPU needed).
+sglang-env: $(SGLANG_STAMP)
 
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
