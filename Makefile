@@ -37,10 +37,15 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/python -m orchestration.demo
 
-## Run the test suite (what CI runs).
-test: $(STAMP)
+## The demo chain with VLM backend `sglang`: the real SGLang server (CPU engine, tiny random
+## Qwen2-VL) launched by the SGLangServer resource; prints the summary and images/s.
+sglang-demo: $(STAMP) $(SGLANG_STAMP) $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/python -m orchestration.sglang_demo
+
+## Run the test suite (what CI runs), the real SGLang server tests included.
+test: $(STAMP) $(SGLANG_STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	IMAGE_PIPELINE_REQUIRE_SGLANG=1 $(BIN)/python -m pytest
 
 ## Open the Dagster UI on http://127.0.0.1:3000 with the persistent instance.
 ui: $(STAMP) $(DAGSTER_HOME)/dagster.yaml

@@ -193,6 +193,10 @@ class FakeSGLangServer:
             converted, add_generation_prompt=True, tokenize=False
         )
 
+    def _prompt_length(self, prompt: str, images: int) -> int:
+        tokens = len(self.backend._processor.tokenizer(prompt)["input_ids"])
+        return tokens + images * (IMAGE_TOKENS - 1)  # each <image> expands to its patches
+
     def _cached_tokens(self, prompt: str) -> int:
         """Radix-cache stand-in: the text before the image is shared once any request sent it."""
         prefix = prompt.split("<image>", 1)[0]
@@ -405,6 +409,13 @@ class FakeSGLangServer:
     ) -> Response:
         max_tokens = int(body.get("max_completion_tokens") or body.get("max_tokens") or 1024)
         prompt = await asyncio.to_thread(self._prompt, messages)
+        length = await asyncio.to_thread(self._prompt_length, prompt, len(image_bytes))
+        if length > self.config.context_length:  # the real server's message, word for word
+            return _error(
+                400,
+                f"The input ({length} tokens) is longer than the model's context length "
+                f"({self.config.context_length} tokens).",
+            )
         text, finish, prompt_tokens, completion_tokens = await asyncio.to_thread(
             self._generate, image_bytes[0] if image_bytes else b"", prompt, grammar_spec, max_tokens
         )

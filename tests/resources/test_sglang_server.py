@@ -68,11 +68,16 @@ def test_starts_bound_to_localhost_waits_for_ready_and_stops_the_process_group(p
         assert argv[argv.index("--chat-template") + 1] == "chatml-llava"
         assert "--enable-metrics" in argv and "--constrained-json-disable-any-whitespace" in argv
         server_pid, child_pid = _pids(pidfile)
+        for pid in (server_pid, child_pid):  # not in `ps`: the key went through a 0600 file
+            assert b"s3cret-key" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+        assert "--api-key" not in argv
     finally:
         process.stop()
     assert _wait_gone(server_pid, child_pid)
     text = "\n".join(lines)
     assert "fired up" in text and "s3cret-key" not in text and "***" in text
+    assert "api_key='***'" in text  # the fake echoes the key it read, as SGLang logs it
+    assert not Path(argv[argv.index("--config") + 1]).exists()  # deleted once it was read
 
 
 def test_a_server_that_dies_during_startup_is_reported_with_its_log(monkeypatch, pidfile):
