@@ -237,8 +237,8 @@ class FakeSGLangServer:
 
     async def _ready(self, request: Request) -> Response:
         if not self.ready:
-            return PlainTextResponse("starting", status_code=503)
-        return PlainTextResponse("ok")
+            return Response(status_code=503)
+        return Response(status_code=200)  # the real server: empty body
 
     async def _health(self, request: Request) -> Response:
         return Response(status_code=200 if self.ready else 503)
