@@ -462,7 +462,10 @@ class FakeSGLangServer:
                 }
             ],
             "usage": usage,
-            "metadata": {"weight_version": "default"},
+            "metadata": {
+                "weight_version": "default",
+                "weight_versions": {"start": "default", "end": "default", "version": "default"},
+            },
         }
         if mode == "drop":
             return _DroppingResponse(payload)
