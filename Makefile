@@ -5,7 +5,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
-.PHONY: demo test ui lint validate bench export clean-data label-studio export-reviews import-reviews
+.PHONY: demo test ui lint validate bench export clean-data label-studio export-reviews import-reviews \
+	sglang-env sglang-demo
+
+# The real SGLang server (CPU engine) lives in its own venv: its pins (torch CUDA build,
+# transformers 5) differ from the project's. `make sglang-env` installs it once (~6.7 GB).
+SGLANG_VENV := .venv-sglang
+SGLANG_STAMP := $(SGLANG_VENV)/.installed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +29,17 @@ $(LS_STAMP):
 	$(LS_VENV)/bin/pip install --quiet "label-studio==$(LABEL_STUDIO_VERSION)"
 	touch $(LS_STAMP)
 
+$(SGLANG_STAMP): requirements/sglang-cpu.txt requirements/sglang-server.txt tools/sglang_cpu/install_pth.py
+	$(PYTHON) -m venv $(SGLANG_VENV)
+	$(SGLANG_VENV)/bin/pip install --quiet --upgrade pip
+	$(SGLANG_VENV)/bin/pip install --quiet -r requirements/sglang-cpu.txt
+	$(SGLANG_VENV)/bin/pip install --quiet --no-deps -r requirements/sglang-server.txt
+	$(SGLANG_VENV)/bin/python tools/sglang_cpu/install_pth.py
+	touch $(SGLANG_STAMP)
+
+## Create .venv-sglang: released sglang 0.5.23 with its CPU engine (no GPU needed).
+sglang-env: $(SGLANG_STAMP)
+
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
 	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
@@ -31,12 +48,18 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/python -m orchestration.demo
 
-## Run the test suite (what CI runs). Label Studio is installed first when it can be; without
-## it the round-trip test against a real server skips and says why.
-test: $(STAMP)
+## The demo chain with VLM backend `sglang`: the real SGLang server (CPU engine, tiny random
+## Qwen2-VL) launched by the SGLangServer resource; prints the summary and images/s.
+sglang-demo: $(STAMP) $(SGLANG_STAMP) $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/python -m orchestration.sglang_demo
+
+## Run the test suite (what CI runs), the real SGLang server tests included.
+## Label Studio is installed first when it can be; without it the round-trip test against a real
+## Label Studio server skips and says why.
+test: $(STAMP) $(SGLANG_STAMP)
 	-$(MAKE) label-studio
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	IMAGE_PIPELINE_REQUIRE_SGLANG=1 $(BIN)/python -m pytest
 
 ## Install Label Studio into .venv-label-studio and migrate its template database (~7 min once).
 label-studio: $(STAMP) $(LS_STAMP)

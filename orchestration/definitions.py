@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import dagster as dg
 
@@ -19,8 +20,12 @@ from sensors.drop_sensor import build_drop_sensor
 
 
 def build_definitions(
-    settings: Settings | None = None, *, clock: Callable[[], float] = time.time
+    settings: Settings | None = None,
+    *,
+    clock: Callable[[], float] = time.time,
+    resources: dict[str, Any] | None = None,
 ) -> dg.Definitions:
+    """`resources` replace the environment's (make sglang-demo launches its own server)."""
     settings = settings or Settings.from_env()
     return dg.Definitions(
         assets=[
@@ -35,7 +40,7 @@ def build_definitions(
         ],
         jobs=[image_pipeline_job],
         sensors=[build_drop_sensor(settings, clock)],
-        resources=build_resources(settings),
+        resources=build_resources(settings) | (resources or {}),
     )
 
 

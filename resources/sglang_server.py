@@ -1,11 +1,19 @@
-"""The SGLang GPU server: a running one (or an sglang-router) by URL, or one we launch per run."""
+"""The SGLang server: a running one (or an sglang-router) by URL, or one we launch per run."""
+
+from pathlib import Path
 
 import dagster as dg
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, field_validator
 
 from core.vlm.metrics import parse_prometheus, summarize
 from core.vlm.sglang_client import SGLangClient, SGLangClientConfig
-from core.vlm.sglang_launcher import LaunchSettings, SGLangProcess
+from core.vlm.sglang_launcher import (
+    CPU_ENGINE_ARGS,
+    CPU_ENGINE_ENV,
+    LaunchSettings,
+    SGLangProcess,
+    check_extra_args,
+)
 
 
 class SGLangLaunch(dg.Config):
@@ -14,8 +22,10 @@ class SGLangLaunch(dg.Config):
     model_path: str = Field(
         description="HF id or local dir, e.g. lmms-lab/llava-onevision-qwen2-7b-ov."
     )
-    chat_template: str = Field(
-        description="Passed as --chat-template: chatml-llava (OneVision), vicuna_v1.1 (1.5)..."
+    chat_template: str | None = Field(
+        default=None,
+        description="--chat-template; None: the model's own HF template (Qwen2-VL, llava-hf). "
+        "lmms-lab OneVision: chatml-llava; liuhaotian LLaVA-1.5: vicuna_v1.1.",
     )
     tokenizer_path: str | None = None
     tp_size: int = Field(default=1, ge=1, description="Tensor parallel over this node's GPUs.")
@@ -23,13 +33,63 @@ class SGLangLaunch(dg.Config):
     port: int = Field(default=0, ge=0, description="0: a free port.")
     mem_fraction_static: float | None = None
     context_length: int | None = None
-    extra_args: list[str] = Field(default=[])
+    served_model_name: str | None = Field(
+        default=None, description="The name rows record as model_id; default: model_path."
+    )
+    compact_json: bool = Field(
+        default=True, description="--constrained-json-disable-any-whitespace"
+    )
+    env: dict[str, str] = Field(
+        default={}, description="Extra server environment, e.g. SGLANG_USE_CPU_ENGINE=1."
+    )
+    extra_args: list[str] = Field(
+        default=[], description="More server flags; --host, --port and keys are refused."
+    )
     command: list[str] = Field(
         default=["python", "-m", "sglang.launch_server"],
         description="Executable and leading arguments; tests point this at a fake.",
     )
     ready_timeout_s: float = Field(default=1800.0, gt=0, description="Weights + CUDA graphs.")
     stop_grace_s: float = Field(default=30.0, ge=0)
+
+    _check_extra = field_validator("extra_args")(check_extra_args)
+
+    def settings(self) -> LaunchSettings:
+        """What the launcher needs (the resource and the real-server tests share this)."""
+        return LaunchSettings(
+            model_path=self.model_path,
+            chat_template=self.chat_template,
+            tokenizer_path=self.tokenizer_path,
+            tp_size=self.tp_size,
+            dp_size=self.dp_size,
+            port=self.port,
+            mem_fraction_static=self.mem_fraction_static,
+            context_length=self.context_length,
+            served_model_name=self.served_model_name,
+            compact_json=self.compact_json,
+            env=self.env,
+            extra_args=self.extra_args,
+        )
+
+    @classmethod
+    def cpu_engine(
+        cls,
+        model_path: str | Path,
+        python: str | Path,
+        *,
+        extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        **fields: object,
+    ) -> "SGLangLaunch":
+        """A launch on SGLang's CPU engine (no GPU) with the server venv's `python`
+        (`make sglang-env` makes .venv-sglang). Flags as the verified CPU recipe."""
+        return cls(
+            model_path=str(model_path),
+            command=[str(python), "-m", "sglang.launch_server"],
+            extra_args=[*CPU_ENGINE_ARGS, *(extra_args or [])],
+            env={**CPU_ENGINE_ENV, **(env or {})},
+            **fields,  # type: ignore[arg-type]
+        )
 
 
 class SGLangServer(dg.ConfigurableResource):
@@ -47,6 +107,8 @@ class SGLangServer(dg.ConfigurableResource):
     max_in_flight: int = Field(default=64, ge=1, description="Concurrent requests per batch.")
     timeout_s: float = Field(default=300.0, gt=0)
     max_attempts: int = Field(default=5, ge=1)
+    image_deadline_s: float = Field(default=900.0, gt=0, description="All tries of one image.")
+    backoff_max_s: float = Field(default=30.0, ge=0, description="Longest pause between tries.")
 
     _process: SGLangProcess | None = PrivateAttr(default=None)
 
@@ -62,17 +124,7 @@ class SGLangServer(dg.ConfigurableResource):
         if self.launch is None:
             return
         launch = self.launch
-        settings = LaunchSettings(
-            model_path=launch.model_path,
-            chat_template=launch.chat_template,
-            tokenizer_path=launch.tokenizer_path,
-            tp_size=launch.tp_size,
-            dp_size=launch.dp_size,
-            port=launch.port,
-            mem_fraction_static=launch.mem_fraction_static,
-            context_length=launch.context_length,
-            extra_args=launch.extra_args,
-        )
+        settings = launch.settings()
         logger = context.log
         process = SGLangProcess(
             settings,
@@ -107,8 +159,15 @@ class SGLangServer(dg.ConfigurableResource):
                 max_in_flight=self.max_in_flight,
                 timeout_s=self.timeout_s,
                 max_attempts=self.max_attempts,
+                image_deadline_s=self.image_deadline_s,
+                backoff_max_s=self.backoff_max_s,
             )
         )
+
+    @property
+    def process(self) -> SGLangProcess | None:
+        """The launched server (launch mode, inside a step), for its pid and start-up time."""
+        return self._process
 
     def metrics(self) -> dict[str, float]:
         """Prefix-cache hit rate, throughput, queue depth from /metrics; {} if not enabled."""

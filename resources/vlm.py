@@ -13,7 +13,7 @@ from resources.sglang_server import SGLangServer
 
 STANDIN_BANNER = """
 ################################################################################
-#  STAND-IN VLM: a tiny RANDOM-WEIGHT LLaVA built locally (no model hub here).  #
+#  STAND-IN VLM: a tiny RANDOM-WEIGHT model built locally (no model hub here).  #
 #  Its labels are meaningless. Rows carry model_id = {model_id:<26} #
 #  Set IMAGE_PIPELINE_VLM_MODEL to a real checkpoint for real labels.           #
 ################################################################################
@@ -51,6 +51,8 @@ class VLMResource(dg.ConfigurableResource):
             client = sglang.client(model_id=self.model_id)
             client.check_ready()  # a clear error before any work is sent or written
             info(f"VLM backend: SGLang at {client.base_url}, model {client.model_id}")
+            if client.model_id.startswith("standin/"):
+                (log.warning if log else print)(STANDIN_BANNER.format(model_id=client.model_id))
             self._backend = client
             return client
         if self.standin:

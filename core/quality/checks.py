@@ -669,7 +669,9 @@ def extraction_validity(
         counts={"images": total + unreadable, **counts},
         offending=[]
         if passed
-        else _failures_sample(warehouse, drop_id, scope, ["invalid", "truncated", "error"]),
+        else _failures_sample(
+            warehouse, drop_id, scope, ["invalid", "truncated", "rejected", "error"]
+        ),
     )
 
 

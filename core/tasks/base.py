@@ -221,11 +221,15 @@ class Task:
 
     @cached_property
     def fingerprint(self) -> str:
-        """Hash of instruction and schema: editing either re-extracts, no manual version bump."""
+        """Hash of instruction, schema and token budget: editing any re-extracts, no manual
+        version bump. The budget is in it because `truncated` answers are final only for the
+        budget they hit: raising it must make them pending again."""
         digest = hashlib.sha256()
         digest.update(self.instruction.encode())
         digest.update(b"\0")
         digest.update(self.schema_json.encode())
+        digest.update(b"\0")
+        digest.update(str(self.max_completion_tokens).encode())
         return digest.hexdigest()[:16]
 
     # -- validation ---------------------------------------------------------------------------

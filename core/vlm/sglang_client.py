@@ -5,12 +5,21 @@ server, so one undecodable image would fail its whole batch. Concurrency comes f
 single requests in flight (bounded by a semaphore) so the server's continuous batching stays full.
 
 Per request: temperature 0 and `max_completion_tokens` always sent (SGLang's defaults come from
-the model and are unlimited); the task's JSON schema as `response_format`; the image as a base64
-`data:` URL (a remote server cannot read our paths), prepared once per run for all tasks
-(`core/vlm/prepare.py`). Connection errors, timeouts, 429 and 5xx
-(SGLang answers 503 when its queue is full) are retried with exponential backoff and full jitter;
-other 4xx are the request's fault and never retried. A `length` finish is recorded as truncated
-and retried once with a larger token budget. Whatever comes back is validated again with pydantic.
+the model and are unlimited); the image as a base64 `data:` URL (a remote server cannot read our
+paths), prepared once per run for all tasks (`core/vlm/prepare.py`); the output constrained by a per-request EBNF grammar made from the task's JSON schema with
+no free whitespace (`constraint="ebnf"`, the default). Why not `response_format`: SGLang compiles
+that schema with free whitespace unless the server was started with
+`--constrained-json-disable-any-whitespace`, and a weak model then loops on `\r\t...` until the
+token limit; a client that connects by URL cannot know how the server was started.
+`constraint="json_schema"` sends `response_format` and refuses a server whose
+`/get_server_info` says whitespace is free.
+
+Connection errors, timeouts, 408, 429 and 5xx (SGLang answers 503 when its queue is full) are
+retried with exponential backoff and full jitter, within an overall deadline per image; other
+4xx are the request's fault: recorded as `rejected` (server message, file paths trimmed), never
+retried. 401/403 fail the whole call at once (a wrong key is no image's fault). A `length`
+finish is recorded as truncated and retried once with a larger token budget. Whatever comes back
+is validated again with pydantic.
 """
 
 from __future__ import annotations
@@ -18,12 +27,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import random
+import re
 import ssl
 import time
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from pydantic import BaseModel, Field
@@ -43,9 +55,27 @@ def _ssl_context() -> ssl.SSLContext:
     """One TLS context per process: building one loads the CA bundle (a tenth of a second)."""
     return httpx.create_ssl_context()
 
+# "Busy" answers (SGLang's 503 "The request queue is full.", 429): the server is healthy and
+# asks us to wait, so they are retried until the image's deadline, not `max_attempts` times.
+BUSY_STATUS = frozenset({429, 503})
+AUTH_STATUS = frozenset({401, 403})
+MAX_ERROR_CHARS = 400
+# Server-side file paths (tracebacks, pydantic dumps): not for users, and they leak the layout.
+_SERVER_PATH = re.compile(r"(?:[A-Za-z]:)?(?:/[\w.+@-]+){2,}/?")
+
+_log = logging.getLogger(__name__)
+
 
 class SGLangUnavailable(RuntimeError):
     """The server cannot be reached or is not ready; the message names the URL and the cause."""
+
+
+class SGLangAuthError(SGLangUnavailable):
+    """The server refused our credentials (401/403): fails fast, never retried."""
+
+
+class SGLangServerSettingsError(SGLangUnavailable):
+    """The server's settings make the requested constraint unsafe (free JSON whitespace)."""
 
 
 class SGLangClientConfig(BaseModel):
@@ -56,6 +86,16 @@ class SGLangClientConfig(BaseModel):
     )
     max_in_flight: int = Field(default=64, ge=1, description="Concurrent requests per batch.")
     timeout_s: float = Field(default=300.0, gt=0, description="Per request, incl. queueing.")
+    image_deadline_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="Per image, all tries and backoff together, from its first send.",
+    )
+    constraint: Literal["ebnf", "json_schema"] = Field(
+        default="ebnf",
+        description="ebnf: a compact grammar per request (safe on any server); json_schema: "
+        "response_format, needs a server started with --constrained-json-disable-any-whitespace.",
+    )
     max_attempts: int = Field(default=5, ge=1, description="Tries per image on transport errors.")
     backoff_base_s: float = Field(default=0.5, ge=0)
     backoff_max_s: float = Field(default=30.0, ge=0)
@@ -86,29 +126,60 @@ def encode_image(
 __all__ = ["SGLangClient", "SGLangClientConfig", "SGLangUnavailable", "data_url", "encode_image"]
 
 
-def request_body(task: Task, image_url: str, model: str, max_tokens: int) -> dict[str, Any]:
-    return {
+@lru_cache(maxsize=64)
+def compact_ebnf(schema_json: str) -> str:
+    """The task's JSON schema as an EBNF grammar with no free whitespace (`,` and `:` only).
+
+    xgrammar (SGLang's default grammar backend) writes it; SGLang compiles the `ebnf` field of a
+    chat request with the same library, and caches compiled grammars by their text.
+    """
+    import xgrammar
+
+    grammar = xgrammar.Grammar.from_json_schema(
+        schema_json, any_whitespace=False, separators=(",", ":"), strict_mode=True
+    )
+    return str(grammar)
+
+
+def request_body(
+    task: Task,
+    image_url: str,
+    model: str,
+    max_tokens: int,
+    constraint: Literal["ebnf", "json_schema"] = "ebnf",
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
         "model": model,
         "messages": chat_messages(task, image_url),
         "temperature": 0,
         "max_completion_tokens": max_tokens,
-        "response_format": {
+    }
+    if constraint == "ebnf":
+        body["ebnf"] = compact_ebnf(task.schema_json)
+    else:
+        body["response_format"] = {
             "type": "json_schema",
             "json_schema": {"name": task.name, "schema": task.json_schema, "strict": True},
-        },
-    }
+        }
+    return body
+
+
+def trim_server_message(message: str) -> str:
+    """A server error message fit for a row: file paths replaced, bounded length."""
+    text = _SERVER_PATH.sub("<path>", message)
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
 
 
 def _error_text(response: httpx.Response) -> str:
     try:
         body = response.json()
     except ValueError:
-        return f"HTTP {response.status_code}: {response.text[:300]}"
+        return f"HTTP {response.status_code}: {trim_server_message(response.text[:300])}"
     message = body.get("message") if isinstance(body, dict) else None
     if message is None and isinstance(body, dict):
         error = body.get("error")
         message = error.get("message") if isinstance(error, dict) else error
-    return f"HTTP {response.status_code}: {message or str(body)[:300]}"
+    return f"HTTP {response.status_code}: {trim_server_message(str(message or body))}"
 
 
 class SGLangClient(VLMBackend):
@@ -125,7 +196,10 @@ class SGLangClient(VLMBackend):
     # -- server facts -----------------------------------------------------------------------
 
     def check_ready(self, timeout_s: float = 10.0) -> dict[str, Any]:
-        """`/ready` then `/model_info`; raises `SGLangUnavailable` naming the URL and cause."""
+        """`/ready`, `/model_info` and, for `json_schema`, the server's whitespace setting.
+
+        Raises `SGLangUnavailable` (or `SGLangAuthError`) naming the URL and the cause.
+        """
         try:
             with httpx.Client(timeout=timeout_s, headers=self._headers()) as http:
                 ready = http.get(f"{self.base_url}/ready")
@@ -135,18 +209,42 @@ class SGLangClient(VLMBackend):
                         f"{_error_text(ready)}"
                     )
                 info = http.get(f"{self.base_url}/model_info")
-                if info.status_code != 200:
-                    hint = " (check the API key)" if info.status_code in (401, 403) else ""
-                    raise SGLangUnavailable(
+                if info.status_code in AUTH_STATUS:
+                    raise SGLangAuthError(
                         f"SGLang server at {self.base_url} refused /model_info: "
-                        f"{_error_text(info)}{hint}"
+                        f"{_error_text(info)} (check the API key)"
                     )
+                if info.status_code != 200:
+                    raise SGLangUnavailable(
+                        f"SGLang server at {self.base_url} refused /model_info: {_error_text(info)}"
+                    )
+                if self.config.constraint == "json_schema":
+                    self._check_whitespace_setting(http)
         except httpx.HTTPError as error:
             raise SGLangUnavailable(
                 f"SGLang server at {self.base_url} is unreachable: {type(error).__name__}: {error}"
             ) from error
         self._model_info = info.json()
         return self._model_info
+
+    def _check_whitespace_setting(self, http: httpx.Client) -> None:
+        """`response_format` is only safe when the server compiles schemas without whitespace."""
+        answer = http.get(f"{self.base_url}/get_server_info")
+        if answer.status_code != 200:
+            _log.warning(
+                "SGLang server at %s: /get_server_info answered %s; cannot check that JSON "
+                "whitespace is disabled (constraint='json_schema')",
+                self.base_url,
+                answer.status_code,
+            )
+            return
+        if not answer.json().get("constrained_json_disable_any_whitespace", False):
+            raise SGLangServerSettingsError(
+                f"SGLang server at {self.base_url} allows free whitespace in JSON-schema output "
+                "(started without --constrained-json-disable-any-whitespace): weak models loop "
+                "on whitespace until the token limit. Use constraint='ebnf' (the default) or "
+                "restart the server with that flag."
+            )
 
     @property
     def model_info(self) -> dict[str, Any]:
@@ -157,7 +255,8 @@ class SGLangClient(VLMBackend):
 
     @property
     def model_id(self) -> str:
-        return self.config.model_id or str(self.model_info.get("model_path"))
+        """Recorded on rows: the configured id, else the name the server serves the model as."""
+        return self.config.model_id or self.served_model
 
     @property
     def served_model(self) -> str:
@@ -172,6 +271,12 @@ class SGLangClient(VLMBackend):
         if response.status_code != 200:
             return {}
         return summarize(parse_prometheus(response.text))
+
+    def _server_answers(self) -> bool:
+        try:
+            return httpx.get(f"{self.base_url}/health", timeout=5.0).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     # -- extraction -------------------------------------------------------------------------
 
@@ -230,19 +335,32 @@ class SGLangClient(VLMBackend):
                 )
                 for _ in range(shards)
             ]
-            results = await asyncio.gather(
-                *(
-                    self._one(pools[i % shards], gate, image, task, model)
-                    for i, (task, image) in enumerate(
-                        (task, image) for task, prepared in jobs for image in prepared
-                    )
+            pending = [
+                asyncio.ensure_future(self._one(pools[i % shards], gate, image, task, model))
+                for i, (task, image) in enumerate(
+                    (task, image) for task, prepared in jobs for image in prepared
                 )
-            )
+            ]
+            try:
+                results = await asyncio.gather(*pending)
+            except BaseException:
+                for job in pending:  # a 401 (or a cancel): nothing of this batch is kept
+                    job.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                raise
+        transport_failed = [r for r, _ in results if r.status == "error" and r.attempts]
         if results and not any(reached for _, reached in results):
             # No request of the batch reached the server: it went away. Fail loudly; the caller
             # writes nothing for this batch, and a rerun resumes here.
             raise SGLangUnavailable(
                 f"SGLang server at {self.base_url} stopped answering: {results[0][0].error}"
+            )
+        if transport_failed and not await asyncio.to_thread(self._server_answers):
+            # Some requests were in flight when the server died: the batch is not written at
+            # all (no half batch); a rerun extracts exactly the images that have no row.
+            raise SGLangUnavailable(
+                f"SGLang server at {self.base_url} stopped answering during the batch: "
+                f"{transport_failed[0].error}"
             )
         out, start = [], 0
         for _, prepared in jobs:
@@ -272,18 +390,36 @@ class SGLangClient(VLMBackend):
             return failure, True
         url = prepared.payload
         budget = task.max_completion_tokens
-        attempts = transport_failures = 0
+        attempts = transport_failures = busy_answers = 0
         invalid_left = config.invalid_retries
-        truncation_retried = False
+        truncated: ExtractionResult | None = None  # the first, smaller budget's answer
         last_error = ""
         only_connection_errors = True
+        deadline: float | None = None  # starts at the first send, not while waiting our turn
+
+        def past_deadline() -> tuple[ExtractionResult, bool]:
+            error = (
+                f"deadline of {config.image_deadline_s:g}s per image passed after "
+                f"{attempts} tries" + (f": {last_error}" if last_error else "")
+            )
+            return self._result(image, "error", started, attempts, error=error), True
+
         while True:
-            attempts += 1
-            body = request_body(task, url, model, budget)
-            retry_transport = False
+            body = request_body(task, url, model, budget, config.constraint)
+            retry_transport = busy = False
             try:
                 async with gate:
-                    response = await http.post(f"{self.base_url}/v1/chat/completions", json=body)
+                    now = time.monotonic()
+                    deadline = deadline or now + config.image_deadline_s
+                    if now >= deadline:
+                        return past_deadline()
+                    attempts += 1
+                    response = await asyncio.wait_for(
+                        http.post(f"{self.base_url}/v1/chat/completions", json=body),
+                        timeout=deadline - now,
+                    )
+            except (TimeoutError, asyncio.TimeoutError):  # the same class from Python 3.11
+                return past_deadline()
             except httpx.TransportError as error:
                 retry_transport = True
                 last_error = f"{type(error).__name__}: {error}".rstrip(": ")
@@ -291,18 +427,31 @@ class SGLangClient(VLMBackend):
                     only_connection_errors = False
             else:
                 only_connection_errors = False
-                if response.status_code in RETRYABLE_STATUS:
+                status = response.status_code
+                if status in AUTH_STATUS:
+                    raise SGLangAuthError(
+                        f"SGLang server at {self.base_url} refused the request: "
+                        f"{_error_text(response)} (check the API key)"
+                    )
+                if status in BUSY_STATUS:
+                    busy_answers += 1
+                    busy = True
+                    last_error = _error_text(response)
+                elif status in RETRYABLE_STATUS:
                     retry_transport = True
                     last_error = _error_text(response)
-                elif response.status_code != 200:
+                elif status != 200:
+                    if truncated is not None:  # the larger budget no longer fits the context
+                        note = f"{truncated.error}; larger budget refused: {_error_text(response)}"
+                        return truncated.model_copy(update={"error": note}), True
                     failure = self._result(
-                        image, "error", started, attempts, error=_error_text(response)
+                        image, "rejected", started, attempts, error=_error_text(response)
                     )
                     return failure, True
                 else:
                     outcome = self._judge(image, task, response, budget, started, attempts)
-                    if outcome.status == "truncated" and not truncation_retried:
-                        truncation_retried = True
+                    if outcome.status == "truncated" and truncated is None:
+                        truncated = outcome
                         budget = int(budget * config.truncation_budget_factor)
                         continue
                     if outcome.status == "invalid" and invalid_left > 0:
@@ -311,7 +460,8 @@ class SGLangClient(VLMBackend):
                     return outcome, True
             if retry_transport:
                 transport_failures += 1
-                if transport_failures >= config.max_attempts:
+            if retry_transport or busy:
+                if retry_transport and transport_failures >= config.max_attempts:
                     result = self._result(
                         image,
                         "error",
@@ -320,10 +470,12 @@ class SGLangClient(VLMBackend):
                         error=f"gave up after {transport_failures} tries: {last_error}",
                     )
                     return result, not only_connection_errors
-                delay = min(
-                    config.backoff_max_s, config.backoff_base_s * 2 ** (transport_failures - 1)
-                )
-                await asyncio.sleep(random.uniform(0, delay))
+                tries = transport_failures + busy_answers
+                delay = min(config.backoff_max_s, config.backoff_base_s * 2 ** min(tries - 1, 20))
+                pause = random.uniform(0, delay)
+                if deadline is not None and time.monotonic() + pause >= deadline:
+                    return past_deadline()
+                await asyncio.sleep(pause)
 
     def _judge(
         self,

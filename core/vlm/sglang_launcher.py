@@ -3,27 +3,63 @@
 The server binds to 127.0.0.1 only; readiness is `GET /ready` == 200 (not `/v1/models`, which
 answers before warm-up ends); its output is streamed line by line to a log callback; `stop()`
 sends SIGTERM to the whole process group (SGLang forks scheduler and detokenizer processes),
-then SIGKILL after a grace period. The API key goes to the child through its environment and
-the command line we log masks it.
+then SIGKILL after a grace period.
+
+The API key never goes on the command line (`ps`, /proc/<pid>/cmdline): SGLang 0.5.23 reads no
+key from its environment, but reads options from `--config FILE.yaml`, so the key is written to
+a 0600 file in a private 0700 directory, passed as `--config`, and deleted once the server is
+ready (it parses the file once, at start) or stopped. Log lines that echo it are masked.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import httpx
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 HOST = "127.0.0.1"
+# SGLang's CPU engine (no GPU): what `make sglang-env` installs runs with exactly these. The
+# substitute `sgl_kernel` only covers the torch_native attention path.
+CPU_ENGINE_ARGS = (
+    "--device",
+    "cpu",
+    "--attention-backend",
+    "torch_native",
+    "--disable-overlap-schedule",
+)
+CPU_ENGINE_ENV = {"SGLANG_USE_CPU_ENGINE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+# Flags the launcher owns: the loopback binding, and secrets that must not sit on a command
+# line (`ps`, /proc/<pid>/cmdline). argparse also accepts unambiguous prefixes (`--hos`).
+RESERVED_FLAGS = ("--host", "--port", "--api-key", "--admin-api-key")
+
+
+def check_extra_args(extra_args: list[str]) -> list[str]:
+    """Refuse extra arguments that would rebind the server or put a key on its command line."""
+    for arg in extra_args:
+        name = arg.split("=", 1)[0]
+        if not name.startswith("--") or len(name) < 4:
+            continue
+        clash = next((flag for flag in RESERVED_FLAGS if flag.startswith(name)), None)
+        if clash:
+            raise ValueError(
+                f"extra_args may not set {clash} ({arg!r}): the launcher binds {HOST} on its own "
+                "port and passes the API key through the environment"
+            )
+    return extra_args
 
 
 class SGLangLaunchError(RuntimeError):
@@ -32,8 +68,10 @@ class SGLangLaunchError(RuntimeError):
 
 class LaunchSettings(BaseModel):
     model_path: str
-    chat_template: str = Field(
-        description="Always explicit: SGLang's guess from the path can silently drop images."
+    chat_template: str | None = Field(
+        default=None,
+        description="--chat-template; None: the model's own (HF tokenizer) template. Name one "
+        "for checkpoints without a template (liuhaotian LLaVA: vicuna_v1.1).",
     )
     tokenizer_path: str | None = None
     tp_size: int = Field(default=1, ge=1)
@@ -49,6 +87,12 @@ class LaunchSettings(BaseModel):
     )
     schedule_policy: str | None = "lpm"
     extra_args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra environment for the server (SGLANG_USE_CPU_ENGINE=1 on CPU hosts).",
+    )
+
+    _check_extra = field_validator("extra_args")(check_extra_args)
 
 
 def free_port() -> int:
@@ -60,7 +104,8 @@ def free_port() -> int:
 def build_args(settings: LaunchSettings, port: int) -> list[str]:
     """Arguments after the executable, without the API key (added by `SGLangProcess.argv`)."""
     args = ["--model-path", settings.model_path, "--host", HOST, "--port", str(port)]
-    args += ["--chat-template", settings.chat_template]
+    if settings.chat_template:
+        args += ["--chat-template", settings.chat_template]
     args += ["--tp-size", str(settings.tp_size), "--dp-size", str(settings.dp_size)]
     if settings.tokenizer_path:
         args += ["--tokenizer-path", settings.tokenizer_path]
@@ -115,20 +160,35 @@ class SGLangProcess:
         self.process: subprocess.Popen[str] | None = None
         self.tail: deque[str] = deque(maxlen=40)
         self._reader: threading.Thread | None = None
+        self._secret_dir: Path | None = None
+        self.started_s: float | None = None  # seconds from spawn to /ready
 
     @property
     def url(self) -> str:
         return f"http://{HOST}:{self.port}"
 
     def argv(self) -> list[str]:
+        """The command line: no secret in it; the key file is `--config` (see module doc)."""
         args = build_args(self.settings, self.port)
-        return self.command + args + (["--api-key", self.api_key] if self.api_key else [])
+        if self._secret_dir is not None:
+            args += ["--config", str(self._secret_dir / "server-secrets.yaml")]
+        return self.command + args
 
     def printable_argv(self) -> str:
-        argv = self.argv()
-        if self.api_key:
-            argv = [("***" if a == self.api_key else a) for a in argv]
-        return " ".join(argv)
+        return " ".join(self.argv())
+
+    def _write_secrets(self) -> None:
+        if not self.api_key:
+            return
+        self._secret_dir = Path(tempfile.mkdtemp(prefix="sglang-secrets-"))  # mode 0700
+        path = self._secret_dir / "server-secrets.yaml"
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            json.dump({"api-key": self.api_key}, handle)  # JSON is YAML: no quoting pitfalls
+
+    def _remove_secrets(self) -> None:
+        if self._secret_dir is not None:
+            shutil.rmtree(self._secret_dir, ignore_errors=True)
 
     def _mask(self, line: str) -> str:
         return line.replace(self.api_key, "***") if self.api_key else line
@@ -141,7 +201,9 @@ class SGLangProcess:
             self.log(f"[sglang] {line}")
 
     def start(self) -> None:
+        self._write_secrets()
         self.log(f"starting SGLang: {self.printable_argv()}")
+        spawned = time.monotonic()
         try:
             self.process = subprocess.Popen(
                 self.argv(),
@@ -150,9 +212,11 @@ class SGLangProcess:
                 stdin=subprocess.DEVNULL,
                 text=True,
                 bufsize=1,
+                env={**os.environ, **self.settings.env},
                 start_new_session=True,  # its own process group: stop() reaches every child
             )
         except OSError as error:
+            self._remove_secrets()
             raise SGLangLaunchError(
                 f"cannot start SGLang ({self.command[0]}): {error}; is sglang installed on "
                 "this host (pip install 'image-labeling-pipeline[sglang]')?"
@@ -164,6 +228,10 @@ class SGLangProcess:
         except BaseException:
             self.stop()
             raise
+        finally:
+            self._remove_secrets()  # read once at start-up: it need not outlive it
+        self.started_s = time.monotonic() - spawned
+        self.log(f"SGLang ready at {self.url} after {self.started_s:.0f}s")
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout_s
@@ -179,7 +247,6 @@ class SGLangProcess:
             try:
                 response = httpx.get(f"{self.url}/ready", timeout=5.0)
                 if response.status_code == 200:
-                    self.log(f"SGLang ready at {self.url}")
                     return
                 last = f"/ready answered {response.status_code}"
             except httpx.HTTPError as error:
@@ -197,6 +264,7 @@ class SGLangProcess:
         The group is signalled even when the leader already exited: SGLang's scheduler and
         detokenizer processes can outlive a crashed launcher and keep holding the GPU.
         """
+        self._remove_secrets()
         process = self.process
         if process is None:
             return

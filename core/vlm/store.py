@@ -3,9 +3,11 @@
 Work is keyed by (image_id, task, task_fingerprint, model_id). An image is pending for a task
 when it has no row for that key, or only an `error` row: errors are transient (server, network,
 unreadable file) and are retried by the next run, while `invalid` and `truncated` are the model's
-deterministic answer at temperature 0 and stay until the task or the model changes. An
-`unavailable` or `changed_since_ingest` row (no file held the image's bytes) is retried once an
-ingestion has recorded a usable file of the image again, not on every run.
+deterministic answer at temperature 0, and `rejected` the server's deterministic refusal of the
+request (a 4xx: prompt over the context length, a schema it cannot compile): they stay until the
+task (its instruction, schema or token budget) or the model changes. An `unavailable` or
+`changed_since_ingest` row (no file held the image's bytes) is retried once an ingestion has
+recorded a usable file of the image again, not on every run.
 """
 
 from __future__ import annotations

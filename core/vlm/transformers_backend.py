@@ -105,6 +105,20 @@ class TransformersBackend(VLMBackend):
             )
         return self._grammars[schema_json]
 
+    def compile_grammar(self, kind: str, text: str, *, any_whitespace: bool = False) -> Any:
+        """A grammar as a server would compile it: `json_schema` (free whitespace or not) or
+        `ebnf` text; compiled once per (kind, text, whitespace). Raises on a bad grammar."""
+        self._load()
+        key = f"{kind}\0{any_whitespace}\0{text}"
+        if key not in self._grammars:
+            if kind == "ebnf":
+                self._grammars[key] = self._compiler.compile_grammar(text)
+            else:
+                self._grammars[key] = self._compiler.compile_json_schema(
+                    text, any_whitespace=any_whitespace, strict_mode=True
+                )
+        return self._grammars[key]
+
     def generate(
         self,
         pictures: list[Any],
@@ -113,6 +127,7 @@ class TransformersBackend(VLMBackend):
         max_tokens: int,
         *,
         temperature: float = 0.0,
+        grammar: Any = None,
     ) -> list[tuple[str, str, int, int]]:
         """(text, finish_reason, prompt_tokens, completion_tokens) per picture, one batch."""
         import torch
@@ -122,7 +137,9 @@ class TransformersBackend(VLMBackend):
         inputs = self._processor(
             images=pictures, text=[prompt] * len(pictures), return_tensors="pt", padding=True
         ).to(self.device)
-        processors = [LogitsProcessor(self.grammar(schema_json))] if schema_json else []
+        if grammar is None and schema_json:
+            grammar = self.grammar(schema_json)
+        processors = [LogitsProcessor(grammar)] if grammar is not None else []
         with torch.inference_mode():
             output = self._model.generate(
                 **inputs,

@@ -11,13 +11,19 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core.tasks.base import Task, TaskOutputError
 
-# `unavailable` / `changed_since_ingest`: no file of the image still holds the bytes its id names
-# (core/copies.py); the image never reached the model.
-Status = Literal["ok", "invalid", "truncated", "error", "unavailable", "changed_since_ingest"]
+# ok: parsed and valid; invalid: violates the schema; truncated: hit the token limit; rejected:
+# the server refused the request (4xx other than auth/rate limits: deterministic, not retried);
+# error: transport, server or file trouble (transient, retried by the next run);
+# unavailable / changed_since_ingest: no file of the image still holds the bytes its id names
+# (core/copies.py), so the image never reached the model.
+Status = Literal[
+    "ok", "invalid", "truncated", "rejected", "error", "unavailable", "changed_since_ingest"
+]
 STATUSES: tuple[Status, ...] = (
     "ok",
     "invalid",
     "truncated",
+    "rejected",
     "error",
     "unavailable",
     "changed_since_ingest",

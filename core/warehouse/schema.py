@@ -98,9 +98,9 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE TABLE vlm_extractions (
             image_id          VARCHAR NOT NULL,
             task              VARCHAR NOT NULL,
-            task_fingerprint  VARCHAR NOT NULL,      -- hash of the task's instruction + schema
+            task_fingerprint  VARCHAR NOT NULL,      -- hash of instruction + schema + token budget
             model_id          VARCHAR NOT NULL,
-            status            VARCHAR NOT NULL,      -- 'ok', 'invalid', 'truncated', 'error'
+            status            VARCHAR NOT NULL,      -- 'ok', 'invalid', 'truncated', 'rejected', 'error'
             raw_text          VARCHAR,               -- the model's output as returned
             parsed_json       JSON,                  -- validated output, `ok` rows only
             error             VARCHAR,

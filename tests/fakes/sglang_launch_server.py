@@ -10,6 +10,7 @@ FAKE_SGLANG_PIDFILE: write "<own pid> <child pid>" there.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -23,9 +24,13 @@ def main() -> None:
     parser.add_argument("--model-path", required=True)
     parser.add_argument("--host", required=True)
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--chat-template", required=True)
+    parser.add_argument("--chat-template")
     parser.add_argument("--api-key")
+    parser.add_argument("--config")  # SGLang: options from a YAML file (the launcher's key)
     args, rest = parser.parse_known_args()
+    if args.config:
+        with open(args.config) as handle:
+            args.api_key = json.load(handle).get("api-key", args.api_key)
     print(
         f"server_args=ServerArgs(model_path={args.model_path!r}, host={args.host!r}, "
         f"port={args.port}, api_key={args.api_key!r}, rest={rest})",

@@ -1,15 +1,20 @@
 """A test double of SGLang's HTTP API (0.5.23), served on 127.0.0.1 from a background thread.
 
-It speaks SGLang 0.5.23's wire format, as read from its released code: `POST /v1/chat/completions`
-with `image_url` data-URL parts and a `json_schema` response format, `GET /ready` (503 until
-ready), `/health`, `/model_info`, `/v1/models`, `/metrics` (Prometheus text), OpenAI-style flat
-error bodies, 401 without the API key, and 503 "The request queue is full." past its queue.
-Answers come from the tiny in-process LLaVA stand-in, constrained by the request's schema with
-xgrammar exactly as the transformers backend does; they are cached per (image, prompt, schema,
-budget), so a long benchmark does not spend its CPU on the model.
+It speaks SGLang 0.5.23's wire format, checked against the released server (the contract test
+`tests/integration/test_sglang_contract.py` sends the same requests to both): `POST
+/v1/chat/completions` with `image_url` data-URL parts and either an `ebnf` grammar or a
+`json_schema` response format (compiled with free whitespace unless `disable_any_whitespace`,
+as the real server without `--constrained-json-disable-any-whitespace`), `GET /ready` (503 until
+ready), `/health`, `/model_info`, `/get_server_info`, `/v1/models`, `/metrics` (Prometheus
+text), OpenAI-style flat error bodies, 401 `{"error": "Unauthorized"}` without the API key
+(`/health*`, `/ready*`, `/metrics*` exempt), and 503 "The request queue is full." only when its
+queue (`max_queued`) is full. Answers come from the tiny in-process LLaVA stand-in, constrained
+with xgrammar; they are cached per (image, prompt, grammar, budget), so a long benchmark does
+not spend its CPU on the model.
 
 Knobs: `service_time_s` (each request holds one of `capacity` slots at least this long),
-`capacity`, `max_queued` (more waiting requests get 503), `error_rate` (random 503s),
+`capacity`, `max_queued` (more waiting requests get 503), `error_rate` (random 503s: fault
+injection for the benchmark only, 0 by default; the real server never sends them),
 `drop_rate` (connection closed mid-response), `truncate_rate`, and `faults`: per image (key =
 `image_key(jpeg bytes)`) a list of modes consumed one per request: `ok`, `503`, `500`, `400`,
 `drop`, and the constrained-output failure modes seen in SGLang/vLLM trackers: `unclosed` (JSON
@@ -52,7 +57,8 @@ FAULT_MODES = (
     "extra_key",
     "bad_enum",
 )
-AUTH_EXEMPT = ("/health", "/health_generate", "/ready", "/metrics")
+AUTH_EXEMPT = ("/health", "/ready", "/metrics")  # prefixes, as sglang/srt/utils/auth.py
+IMAGE_TOKENS = 16  # the stand-in's image: (32 px / patch 8) ** 2 tokens
 
 
 def image_key(image_bytes: bytes) -> str:
@@ -79,6 +85,7 @@ class FakeSGLangConfig:
     drop_rate: float = 0.0
     truncate_rate: float = 0.0
     api_key: str | None = None
+    disable_any_whitespace: bool = False  # --constrained-json-disable-any-whitespace
     enable_metrics: bool = True
     enable_cache_report: bool = True
     context_length: int = 4096
@@ -148,14 +155,27 @@ class FakeSGLangServer:
 
     # -- model ------------------------------------------------------------------------------
 
+    def _grammar(self, kind: str, text: str) -> object:
+        with self._model_lock:
+            return self.backend.compile_grammar(
+                kind, text, any_whitespace=not self.config.disable_any_whitespace
+            )
+
     def _generate(
-        self, image_bytes: bytes, prompt: str, schema: str | None, max_tokens: int
+        self,
+        image_bytes: bytes,
+        prompt: str,
+        grammar_spec: tuple[str, str] | None,
+        max_tokens: int,
     ) -> tuple[str, str, int, int]:
-        key = (image_key(image_bytes), prompt, schema or "", max_tokens)
+        grammar = self._grammar(*grammar_spec) if grammar_spec else None
+        key = (image_key(image_bytes), prompt, repr(grammar_spec), max_tokens)
         with self._model_lock:
             if key not in self._cache:
                 picture = Image.open(io.BytesIO(image_bytes)).convert("RGB")
-                self._cache[key] = self.backend.generate([picture], prompt, schema, max_tokens)[0]
+                self._cache[key] = self.backend.generate(
+                    [picture], prompt, None, max_tokens, grammar=grammar
+                )[0]
             return self._cache[key]
 
     def _prompt(self, messages: list[dict[str, Any]]) -> str:
@@ -172,6 +192,10 @@ class FakeSGLangServer:
         return self.backend._processor.apply_chat_template(
             converted, add_generation_prompt=True, tokenize=False
         )
+
+    def _prompt_length(self, prompt: str, images: int) -> int:
+        tokens = len(self.backend._processor.tokenizer(prompt)["input_ids"])
+        return tokens + images * (IMAGE_TOKENS - 1)  # each <image> expands to its patches
 
     def _cached_tokens(self, prompt: str) -> int:
         """Radix-cache stand-in: the text before the image is shared once any request sent it."""
@@ -190,18 +214,21 @@ class FakeSGLangServer:
             Route("/health", self._health),
             Route("/health_generate", self._health),
             Route("/model_info", self._model_info),
+            Route("/get_model_info", self._model_info),
+            Route("/get_server_info", self._server_info),
             Route("/v1/models", self._models),
             Route("/metrics", self._metrics),
             Route("/v1/chat/completions", self._chat, methods=["POST"]),
         ]
         app = Starlette(routes=routes)
-        key = self.config.api_key
 
         async def with_auth(scope: Any, receive: Any, send: Any) -> None:
+            key = self.config.api_key  # read per request: tests rotate it
             if scope["type"] == "http" and key and not scope["path"].startswith(AUTH_EXEMPT):
                 headers = dict(scope.get("headers") or [])
                 if headers.get(b"authorization", b"").decode() != f"Bearer {key}":
-                    response = _error(401, "Unauthorized", "UnauthorizedError")
+                    self.counters["unauthorized"] += 1
+                    response = JSONResponse({"error": "Unauthorized"}, status_code=401)
                     await response(scope, receive, send)
                     return
             await app(scope, receive, send)
@@ -210,8 +237,8 @@ class FakeSGLangServer:
 
     async def _ready(self, request: Request) -> Response:
         if not self.ready:
-            return PlainTextResponse("starting", status_code=503)
-        return PlainTextResponse("ok")
+            return Response(status_code=503)
+        return Response(status_code=200)  # the real server: empty body
 
     async def _health(self, request: Request) -> Response:
         return Response(status_code=200 if self.ready else 503)
@@ -232,6 +259,23 @@ class FakeSGLangServer:
                 "architectures": ["LlavaForConditionalGeneration"],
                 "weight_version": "default",
                 "preferred_sampling_params": None,
+            }
+        )
+
+    async def _server_info(self, request: Request) -> Response:
+        """The few `/get_server_info` fields a client reads (the real one has ~400)."""
+        return JSONResponse(
+            {
+                "model_path": self.config.model_path,
+                "served_model_name": self._served,
+                "constrained_json_disable_any_whitespace": self.config.disable_any_whitespace,
+                "grammar_backend": "xgrammar",
+                "context_length": self.config.context_length,
+                "max_queued_requests": self.config.max_queued,
+                "enable_metrics": self.config.enable_metrics,
+                "host": "127.0.0.1",
+                "port": self.port,
+                "version": "0.5.23",
             }
         )
 
@@ -301,6 +345,15 @@ class FakeSGLangServer:
             if spec.get("schema") is None:
                 return _error(400, "schema_ is required for json_schema response format request.")
             schema = json.dumps(spec["schema"], separators=(",", ":"))
+        grammar_spec = ("ebnf", body["ebnf"]) if body.get("ebnf") else None
+        if grammar_spec is None and schema is not None:
+            grammar_spec = ("json_schema", schema)
+        if grammar_spec is not None:
+            try:
+                await asyncio.to_thread(self._grammar, *grammar_spec)
+            except Exception as error:
+                kind = "json" if grammar_spec[0] == "json_schema" else "EBNF"
+                return _error(400, f"Failed to compile {kind} grammar: {error}")
         images = [
             part["image_url"]["url"]
             for message in messages
@@ -319,14 +372,18 @@ class FakeSGLangServer:
         self.modes_served[mode] += 1
         budget = body.get("max_completion_tokens") or body.get("max_tokens")
         self.log.append((key, budget, mode))
-        if mode == "400":
-            return _error(400, "Error while processing image: scripted bad request")
+        if mode == "400":  # the real server's messages can carry its own file paths
+            return _error(
+                400,
+                "Error while processing image: scripted bad request in "
+                "/opt/venv/lib/python3.11/site-packages/sglang/srt/managers/io_struct.py:812",
+            )
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.config.capacity)
         if self.config.max_queued is not None and self._waiting >= self.config.max_queued:
-            return _error(503, "The request queue is full.", "ServiceUnavailableError")
+            return _error(503, "The request queue is full.", "503")
         if mode == "503":
-            return _error(503, "The request queue is full.", "ServiceUnavailableError")
+            return _error(503, "The request queue is full.", "503")
         self._waiting += 1
         try:
             await self._slots.acquire()
@@ -335,7 +392,7 @@ class FakeSGLangServer:
         self._running += 1
         started = time.monotonic()
         try:
-            return await self._serve(body, mode, messages, image_bytes, schema, started)
+            return await self._serve(body, mode, messages, image_bytes, grammar_spec, started)
         finally:
             self._running -= 1
             self.counters["busy_s"] += time.monotonic() - started
@@ -347,13 +404,20 @@ class FakeSGLangServer:
         mode: str,
         messages: list[dict[str, Any]],
         image_bytes: list[bytes],
-        schema: str | None,
+        grammar_spec: tuple[str, str] | None,
         started: float,
     ) -> Response:
         max_tokens = int(body.get("max_completion_tokens") or body.get("max_tokens") or 1024)
         prompt = await asyncio.to_thread(self._prompt, messages)
+        length = await asyncio.to_thread(self._prompt_length, prompt, len(image_bytes))
+        if length > self.config.context_length:  # the real server's message, word for word
+            return _error(
+                400,
+                f"The input ({length} tokens) is longer than the model's context length "
+                f"({self.config.context_length} tokens).",
+            )
         text, finish, prompt_tokens, completion_tokens = await asyncio.to_thread(
-            self._generate, image_bytes[0] if image_bytes else b"", prompt, schema, max_tokens
+            self._generate, image_bytes[0] if image_bytes else b"", prompt, grammar_spec, max_tokens
         )
         cached = await asyncio.to_thread(self._cached_tokens, prompt)
         text, finish, completion_tokens = self._apply_mode(
@@ -376,10 +440,13 @@ class FakeSGLangServer:
             "reasoning_tokens": 0,
             "completion_tokens_details": None,
         }
-        details: dict[str, int] = {"image_tokens": len(image_bytes)}
-        if self.config.enable_cache_report:
-            details["cached_tokens"] = cached
-        usage["prompt_tokens_details"] = details
+        # As the real server: the details are null for a text-only prompt, and cached_tokens
+        # is reported with or without --enable-cache-report.
+        usage["prompt_tokens_details"] = (
+            {"cached_tokens": cached, "image_tokens": IMAGE_TOKENS * len(image_bytes)}
+            if image_bytes
+            else None
+        )
         payload = {
             "id": uuid.uuid4().hex,
             "object": "chat.completion",
@@ -395,7 +462,10 @@ class FakeSGLangServer:
                 }
             ],
             "usage": usage,
-            "metadata": {"weight_version": "default"},
+            "metadata": {
+                "weight_version": "default",
+                "weight_versions": {"start": "default", "end": "default", "version": "default"},
+            },
         }
         if mode == "drop":
             return _DroppingResponse(payload)

@@ -68,11 +68,16 @@ def test_starts_bound_to_localhost_waits_for_ready_and_stops_the_process_group(p
         assert argv[argv.index("--chat-template") + 1] == "chatml-llava"
         assert "--enable-metrics" in argv and "--constrained-json-disable-any-whitespace" in argv
         server_pid, child_pid = _pids(pidfile)
+        for pid in (server_pid, child_pid):  # not in `ps`: the key went through a 0600 file
+            assert b"s3cret-key" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+        assert "--api-key" not in argv
     finally:
         process.stop()
     assert _wait_gone(server_pid, child_pid)
     text = "\n".join(lines)
     assert "fired up" in text and "s3cret-key" not in text and "***" in text
+    assert "api_key='***'" in text  # the fake echoes the key it read, as SGLang logs it
+    assert not Path(argv[argv.index("--config") + 1]).exists()  # deleted once it was read
 
 
 def test_a_server_that_dies_during_startup_is_reported_with_its_log(monkeypatch, pidfile):
@@ -138,3 +143,30 @@ def test_the_resource_stops_the_server_when_setup_fails(monkeypatch, pidfile):
     result = dg.materialize([probe], resources={"sglang": resource}, raise_on_error=False)
     assert not result.success
     assert _wait_gone(*_pids(pidfile))
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--host", "0.0.0.0"],
+        ["--host=0.0.0.0"],
+        ["--port", "8000"],
+        ["--port=8000"],
+        ["--api-key", "leaked"],
+        ["--api-key=leaked"],
+    ],
+)
+def test_extra_args_cannot_override_the_binding_or_put_a_key_on_the_command_line(extra):
+    with pytest.raises(ValueError, match="extra_args"):
+        LaunchSettings(model_path="m", chat_template="chatml-llava", extra_args=extra)
+    with pytest.raises(ValueError, match="extra_args"):
+        SGLangLaunch(model_path="m", chat_template="chatml-llava", extra_args=extra)
+
+
+def test_extra_args_that_do_not_touch_the_binding_are_passed_on():
+    settings = LaunchSettings(
+        model_path="m", chat_template="chatml-llava", extra_args=["--max-running-requests", "4"]
+    )
+    args = SGLangProcess(settings, command=FAKE).argv()
+    assert args[-2:] == ["--max-running-requests", "4"]
+    assert args[args.index("--host") + 1] == "127.0.0.1"

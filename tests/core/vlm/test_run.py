@@ -1,5 +1,8 @@
-from core.vlm.run import TaskReport
-from core.vlm.types import ExtractionResult
+import dataclasses
+
+from core.tasks.registry import get_task
+from core.vlm.run import TaskReport, extract_drop
+from core.vlm.types import ExtractionResult, VLMBackend
 
 
 def _result(image_id: str, status: str, latency_ms: float, prompt: int, cached: int):
@@ -37,3 +40,36 @@ def test_the_run_report_combines_tasks_that_ran_together():
     assert combined.cached_token_ratio == 20 / 80
     assert combined.latency_percentile(50) == 200
     assert combined.latency_percentile(95) > 300
+
+
+class _CountingBackend(VLMBackend):
+    """Answers `truncated` for every image and counts what it was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, int]] = []
+
+    @property
+    def model_id(self) -> str:
+        return "counting"
+
+    def extract(self, images, task):
+        self.asked += [(image.image_id, task.max_completion_tokens) for image in images]
+        return [
+            ExtractionResult(image_id=image.image_id, status="truncated", error="token limit")
+            for image in images
+        ]
+
+
+def test_raising_the_token_budget_re_extracts_truncated_rows(ingested_samples, drop_root):
+    task = get_task("age_gender")
+    backend = _CountingBackend()
+    extract_drop(ingested_samples, backend, "samples", drop_root, [task], log=lambda _: None)
+    first = len(backend.asked)
+    assert first > 0
+    extract_drop(ingested_samples, backend, "samples", drop_root, [task], log=lambda _: None)
+    assert len(backend.asked) == first  # truncated is final for this budget
+
+    raised = dataclasses.replace(task, max_completion_tokens=task.max_completion_tokens * 4)
+    extract_drop(ingested_samples, backend, "samples", drop_root, [raised], log=lambda _: None)
+    assert len(backend.asked) == 2 * first
+    assert {budget for _, budget in backend.asked[first:]} == {raised.max_completion_tokens}

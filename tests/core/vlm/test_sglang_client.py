@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 
 from core.tasks.registry import get_task
-from core.vlm.sglang_client import SGLangClient, SGLangClientConfig, SGLangUnavailable, encode_image
+from core.vlm.sglang_client import (
+    SGLangAuthError,
+    SGLangClient,
+    SGLangClientConfig,
+    SGLangServerSettingsError,
+    SGLangUnavailable,
+    encode_image,
+    request_body,
+)
 from core.vlm.standin import STANDIN_MODEL_ID
 from core.vlm.types import ImageInput
 from orchestration.settings import REPO_ROOT
@@ -70,12 +78,23 @@ def test_503_500_and_dropped_connections_are_retried():
 
 def test_transport_retries_are_bounded_and_end_in_an_error_row():
     images = _images(2)
-    faults = {_key(images[0].path): ["503"] * 10}
+    faults = {_key(images[0].path): ["500"] * 10}
     with _serve(faults) as server:
         results = _client(server.url, max_attempts=3).extract(images, TASK)
     assert results[0].status == "error" and results[0].attempts == 3
-    assert "queue is full" in results[0].error
+    assert "HTTP 500" in results[0].error
     assert results[1].status == "ok"  # one image's failure never fails its batch
+
+
+def test_queue_full_answers_are_retried_past_max_attempts_until_the_image_deadline():
+    images = _images(2)
+    faults = {_key(images[0].path): ["503"] * 6, _key(images[1].path): ["503"] * 1000}
+    with _serve(faults) as server:
+        client = _client(server.url, max_attempts=2, image_deadline_s=1.5)
+        results = client.extract(images, TASK)
+    assert results[0].status == "ok" and results[0].attempts == 7  # busy is not a failure
+    assert results[1].status == "error" and "deadline of 1.5s per image" in results[1].error
+    assert "queue is full" in results[1].error
 
 
 def test_4xx_is_never_retried():
@@ -84,7 +103,7 @@ def test_4xx_is_never_retried():
     with _serve({key: ["400", "ok"]}) as server:
         results = _client(server.url).extract(images, TASK)
         sent = [mode for k, _, mode in server.log if k == key]
-    assert results[0].status == "error" and results[0].attempts == 1
+    assert results[0].status == "rejected" and results[0].attempts == 1
     assert "HTTP 400" in results[0].error and "Error while processing image" in results[0].error
     assert sent == ["400"]
 
@@ -148,3 +167,54 @@ def test_api_key_is_sent_and_metrics_are_summarised():
         metrics = _client(server.url, api_key="s3cret").server_metrics()
     assert [r.status for r in results] == ["ok", "ok"]
     assert metrics["requests_total"] == 2 and 0 < metrics["prefix_cache_hit_rate"] < 1
+
+
+def test_a_refused_key_mid_run_fails_the_call_at_once_and_is_not_retried():
+    images = _images(3)
+    with _serve(api_key="first") as server:
+        client = _client(server.url, api_key="first")
+        client.check_ready()
+        server.config.api_key = "rotated"  # the server's key changed under us
+        with pytest.raises(SGLangAuthError, match=r"401.*check the API key"):
+            client.extract(images, TASK)
+        refused = server.counters["unauthorized"]
+    assert 1 <= refused <= len(images)  # each image tried at most once, never retried
+
+
+def test_an_overall_deadline_per_image_bounds_a_slow_server():
+    with _serve(service_time_s=3.0) as server:
+        client = _client(server.url, image_deadline_s=1.0, timeout_s=300)
+        (result,) = client.extract(_images(1), TASK)
+    assert result.status == "error" and "deadline of 1s per image" in result.error
+    assert result.latency_ms < 2500
+
+
+def test_a_4xx_is_recorded_as_rejected_without_server_file_paths():
+    images = _images(1)
+    with _serve({_key(images[0].path): ["400", "ok"]}) as server:
+        (result,) = _client(server.url).extract(images, TASK)
+    assert result.status == "rejected" and result.attempts == 1
+    assert "scripted bad request" in result.error and "<path>" in result.error
+    assert "site-packages" not in result.error and "/opt/" not in result.error
+
+
+def test_the_grammar_sent_allows_no_free_whitespace_whatever_the_server_flags():
+    images = _images(2)
+    with _serve(disable_any_whitespace=False) as server:
+        results = _client(server.url).extract(images, TASK)
+    body = request_body(TASK, "data:image/jpeg;base64,", "m", 64)
+    assert "response_format" not in body and "ebnf" in body
+    assert [r.status for r in results] == ["ok", "ok"]
+    assert all(not any(c.isspace() for c in r.raw_text) for r in results)
+
+
+def test_json_schema_constraint_refuses_a_server_that_allows_free_whitespace():
+    with _serve(disable_any_whitespace=False) as server:
+        client = _client(server.url, constraint="json_schema")
+        with pytest.raises(SGLangServerSettingsError, match="constrained-json-disable-any"):
+            client.check_ready()
+    with _serve(disable_any_whitespace=True) as server:
+        client = _client(server.url, constraint="json_schema")
+        client.check_ready()
+        (result,) = client.extract(_images(1), TASK)
+    assert result.status == "ok"

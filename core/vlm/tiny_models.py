@@ -1,0 +1,194 @@
+"""A tiny random-weight Qwen2-VL, built locally, that the real SGLang server serves on CPU.
+
+No model hub is reachable here, so the real-server tests and `make sglang-demo` need a model made
+on this machine. Qwen2-VL because SGLang 0.5.23's model registry serves
+`Qwen2VLForConditionalGeneration` on its CPU engine (see docs/extraction.md for the LLaVA-family
+check). The checkpoint is a normal HF directory (config, safetensors, processor, tokenizer with a
+chat template) that SGLang loads like downloaded weights; its answers are meaningless.
+
+The byte-level BPE tokenizer is trained here on the tasks' own prompt text, with a vocabulary
+large enough that every built-in task prompt plus twice its token budget (the truncation retry)
+fits `CONTEXT_LENGTH`: a 400-token vocabulary made the scenery prompt ~900 tokens.
+
+    python -m core.vlm.tiny_models OUT_DIR     # writes OUT_DIR/tiny-qwen2-vl-v1
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from core.tasks.registry import TASKS
+from core.tasks.vocabulary import AGE_BINS, BASKETBALL_ACTIONS, GENDERS, SCENERY
+from core.vlm.prompt import SYSTEM_PROMPT
+
+TINY_QWEN2_VL_VERSION = 1
+TINY_QWEN2_VL_ID = f"standin/tiny-qwen2-vl-v{TINY_QWEN2_VL_VERSION}"
+CONTEXT_LENGTH = 2048  # --context-length of the servers we launch on it
+VOCAB_SIZE = 2048
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
+
+# Qwen2-VL's chat layout: an image part becomes the vision placeholder where it stands.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] in ('image', 'image_url') %}" + IMAGE_PLACEHOLDER + "\n"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}\n{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def default_cache_dir() -> Path:
+    from orchestration.settings import REPO_ROOT
+
+    return Path(os.environ.get("IMAGE_PIPELINE_MODEL_CACHE", REPO_ROOT / "data" / "models"))
+
+
+def _corpus() -> list[str]:
+    words = [*SCENERY, *AGE_BINS, *GENDERS, *BASKETBALL_ACTIONS]
+    colours = "red blue green white black yellow grey dark light navy orange pink purple brown"
+    lines = [SYSTEM_PROMPT, colours, '0123456789 abcdefghijklmnopqrstuvwxyz {}[]:,"']
+    lines += [task.instruction for task in TASKS.values()]
+    lines += [task.schema_json for task in TASKS.values()]
+    lines += [json.dumps({"value": w}, separators=(",", ":")) for w in words]
+    return lines * 8
+
+
+def build_tokenizer():
+    """Byte-level BPE with Qwen's special tokens and the chat template above."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_corpus(), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def build_tiny_qwen2_vl(target: Path, *, seed: int = 0) -> Path:
+    """Write the checkpoint to `target` atomically (a half-built dir never appears)."""
+    import torch
+    from transformers import (
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
+    vocab = -(-len(tokenizer) // 64) * 64
+    mrope = [2, 3, 3]  # sums to head_dim / 2 = (64 / 4) / 2
+    config = Qwen2VLConfig(
+        text_config={
+            "vocab_size": vocab,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 2 * CONTEXT_LENGTH,
+            "rope_scaling": {"type": "mrope", "mrope_section": mrope},
+            "rope_parameters": {
+                "rope_type": "default",
+                "mrope_section": mrope,
+                "rope_theta": 10000.0,
+            },
+            "eos_token_id": ids["<|im_end|>"],
+            "bos_token_id": ids["<|endoftext|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+            "torch_dtype": "float32",
+        },
+        vision_config={
+            "depth": 2,
+            "embed_dim": 32,
+            "hidden_size": 64,
+            "num_heads": 2,
+            "mlp_ratio": 2,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "in_chans": 3,
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        eos_token_id=ids["<|im_end|>"],
+        tie_word_embeddings=False,
+        torch_dtype="float32",
+    )
+    model = Qwen2VLForConditionalGeneration(config).to(torch.float32).eval()
+    # At most 16 patches of 28 px: an image is 4 to 16 tokens, so prompts stay short.
+    image_processor = Qwen2VLImageProcessor(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16)
+    processor = Qwen2VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(),
+        chat_template=CHAT_TEMPLATE,
+    )
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / "generation_config.json").write_text(
+            json.dumps({"eos_token_id": ids["<|im_end|>"], "max_new_tokens": 32})
+        )
+        (staging / "STANDIN.json").write_text(
+            json.dumps({"model_id": TINY_QWEN2_VL_ID, "seed": seed, "random_weights": True})
+        )
+        staging.chmod(0o755)
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / "STANDIN.json").exists():  # lost a race to a complete build: fine
+                raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def ensure_tiny_qwen2_vl(cache_dir: Path | None = None) -> Path:
+    """The checkpoint's directory under the model cache (data/models/), built on first use."""
+    target = Path(cache_dir or default_cache_dir()) / f"tiny-qwen2-vl-v{TINY_QWEN2_VL_VERSION}"
+    if not (target / "STANDIN.json").exists():
+        build_tiny_qwen2_vl(target)
+    return target
+
+
+if __name__ == "__main__":
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else None
+    print(ensure_tiny_qwen2_vl(out))

@@ -1,0 +1,387 @@
+"""The extraction against the released SGLang 0.5.23 server (CPU engine, tiny random Qwen2-VL).
+
+One server for the module (see conftest): an API key, `--max-running-requests 1
+--max-queued-requests 2`, metrics on, no `--constrained-json-disable-any-whitespace`. The
+kill -9 test runs last, and its rerun launches a second server through the `SGLangServer`
+resource's launch mode. Random weights: statuses are honest, not good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import re
+import signal
+import threading
+import time
+from pathlib import Path
+
+import dagster as dg
+import httpx
+import pytest
+
+from assets.extraction import vlm_extractions
+from assets.ingestion import images
+from core.ingest.ingest import DropIngestor
+from core.ingest.scan import DropRef
+from core.tasks.registry import TASKS, get_task
+from core.vlm.run import extract_drop
+from core.vlm.sglang_client import (
+    SGLangAuthError,
+    SGLangClient,
+    SGLangClientConfig,
+    SGLangServerSettingsError,
+    SGLangUnavailable,
+    data_url,
+    encode_image,
+    request_body,
+)
+from core.vlm.tiny_models import TINY_QWEN2_VL_ID
+from core.vlm.types import ImageInput
+from orchestration.settings import REPO_ROOT
+from orchestration.sglang_cpu import tiny_vlm_launch
+from resources.drop_folder import DropFolderResource
+from resources.sglang_server import SGLangServer
+from resources.vlm import VLMResource
+from resources.warehouse import WarehouseResource
+from tests.fakes.sglang_server import FakeSGLangConfig, FakeSGLangServer, standin_backend
+from tests.integration.conftest import (
+    READY_TIMEOUT_S,
+    RealServer,
+    group_members,
+    make_drop,
+    wait_group_gone,
+)
+
+pytestmark = pytest.mark.timeout(3000)
+DROP = "real"
+
+
+def _client(server: RealServer, **overrides) -> SGLangClient:
+    config = {
+        "base_url": server.url,
+        "api_key": server.api_key,
+        "max_in_flight": 8,
+        "backoff_base_s": 0.2,
+        "backoff_max_s": 2.0,
+    } | overrides
+    return SGLangClient(SGLangClientConfig(**config))
+
+
+def _ingest(warehouse, drop_root: Path, count: int = 21) -> int:
+    make_drop(drop_root / DROP, count)
+    DropIngestor(warehouse, drop_root).ingest(DropRef.folder(DROP))
+    return int(warehouse.rows("SELECT count(DISTINCT image_id) FROM image_files")[0][0])
+
+
+def _resources(warehouse, drop_root, sglang: SGLangServer) -> dict:
+    return {
+        "warehouse": WarehouseResource(path=str(warehouse.path)),
+        "drop_folder": DropFolderResource(root=str(drop_root)),
+        "vlm": VLMResource(backend="sglang"),
+        "sglang": sglang,
+    }
+
+
+def _materialize(instance, resources, **kwargs) -> dg.ExecuteInProcessResult:
+    if not instance.has_dynamic_partition("image_drops", DROP):
+        instance.add_dynamic_partitions("image_drops", [DROP])
+    return dg.materialize(
+        [images, vlm_extractions],
+        resources=resources,
+        partition_key=DROP,
+        instance=instance,
+        run_config={"ops": {"vlm_extractions": {"config": {"batch_size": 8}}}},
+        **kwargs,
+    )
+
+
+def _launched_servers() -> set[int]:
+    """Pids of SGLang servers started from this checkout's .venv-sglang."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b".venv-sglang" in cmdline and b"sglang.launch_server" in cmdline:
+                found.add(int(entry.name))
+    return found
+
+
+def wait_group_gone_all(pids: set[int], timeout_s: float = 60.0) -> set[int]:
+    deadline = time.monotonic() + timeout_s
+    while pids and time.monotonic() < deadline:
+        pids = {pid for pid in pids if Path(f"/proc/{pid}").exists()}
+        time.sleep(0.2)
+    return pids
+
+
+def _event_text(result: dg.ExecuteInProcessResult) -> str:
+    return "\n".join(repr(event) for event in result.all_events)
+
+
+def _documented_server_metrics() -> set[str]:
+    """The `server_metrics` names the README's table documents."""
+    text = (REPO_ROOT / "README.md").read_text()
+    section = text.split("<!-- server-metrics -->", 2)[1]
+    return set(re.findall(r"^\s*\| `([a-z_]+)` \|", section, flags=re.MULTILINE))
+
+
+def test_every_task_on_a_drop_of_21_images_under_load_with_auth_and_metrics(
+    real_server, warehouse, drop_root, instance
+):
+    count = _ingest(warehouse, drop_root)
+    assert count >= 20
+    sglang = SGLangServer(
+        url=real_server.url, api_key=real_server.api_key, max_in_flight=8, backoff_max_s=2.0
+    )
+    first_503 = real_server.log_text().count('" 503')
+    result = _materialize(instance, _resources(warehouse, drop_root, sglang))
+    assert result.success
+
+    rows = warehouse.rows(
+        "SELECT task, status, count(*), count(DISTINCT image_id), min(model_id), max(model_id),"
+        " count(*) FILTER (WHERE status <> 'ok' AND coalesce(error, '') = '')"
+        " FROM vlm_extractions GROUP BY ALL"
+    )
+    per_task: dict[str, int] = {}
+    for task, status, n, distinct, low, high, unexplained in rows:
+        assert status in ("ok", "invalid", "truncated"), (task, status)  # none lost or errored
+        assert n == distinct and low == high == TINY_QWEN2_VL_ID
+        assert unexplained == 0  # every non-ok row says why
+        per_task[task] = per_task.get(task, 0) + n
+    assert per_task == {name: count for name in TASKS}  # exactly one row per image and task
+    for name, task in TASKS.items():
+        ok = warehouse.rows(
+            "SELECT count(*) FROM vlm_extractions WHERE task = ? AND status = 'ok'", [name]
+        )[0][0]
+        assert warehouse.rows(f'SELECT count(*) FROM "{task.tables.table}"')[0][0] == ok
+
+    # Load: 8 in flight against 1 running + 2 queued met real 503s, retried, none lost.
+    assert real_server.log_text().count('" 503') > first_503
+
+    (materialization,) = result.asset_materializations_for_node("vlm_extractions")
+    server_metrics = materialization.metadata["server_metrics"].value
+    documented = _documented_server_metrics()
+    assert documented and documented <= set(server_metrics)
+    assert server_metrics["requests_total"] >= 3 * count
+    assert server_metrics["generation_tokens_total"] > 0
+
+    # The key is in no log line and no Dagster event; not on any server command line.
+    assert real_server.api_key not in _event_text(result)
+    assert real_server.api_key not in real_server.log_text()
+    for pid in group_members(real_server.group):
+        assert real_server.api_key.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+def test_a_wrong_key_fails_fast_with_a_clear_error_and_is_not_retried(real_server):
+    started = time.monotonic()
+    with pytest.raises(SGLangAuthError, match=r"401.*Unauthorized.*check the API key"):
+        _client(real_server, api_key="not-the-key").check_ready()
+    assert time.monotonic() - started < 10
+
+    client = _client(real_server)
+    client.check_ready()
+    client.config = client.config.model_copy(update={"api_key": "rotated-away"})
+    before = real_server.log_text().count('"POST /v1/chat/completions HTTP/1.1" 401')
+    batch = [ImageInput(image_id=f"k{i}", path=p) for i, p in enumerate(_samples()[:3])]
+    with pytest.raises(SGLangAuthError, match="401"):
+        client.extract(batch, get_task("basketball_action"))
+    time.sleep(1)  # the access log line can trail the answer
+    refused = real_server.log_text().count('"POST /v1/chat/completions HTTP/1.1" 401') - before
+    assert 1 <= refused <= len(batch)
+
+
+def _samples() -> list[Path]:
+    return sorted((REPO_ROOT / "data" / "samples").glob("*.jpg"))
+
+
+def test_4xx_answers_are_rejected_rows_with_the_server_message_and_are_not_retried(
+    real_server,
+):
+    client = _client(real_server)
+    base = get_task("basketball_action")
+    too_long = dataclasses.replace(base, goal="Look at the basketball player. " * 400)
+    too_many = dataclasses.replace(base, max_completion_tokens=100_000)
+    (image,) = [ImageInput(image_id="x", path=_samples()[0])]
+    for task, message in ((too_long, "context length"), (too_many, "")):
+        (result,) = client.extract([image], task)
+        assert result.status == "rejected" and result.attempts == 1, result
+        assert result.error.startswith("HTTP 400") and message in result.error
+        assert "site-packages" not in result.error and ".py" not in result.error
+
+
+def test_response_format_on_a_server_with_free_whitespace_is_refused_not_trusted(real_server):
+    with pytest.raises(SGLangServerSettingsError, match="disable-any-whitespace"):
+        _client(real_server, constraint="json_schema").check_ready()
+    # What the refusal prevents: the same request through `response_format` loops on
+    # whitespace, while the client's compact grammar ends in valid JSON.
+    client = _client(real_server)
+    client.check_ready()
+    task = get_task("age_gender")
+    (image,) = [ImageInput(image_id="w", path=_samples()[1])]
+    (compact,) = client.extract([image], task)
+    assert compact.status in ("ok", "invalid") and not re.search(r"\s", compact.raw_text or "")
+    loose = _client(real_server, constraint="json_schema", truncation_budget_factor=1.0)
+    loose._model_info = client.model_info  # skip the refusal to show what it prevents
+    (looped,) = loose.extract([image], task)
+    assert looped.status == "truncated" or re.search(r"\s", looped.raw_text or "")
+
+
+def _keys(value: object, path: str = "") -> set[str]:
+    """Every key path of a JSON answer (lists: their first item), e.g. `choices.message.role`."""
+    if isinstance(value, dict):
+        found = set()
+        for key, item in value.items():
+            name = f"{path}.{key}" if path else key
+            found |= {name} | _keys(item, name)
+        return found
+    if isinstance(value, list) and value:
+        return _keys(value[0], path)
+    return set()
+
+
+def _answer(response: httpx.Response) -> tuple[int, set[str] | str]:
+    try:
+        return response.status_code, _keys(response.json())
+    except ValueError:
+        return response.status_code, response.text
+
+
+async def _contract_requests(url: str, key: str, image_url: str) -> dict[str, tuple]:
+    """The same requests, in the same order, for the double and for the real server."""
+    task = get_task("basketball_action")
+    ok_body = request_body(task, image_url, TINY_QWEN2_VL_ID, 32)
+    auth = {"Authorization": f"Bearer {key}"}
+    long_body = request_body(
+        dataclasses.replace(task, goal="Look at the player. " * 800), image_url, "m", 32
+    )
+    answers: dict[str, tuple] = {}
+    async with httpx.AsyncClient(base_url=url, timeout=600) as http:
+        for name, path in (("ready", "/ready"), ("health", "/health")):
+            answers[name] = _answer(await http.get(path))
+        answers["model_info_no_key"] = _answer(await http.get("/model_info"))
+        answers["chat_no_key"] = _answer(await http.post("/v1/chat/completions", json=ok_body))
+        answers["chat_wrong_key"] = _answer(
+            await http.post(
+                "/v1/chat/completions", json=ok_body, headers={"Authorization": "Bearer no"}
+            )
+        )
+        answers["chat_ok"] = _answer(
+            await http.post("/v1/chat/completions", json=ok_body, headers=auth)
+        )
+        answers["chat_no_messages"] = _answer(
+            await http.post("/v1/chat/completions", json={"model": "m"}, headers=auth)
+        )
+        answers["chat_bad_grammar"] = _answer(
+            await http.post(
+                "/v1/chat/completions", json=ok_body | {"ebnf": "root ::= ("}, headers=auth
+            )
+        )
+        answers["chat_over_context"] = _answer(
+            await http.post("/v1/chat/completions", json=long_body, headers=auth)
+        )
+        burst = await asyncio.gather(
+            *(http.post("/v1/chat/completions", json=ok_body, headers=auth) for _ in range(8))
+        )
+        busy = [r for r in burst if r.status_code == 503]
+        answers["burst_statuses"] = (sorted({r.status_code for r in burst}), bool(busy))
+        answers["queue_full"] = _answer(busy[0]) if busy else (None, set())
+        answers["queue_full_message"] = (busy[0].json()["message"],) if busy else ("",)
+    return answers
+
+
+def test_the_double_answers_like_the_real_server(real_server):
+    """Status codes and JSON keys of the same requests, to the double and to the server."""
+    image_url = data_url(encode_image(_samples()[0]))
+    real = asyncio.run(_contract_requests(real_server.url, real_server.api_key, image_url))
+    double_config = FakeSGLangConfig(
+        api_key=real_server.api_key,
+        capacity=1,
+        max_queued=2,
+        service_time_s=0.5,
+        context_length=2048,
+    )
+    with FakeSGLangServer(standin_backend(), double_config) as double:
+        fake = asyncio.run(_contract_requests(double.url, real_server.api_key, image_url))
+    mismatches = {}
+    for name in real:
+        if real[name] == fake[name]:
+            continue
+        (rs, rk), (fs, fk) = real[name][:2], fake[name][:2]
+        if isinstance(rk, set) and isinstance(fk, set):
+            mismatches[name] = (rs, fs, {"real only": rk - fk, "double only": fk - rk})
+        else:
+            mismatches[name] = (real[name], fake[name])
+    assert not mismatches, mismatches
+    assert real["chat_ok"][0] == 200 and real["queue_full"][0] == 503
+
+
+def test_kill_9_mid_run_fails_bounded_writes_no_half_batch_and_a_rerun_extracts_the_rest(
+    real_server, warehouse, drop_root, instance
+):
+    count = _ingest(warehouse, drop_root)
+    task = get_task("age_gender")
+    client = _client(real_server, max_attempts=3)
+    client.check_ready()
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            extract_drop(
+                warehouse, client, DROP, drop_root, [task], batch_size=4, log=lambda _: None
+            )
+        except BaseException as error:  # the outcome under test
+            outcome["error"] = error
+        outcome["ended"] = time.monotonic()
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    deadline = time.monotonic() + 600
+    while warehouse.rows("SELECT count(*) FROM vlm_extractions")[0][0] < 4:
+        assert time.monotonic() < deadline and worker.is_alive()
+        time.sleep(0.2)
+    killed = time.monotonic()
+    os.kill(real_server.group, signal.SIGKILL)  # the server process itself, not its children
+    worker.join(timeout=300)
+    assert not worker.is_alive()
+    error = outcome.get("error")
+    assert isinstance(error, SGLangUnavailable) and real_server.url in str(error)
+    assert "stopped answering" in str(error)
+    assert float(outcome["ended"]) - killed < 120  # type: ignore[arg-type]
+
+    written = warehouse.rows("SELECT image_id, created_at FROM vlm_extractions")
+    assert 0 < len(written) < count and len(written) % 4 == 0  # whole batches only
+    real_server.process.stop()
+    assert not wait_group_gone(real_server.group)  # no orphaned scheduler/detokenizer
+
+    # Rerun through the resource's launch mode: a fresh server, only the missing images.
+    sglang = SGLangServer(
+        launch=tiny_vlm_launch(ready_timeout_s=READY_TIMEOUT_S),
+        max_in_flight=4,
+        backoff_max_s=2.0,
+    )
+    if not instance.has_dynamic_partition("image_drops", DROP):
+        instance.add_dynamic_partitions("image_drops", [DROP])
+    servers_before = _launched_servers()
+    result = dg.materialize(
+        [images, vlm_extractions],
+        resources=_resources(warehouse, drop_root, sglang),
+        partition_key=DROP,
+        instance=instance,
+        run_config={
+            "ops": {"vlm_extractions": {"config": {"tasks": [task.name], "batch_size": 8}}}
+        },
+    )
+    assert result.success
+    after = warehouse.rows("SELECT image_id, created_at FROM vlm_extractions")
+    assert len(after) == count and len({image_id for image_id, _ in after}) == count
+    assert set(written) <= set(after)  # the committed batches were not redone
+    (materialization,) = result.asset_materializations_for_node("vlm_extractions")
+    per_task = materialization.metadata["per_task"].value
+    assert per_task[task.name]["images"] == count - len(written)
+    # The resource stopped its server with the step: no launched server process is left.
+    assert not wait_group_gone_all(_launched_servers() - servers_before)
