@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
-.PHONY: demo test ui lint validate bench export clean-data
+.PHONY: demo test ui lint validate bench export search clean-data
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,11 +37,17 @@ validate: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 export: $(STAMP)
 	$(BIN)/python -m core.quality.exports --out data/exports
 
+## Search the stored images by text: make search Q="a photo of a cat" [K=20] [ARGS="--drop samples"].
+K ?= 20
+search: $(STAMP)
+	$(BIN)/python -m core.search "$(Q)" --k $(K) $(ARGS)
+
 ## Run the speed benchmarks (about 4 minutes on 2 cores); JSON lands in data/bench/.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py --out data/bench/ingest.json
 	$(BIN)/python benchmarks/embed.py --out data/bench/embed.json
 	$(BIN)/python benchmarks/extract_client.py --out data/bench/extract_client.json
+	$(BIN)/python benchmarks/search.py --out data/bench/search.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -173,7 +173,7 @@ class VectorIndex:
         with self.warehouse.reader() as conn:
             if indexed is not None:
                 conn.register("indexed_ids", pa.table({"image_id": pa.array(indexed, pa.string())}))
-            reader = conn.execute(sql, params).fetch_record_batch(READ_CHUNK)
+            reader = conn.sql(sql, params=params).to_arrow_reader(READ_CHUNK)
             for batch in reader:
                 ids = batch.column(0).to_pylist()
                 flat = batch.column(1).flatten().to_numpy(zero_copy_only=False)
@@ -230,10 +230,11 @@ class VectorIndex:
             index, ids = self._index, list(self._ids)
             trained_for = int(self._manifest.get("trained_for", 0))
             factory = str(self._manifest.get("factory", ""))
-            if have and total == len(ids):
-                return SyncReport(0, total, False, time.perf_counter() - started, factory)
             if have:
+                # Equal counts are no proof (a replaced warehouse): the ids must all be known.
                 known = self._count_known(ids)
+                if known == len(ids) == total:
+                    return SyncReport(0, total, False, time.perf_counter() - started, factory)
                 outgrown = factory == "Flat" and total >= IVF_FROM
                 outgrown |= factory != "Flat" and total > RETRAIN_GROWTH * trained_for
                 have = known == len(ids) and not outgrown

@@ -99,7 +99,9 @@ def test_drop_and_where_filters_keep_only_matching_images(planted, standin_clip)
     assert in_d2["image_id"].to_list() == expected(
         vectors, names, text, keep=lambda n: n >= "img020"
     )
-    none = search(warehouse, TEXT, where=["basketball_action.action = 'passing'"], clip=standin_clip)
+    none = search(
+        warehouse, TEXT, where=["basketball_action.action = 'passing'"], clip=standin_clip
+    )
     assert none.is_empty()  # a task nobody extracted: no image carries its labels
 
 
