@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
-.PHONY: demo test ui lint validate bench export clean-data label-studio export-reviews import-reviews \
+.PHONY: demo test ui lint validate bench export clean-data label-studio export-reviews import-reviews search \
 	sglang-env sglang-demo
 
 # The real SGLang server (CPU engine) lives in its own venv: its pins (torch CUDA build,
@@ -85,13 +85,19 @@ validate: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 export: $(STAMP)
 	$(BIN)/python -m core.quality.exports --out data/exports
 
-## Run the speed benchmarks (about 5 minutes on 2 cores); JSON lands in data/bench/.
+## Search the stored images by text: make search Q="a photo of a cat" [K=20] [ARGS="--drop samples"].
+K ?= 20
+search: $(STAMP)
+	$(BIN)/python -m core.search "$(Q)" --k $(K) $(ARGS)
+
+## Run the speed benchmarks (about 10 minutes on 2 cores); JSON lands in data/bench/.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py --out data/bench/ingest.json
 	$(BIN)/python benchmarks/embed.py --out data/bench/embed.json
 	$(BIN)/python benchmarks/extract_client.py --out data/bench/extract_client.json
 	$(BIN)/python benchmarks/sensor_tick.py --out data/bench/sensor_tick.json
 	$(BIN)/python benchmarks/review.py --out data/bench/review.json
+	$(BIN)/python benchmarks/search.py --out data/bench/search.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,0 +1,317 @@
+"""An approximate nearest-neighbour index of the stored embeddings, kept beside the warehouse.
+
+The warehouse stays the source of truth; the index is a derived copy that can be deleted at any
+time and is rebuilt from the embedding table. Layout: `<warehouse>.index/<model>__<kind>__d<D>`
+holds `vectors.faiss` (a faiss index), `ids.parquet` (the image id of each index row, in row
+order) and `manifest.json`. Files are replaced atomically, under a lock, so a reader never sees a
+half-written index and two runs never update it at once.
+
+Small collections use an exact flat index. From `IVF_FROM` vectors on it is faiss IVF with 8-bit
+scalar quantisation (`IVF<nlist>,SQ8`): a query scans only `nprobe` of the `nlist` cells, and
+each vector costs 1 byte per dimension (1M x 512 = 0.5 GB instead of 2 GB). Scores from the
+quantised codes are approximate, so callers re-score the candidates exactly from the warehouse.
+Embeddings are only ever inserted, so `sync` adds the rows the index lacks; it retrains (a full
+rebuild) when the collection has grown `RETRAIN_GROWTH` times past what the cells were trained
+on, or when the index holds an id the warehouse no longer has.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from core.clip.store import has_table, table_for
+from core.warehouse import Warehouse, locking
+
+IVF_FROM = 50_000  # below this many vectors, an exact flat index
+RETRAIN_GROWTH = 4.0
+TRAIN_PER_CELL = 40  # k-means sample per cell (faiss warns below 39)
+KMEANS_ITERATIONS = 10
+READ_CHUNK = 50_000  # rows per batch when (re)building from the warehouse
+DEFAULT_NPROBE = 32  # near-duplicate range search
+SEARCH_NPROBE = 128  # top-k search: about 10 ms a query at 1M (benchmarks/search.py)
+
+
+def nlist_for(count: int) -> int:
+    """Cells for `count` vectors: about sqrt(n), so a cell holds about sqrt(n) vectors."""
+    return int(min(4096, max(64, round(np.sqrt(count)))))
+
+
+def _slug(model_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", model_id).strip("_") or "model"
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    """What `VectorIndex.sync` did: vectors added, total held, whether it rebuilt, seconds."""
+
+    added: int
+    total: int
+    rebuilt: bool
+    seconds: float
+    factory: str
+
+
+def _atomic_write(path: Path, write) -> None:
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+
+
+class VectorIndex:
+    """The index of one (model, kind, dimension) of one warehouse."""
+
+    def __init__(self, warehouse: Warehouse, model_id: str, kind: str, dim: int) -> None:
+        self.warehouse = warehouse
+        self.model_id = model_id
+        self.kind = kind
+        self.dim = dim
+        self.table = table_for(dim)
+        root = warehouse.path.with_name(warehouse.path.name + ".index")
+        self.folder = root / f"{_slug(model_id)}__{kind}__d{dim}"
+        self._index: faiss.Index | None = None
+        self._ids: list[str] = []
+        self._manifest: dict = {}
+        self._loaded_at: float | None = None
+
+    # -- files -----------------------------------------------------------------------------
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.folder / "manifest.json"
+
+    def _read_manifest(self) -> dict:
+        try:
+            manifest = json.loads(self.manifest_path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+        same = (
+            manifest.get("model_id") == self.model_id
+            and manifest.get("kind") == self.kind
+            and manifest.get("dim") == self.dim
+        )
+        return manifest if same else {}
+
+    def _load(self) -> bool:
+        """Load the files (under the shared lock) if they changed; False when there is none."""
+        if not self.manifest_path.exists():
+            return self._load_unlocked()
+        with locking.hold(self.folder / "index", exclusive=False, timeout_s=600):
+            return self._load_unlocked()
+
+    def _load_unlocked(self) -> bool:
+        manifest = self._read_manifest()
+        if not manifest:
+            self._index, self._ids, self._manifest = None, [], {}
+            return False
+        if self._index is not None and manifest.get("written_at") == self._manifest.get(
+            "written_at"
+        ):
+            return True
+        index = faiss.read_index(str(self.folder / manifest["index_file"]))
+        ids = pq.read_table(self.folder / manifest["ids_file"]).column("image_id").to_pylist()
+        if index.ntotal != len(ids) or len(ids) != manifest["count"]:
+            self._index, self._ids, self._manifest = None, [], {}
+            return False
+        self._index, self._ids, self._manifest = index, ids, manifest
+        return True
+
+    def _save(self, index: faiss.Index, ids: list[str], trained_for: int, factory: str) -> None:
+        """Write index and ids under new names, then the manifest that points at them."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        stamp = f"{time.time_ns()}"
+        index_file, ids_file = f"vectors-{stamp}.faiss", f"ids-{stamp}.parquet"
+        _atomic_write(self.folder / index_file, lambda tmp: faiss.write_index(index, tmp))
+        _atomic_write(
+            self.folder / ids_file,
+            lambda tmp: pq.write_table(pa.table({"image_id": pa.array(ids, pa.string())}), tmp),
+        )
+        manifest = {
+            "model_id": self.model_id,
+            "kind": self.kind,
+            "dim": self.dim,
+            "count": len(ids),
+            "trained_for": trained_for,
+            "factory": factory,
+            "index_file": index_file,
+            "ids_file": ids_file,
+            "written_at": stamp,
+        }
+        _atomic_write(self.manifest_path, lambda tmp: Path(tmp).write_text(json.dumps(manifest)))
+        for old in self.folder.iterdir():  # earlier generations nobody points at any more
+            if old.suffix in {".faiss", ".parquet"} and old.name not in {index_file, ids_file}:
+                old.unlink(missing_ok=True)
+        self._index, self._ids, self._manifest = index, ids, manifest
+
+    # -- warehouse -------------------------------------------------------------------------
+
+    def stored_count(self) -> int:
+        if not has_table(self.warehouse, self.dim):
+            return 0
+        return int(
+            self.warehouse.rows(
+                f"SELECT count(*) FROM {self.table} WHERE model_id = ? AND kind = ?",
+                [self.model_id, self.kind],
+            )[0][0]
+        )
+
+    def _batches(self, sql: str, params: list, indexed: list[str] | None):
+        """(ids, vectors) batches of a query over the embedding table, READ_CHUNK rows each."""
+        with self.warehouse.reader() as conn:
+            if indexed is not None:
+                conn.register("indexed_ids", pa.table({"image_id": pa.array(indexed, pa.string())}))
+            reader = conn.sql(sql, params=params).to_arrow_reader(READ_CHUNK)
+            for batch in reader:
+                ids = batch.column(0).to_pylist()
+                flat = batch.column(1).flatten().to_numpy(zero_copy_only=False)
+                yield ids, np.ascontiguousarray(flat, dtype=np.float32).reshape(-1, self.dim)
+
+    def _rebuild(self, total: int) -> tuple[faiss.Index, list[str], str]:
+        if total < IVF_FROM:
+            factory = "Flat"
+            index = faiss.IndexFlatIP(self.dim)
+        else:
+            nlist = nlist_for(total)
+            factory = f"IVF{nlist},SQ8"
+            sample = min(total, nlist * TRAIN_PER_CELL)
+            train = np.concatenate(
+                [
+                    vectors
+                    for _, vectors in self._batches(
+                        f"SELECT image_id, embedding FROM {self.table}"
+                        f" WHERE model_id = ? AND kind = ? USING SAMPLE reservoir({sample} ROWS)"
+                        " REPEATABLE (7)",
+                        [self.model_id, self.kind],
+                        None,
+                    )
+                ]
+            )
+            quantizer = faiss.IndexFlatIP(self.dim)
+            index = faiss.IndexIVFScalarQuantizer(
+                quantizer,
+                self.dim,
+                nlist,
+                faiss.ScalarQuantizer.QT_8bit,
+                faiss.METRIC_INNER_PRODUCT,
+            )
+            index.cp.niter = KMEANS_ITERATIONS
+            index.train(train)
+            del train
+        ids: list[str] = []
+        for batch_ids, vectors in self._batches(
+            f"SELECT image_id, embedding FROM {self.table} WHERE model_id = ? AND kind = ?",
+            [self.model_id, self.kind],
+            None,
+        ):
+            index.add(vectors)
+            ids.extend(batch_ids)
+        return index, ids, factory
+
+    def sync(self) -> SyncReport:
+        """Bring the index up to date with the warehouse: add new rows, or rebuild."""
+        started = time.perf_counter()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with locking.hold(self.folder / "index", exclusive=True, timeout_s=600):
+            total = self.stored_count()
+            have = self._load_unlocked()
+            index, ids = self._index, list(self._ids)
+            trained_for = int(self._manifest.get("trained_for", 0))
+            factory = str(self._manifest.get("factory", ""))
+            if have:
+                # Equal counts are no proof (a replaced warehouse): the ids must all be known.
+                known = self._count_known(ids)
+                if known == len(ids) == total:
+                    return SyncReport(0, total, False, time.perf_counter() - started, factory)
+                outgrown = factory == "Flat" and total >= IVF_FROM
+                outgrown |= factory != "Flat" and total > RETRAIN_GROWTH * trained_for
+                have = known == len(ids) and not outgrown
+            if not have or index is None:
+                index, ids, factory = self._rebuild(total)
+                self._save(index, ids, len(ids), factory)
+                return SyncReport(len(ids), len(ids), True, time.perf_counter() - started, factory)
+            added = 0
+            for batch_ids, vectors in self._batches(
+                f"SELECT t.image_id, t.embedding FROM {self.table} t"
+                " ANTI JOIN indexed_ids USING (image_id)"
+                " WHERE t.model_id = ? AND t.kind = ? ORDER BY t.image_id",
+                [self.model_id, self.kind],
+                ids,
+            ):
+                index.add(vectors)
+                ids.extend(batch_ids)
+                added += len(batch_ids)
+            self._save(index, ids, trained_for, factory)
+            return SyncReport(added, len(ids), False, time.perf_counter() - started, factory)
+
+    def _count_known(self, ids: list[str]) -> int:
+        """How many of the indexed ids the warehouse still holds for this model and kind."""
+        with self.warehouse.reader() as conn:
+            conn.register("indexed_ids", pa.table({"image_id": pa.array(ids, pa.string())}))
+            row = conn.execute(
+                f"SELECT count(*) FROM {self.table} t JOIN indexed_ids USING (image_id)"
+                " WHERE t.model_id = ? AND t.kind = ?",
+                [self.model_id, self.kind],
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Sync only if the warehouse's row count moved (a cheap check before each query)."""
+        if not self.ready():
+            self.sync()
+
+    def ready(self) -> bool:
+        """Loaded and holding exactly the warehouse's rows of this model and kind."""
+        return self._load() and len(self._ids) == self.stored_count()
+
+    @property
+    def count(self) -> int:
+        return len(self._ids)
+
+    @property
+    def factory(self) -> str:
+        return str(self._manifest.get("factory", ""))
+
+    def _set_nprobe(self, nprobe: int) -> None:
+        if self._index is not None and hasattr(self._index, "nprobe"):
+            faiss.extract_index_ivf(self._index).nprobe = int(nprobe)
+
+    def search(
+        self, queries: np.ndarray, k: int, *, nprobe: int = DEFAULT_NPROBE
+    ) -> tuple[list[list[str]], np.ndarray]:
+        """Approximate top-k image ids per query row and their (approximate) inner products."""
+        if not self._load() or self._index is None:
+            raise RuntimeError(f"no index in {self.folder}: call sync() first")
+        self._set_nprobe(nprobe)
+        scores, rows = self._index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        ids = [[self._ids[r] for r in row if r >= 0] for row in rows]
+        return ids, scores
+
+    def range_search(
+        self, queries: np.ndarray, threshold: float, *, nprobe: int = DEFAULT_NPROBE
+    ) -> list[list[str]]:
+        """Per query row, the ids whose approximate inner product is above `threshold`."""
+        if not self._load() or self._index is None:
+            raise RuntimeError(f"no index in {self.folder}: call sync() first")
+        self._set_nprobe(nprobe)
+        limits, _, rows = self._index.range_search(
+            np.ascontiguousarray(queries, dtype=np.float32), float(threshold)
+        )
+        return [
+            [self._ids[r] for r in rows[limits[i] : limits[i + 1]]] for i in range(len(queries))
+        ]

@@ -1,0 +1,140 @@
+"""The vector index beside the warehouse: per-drop updates, rebuilds, recall, and the
+near-duplicate check answered from it (the same pairs as the exact SQL join)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core.clip import near_duplicates
+from core.clip.near_duplicates import near_duplicate_pairs
+from core.search import index as index_module
+from core.search import query as query_module
+from core.search.index import VectorIndex
+from core.search.query import search
+from core.warehouse import Warehouse
+from tests.core.search.planted import MODEL, plant, unit
+
+DIM = 64
+
+
+def clustered(rng: np.random.Generator, n: int, centers: int = 30) -> np.ndarray:
+    """Vectors around a few centres, as real embeddings are, not uniform noise."""
+    middle = rng.standard_normal((centers, DIM))
+    return unit(middle[rng.integers(0, centers, n)] + 0.6 * rng.standard_normal((n, DIM)))
+
+
+def names(n: int, prefix: str) -> list[str]:
+    return [f"{prefix}{i:05d}" for i in range(n)]
+
+
+def exact_top(vectors: np.ndarray, ids: list[str], queries: np.ndarray, k: int) -> list[set]:
+    scores = queries @ vectors.T
+    return [{ids[j] for j in np.argsort(-row)[:k]} for row in scores]
+
+
+def test_small_index_is_exact_and_grows_by_the_new_drop(warehouse: Warehouse) -> None:
+    rng = np.random.default_rng(0)
+    first, second = clustered(rng, 300), clustered(rng, 120)
+    plant(warehouse, "d1", names(300, "a"), first)
+    index = VectorIndex(warehouse, MODEL, "global", DIM)
+    report = index.sync()
+    assert (report.added, report.total, report.rebuilt, report.factory) == (300, 300, True, "Flat")
+    assert index.sync().added == 0  # up to date: nothing read
+    plant(warehouse, "d2", names(120, "b"), second)
+    report = index.sync()
+    assert (report.added, report.total, report.rebuilt) == (120, 420, False)
+    everything = np.concatenate([first, second])
+    queries = clustered(rng, 20)
+    found, _ = index.search(queries, 10)
+    assert [set(row) for row in found] == exact_top(
+        everything, names(300, "a") + names(120, "b"), queries, 10
+    )
+    reopened = VectorIndex(warehouse, MODEL, "global", DIM)  # another process: from the files
+    assert reopened.ready() and reopened.count == 420
+
+
+def test_ivf_index_recall_and_rebuild_when_outgrown(warehouse: Warehouse, monkeypatch) -> None:
+    monkeypatch.setattr(index_module, "IVF_FROM", 1000)
+    monkeypatch.setattr(index_module, "RETRAIN_GROWTH", 1.5)
+    rng = np.random.default_rng(1)
+    stored = clustered(rng, 2000)
+    ids = names(2000, "s")
+    plant(warehouse, "d1", ids, stored)
+    index = VectorIndex(warehouse, MODEL, "global", DIM)
+    report = index.sync()
+    assert report.rebuilt and report.factory.startswith("IVF") and report.factory.endswith("SQ8")
+    queries = clustered(rng, 100)
+    truth = exact_top(stored, ids, queries, 10)
+    found, _ = index.search(queries, 10, nprobe=16)
+    recall = np.mean([len(set(row) & want) / 10 for row, want in zip(found, truth, strict=True)])
+    assert recall >= 0.9
+    plant(warehouse, "d2", names(300, "t"), clustered(rng, 300))
+    assert not index.sync().rebuilt  # 2300 < 1.5 x 2000: the trained cells still serve
+    plant(warehouse, "d3", names(1000, "u"), clustered(rng, 1000))
+    report = index.sync()
+    assert report.rebuilt and report.total == 3300  # outgrew its training: retrained
+
+
+def test_index_rebuilds_when_it_holds_ids_the_warehouse_lacks(tmp_path) -> None:
+    rng = np.random.default_rng(2)
+    old = Warehouse(tmp_path / "w.duckdb")
+    plant(old, "d1", names(50, "a"), clustered(rng, 50))
+    VectorIndex(old, MODEL, "global", DIM).sync()
+    old.path.unlink()  # a fresh warehouse with other images, the old index left beside it
+    fresh = Warehouse(tmp_path / "w.duckdb")
+    plant(fresh, "d1", names(50, "b"), clustered(rng, 50))
+    index = VectorIndex(fresh, MODEL, "global", DIM)
+    report = index.sync()
+    assert report.rebuilt
+    found, _ = index.search(clustered(rng, 1), 50)
+    assert all(image_id.startswith("b") for image_id in found[0])
+
+
+def test_search_through_the_index_matches_exact_search(warehouse, monkeypatch) -> None:
+    monkeypatch.setattr(query_module, "EXACT_MAX", 100)
+    rng = np.random.default_rng(4)
+    stored = clustered(rng, 600)
+    plant(warehouse, "d1", names(600, "s"), stored)
+    exact = search(warehouse, like="s00007", k=10, method="exact")
+    auto = search(warehouse, like="s00007", k=10)  # 600 > EXACT_MAX: the index, re-scored
+    assert auto["image_id"].to_list() == exact["image_id"].to_list()
+    np.testing.assert_allclose(auto["score"].to_numpy(), exact["score"].to_numpy(), atol=1e-5)
+    assert VectorIndex(warehouse, MODEL, "global", DIM).ready()
+
+
+def _with_copies(rng: np.random.Generator, source: np.ndarray, noise: float) -> np.ndarray:
+    return unit(source + noise * rng.standard_normal(source.shape))
+
+
+@pytest.mark.parametrize("ivf", [False, True])
+def test_near_duplicates_from_the_index_equal_the_sql_join(warehouse, monkeypatch, ivf) -> None:
+    if ivf:
+        monkeypatch.setattr(index_module, "IVF_FROM", 1000)
+    rng = np.random.default_rng(5)
+    stored = clustered(rng, 1500)
+    plant(warehouse, "old", names(1500, "s"), stored)
+    fresh = clustered(rng, 200)
+    fresh[:20] = _with_copies(rng, stored[:20], 0.01)  # re-encoded copies of stored images
+    fresh[20:30] = _with_copies(rng, fresh[30:40], 0.01)  # pairs inside the drop
+    fresh[40:45] = _with_copies(rng, stored[100:105], 0.2)  # similar, not duplicates
+    plant(warehouse, "new", names(200, "n"), fresh)
+    args = {"model_id": MODEL, "dim": DIM, "threshold": 0.98}
+    exact = near_duplicate_pairs(warehouse, "new", method="sql", **args)
+    from_index = near_duplicate_pairs(warehouse, "new", method="index", **args)
+    assert exact.height == 30
+    assert (
+        from_index.select("image_id", "other_image_id", "other_in_drop").rows()
+        == exact.select("image_id", "other_image_id", "other_in_drop").rows()
+    )
+    np.testing.assert_allclose(from_index["cosine"], exact["cosine"], atol=1e-5)
+    assert exact["other_in_drop"].sum() == 10
+
+
+def test_auto_picks_the_index_above_the_pair_budget(warehouse, monkeypatch) -> None:
+    rng = np.random.default_rng(6)
+    plant(warehouse, "old", names(400, "s"), clustered(rng, 400))
+    plant(warehouse, "new", names(10, "n"), clustered(rng, 10))
+    monkeypatch.setattr(near_duplicates, "SQL_MAX_PAIRS", 100)
+    near_duplicate_pairs(warehouse, "new", model_id=MODEL, dim=DIM)
+    assert VectorIndex(warehouse, MODEL, "global", DIM).ready()  # built and current
