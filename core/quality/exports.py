@@ -90,12 +90,17 @@ class InstructionExport(BaseModel):
 
 
 def llava_conversation(image: str, instruction: str, answer: dict, image_id: str) -> dict:
-    """One LLaVA-style training record: the image, the instruction, the JSON answer."""
+    """One LLaVA-style training record laid out as inference prompts the model
+    (`core.vlm.prompt.chat_messages`): the system prompt, then the instruction and the image
+    in that order, then the JSON answer."""
+    from core.vlm.prompt import SYSTEM_PROMPT
+
     return {
         "id": image_id,
         "image": image,
+        "system": SYSTEM_PROMPT,
         "conversations": [
-            {"from": "human", "value": f"<image>\n{instruction}"},
+            {"from": "human", "value": f"{instruction}\n<image>"},
             {"from": "gpt", "value": json.dumps(answer, ensure_ascii=False, separators=(",", ":"))},
         ],
     }
