@@ -5,13 +5,20 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
-.PHONY: demo test ui lint validate bench export clean-data label-studio export-reviews import-reviews search \
+.PHONY: demo test ui lint validate bench bench-peer-venv export clean-data label-studio export-reviews import-reviews search \
 	sglang-env sglang-demo
 
 # The real SGLang server (CPU engine) lives in its own venv: its pins (torch CUDA build,
 # transformers 5) differ from the project's. `make sglang-env` installs it once (~6.7 GB).
 SGLANG_VENV := .venv-sglang
 SGLANG_STAMP := $(SGLANG_VENV)/.installed
+
+# clip-retrieval, the embedding benchmark's peer, in a venv of its own: its pins conflict with
+# ours (numpy<2, open_clip<3) and its clip-anytorch imports pkg_resources, which setuptools 70+
+# dropped; torch 2.14 asks for setuptools>=77 (only torch.utils.cpp_extension uses it), so
+# setuptools is downgraded in a second step. Same torch as ours: the comparison is the pipeline.
+PEER_VENV := .venv-clip-retrieval
+PEER_STAMP := $(PEER_VENV)/.installed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -90,8 +97,20 @@ K ?= 20
 search: $(STAMP)
 	$(BIN)/python -m core.search "$(Q)" --k $(K) $(ARGS)
 
-## Run the speed benchmarks (about 10 minutes on 2 cores); JSON lands in data/bench/.
-bench: $(STAMP)
+$(PEER_STAMP): $(STAMP)
+	$(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/pip install --quiet "numpy<2" \
+		"torch==$$($(BIN)/python -c 'import torch; print(torch.__version__.split("+")[0])')" \
+		"torchvision==$$($(BIN)/python -c 'import torchvision; print(torchvision.__version__.split("+")[0])')" \
+		"clip-retrieval==2.45.0"
+	$(PEER_VENV)/bin/pip install --quiet "setuptools<70"
+	touch $(PEER_STAMP)
+
+## The embedding benchmark's peer (clip-retrieval) in its own venv, .venv-clip-retrieval/.
+bench-peer-venv: $(PEER_STAMP)
+
+## Run the speed benchmarks (under 10 minutes on 2 cores); JSON lands in data/bench/.
+bench: $(STAMP) $(PEER_STAMP)
 	$(BIN)/python benchmarks/ingest.py --out data/bench/ingest.json
 	$(BIN)/python benchmarks/embed.py --out data/bench/embed.json
 	$(BIN)/python benchmarks/extract_client.py --out data/bench/extract_client.json

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tests.offline  # noqa: F401  (first: hub clients read the offline switches on import)
+
+# isort: split
 import shutil
 from collections.abc import Iterator
 from pathlib import Path

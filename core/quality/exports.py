@@ -101,14 +101,19 @@ class InstructionExport(BaseModel):
 def llava_conversation(
     image: str, instruction: str, answer: dict, image_id: str, model_id: str
 ) -> dict:
-    """One LLaVA-style training record: the image, the instruction, the JSON answer, and the
-    model that gave it (so a training set never mixes models unknowingly)."""
+    """One LLaVA-style training record laid out as inference prompts the model
+    (`core.vlm.prompt.chat_messages`): the system prompt, then the instruction and the image in
+    that order, then the JSON answer; and the model that gave it (so a training set never mixes
+    models unknowingly)."""
+    from core.vlm.prompt import SYSTEM_PROMPT
+
     return {
         "id": image_id,
         "model_id": model_id,
         "image": image,
+        "system": SYSTEM_PROMPT,
         "conversations": [
-            {"from": "human", "value": f"<image>\n{instruction}"},
+            {"from": "human", "value": f"{instruction}\n<image>"},
             {"from": "gpt", "value": json.dumps(answer, ensure_ascii=False, separators=(",", ":"))},
         ],
     }

@@ -11,6 +11,7 @@ from polars.testing import assert_frame_equal
 
 from core.quality.exports import export_instruction_data, export_task_tables, task_tables
 from core.tasks.registry import get_task
+from core.vlm.prompt import SYSTEM_PROMPT
 from tests.fixtures.contracts import add_drop, add_extraction, plant_sql
 
 SCENERY_PEOPLE = get_task("scenery_people")
@@ -80,7 +81,9 @@ def test_validated_extractions_become_llava_conversations(warehouse, extracted, 
     first = records[0]
     assert first["image"] == "/data/drops/d1/a.jpg" and first["id"] == extracted[0]
     human, gpt = first["conversations"]
-    assert human == {"from": "human", "value": "<image>\nDescribe the scenery and the people."}
+    # The inference layout: the instruction, then the image; the system prompt beside it.
+    assert human == {"from": "human", "value": "Describe the scenery and the people.\n<image>"}
+    assert first["system"] == SYSTEM_PROMPT
     assert gpt["from"] == "gpt"
     assert SceneryPeople.model_validate_json(gpt["value"]).people[1].shirt_color == "navy blue"
 
@@ -108,7 +111,7 @@ def test_the_export_command_writes_every_table_and_one_llava_file_per_task(
     assert {"llava_scenery_people.json", "llava_age_gender.json"} <= set(written)
     records = json.loads((tmp_path / "x" / "llava_scenery_people.json").read_text())
     assert [r["image"] for r in records] == ["/drops/d1/a.jpg", "/drops/d1/b.jpg"]
-    assert records[0]["conversations"][0]["value"] == "<image>\n" + SCENERY_PEOPLE.instruction
+    assert records[0]["conversations"][0]["value"] == SCENERY_PEOPLE.instruction + "\n<image>"
     for table in task_tables(warehouse):  # JSONL round-trips too
         stored = warehouse.query(f'SELECT * FROM "{table}"')
         exported = pl.read_ndjson(tmp_path / "x" / f"{table}.jsonl", schema_overrides=stored.schema)
@@ -144,3 +147,26 @@ def test_export_all_leaves_stand_in_rows_out_unless_asked_and_names_every_model(
     assert {r["model_id"] for r in records} == {"m", STANDIN_MODEL_ID}
     table = pl.read_parquet(tmp_path / "all" / "task_scenery_people.parquet")
     assert STANDIN_MODEL_ID in table["model_id"].to_list()
+
+
+def test_the_exported_human_turn_is_the_inference_prompt_of_every_task(
+    warehouse, extracted, tmp_path
+):
+    """Fine-tuning data must be prompted as inference is: system prompt, then the user turn's
+    parts in order (instruction text, image), so the rendering is derived from `chat_messages`."""
+    from core.quality.exports import export_all
+    from core.tasks.registry import TASKS
+    from core.vlm.prompt import chat_messages
+
+    summary = export_all(warehouse, tmp_path / "x")
+    assert summary.instructions["scenery_people"].records == 2
+    for name in summary.instructions:
+        task = TASKS[name]
+        records = json.loads((tmp_path / "x" / f"llava_{name}.json").read_text())
+        system, user = chat_messages(task)
+        rendered = "\n".join(
+            part["text"] if part["type"] == "text" else "<image>" for part in user["content"]
+        )
+        for record in records:
+            assert record["system"] == system["content"]
+            assert record["conversations"][0] == {"from": "human", "value": rendered}
