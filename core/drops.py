@@ -19,7 +19,7 @@ import stat
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -436,7 +436,7 @@ def _plan_loose(
     oldest = min((seen[n][2] for n in quiet), default=now)
     waited = now - oldest - timing.quiet_period_s
     if quiet and (still == 0 or waited >= timing.loose_max_wait_s):
-        stamp = datetime.fromtimestamp(now, tz=timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        stamp = datetime.fromtimestamp(now, tz=UTC).strftime("%Y%m%dT%H%M%SZ")
         summary = summarize([(n, seen[n][0], seen[n][1]) for n in quiet])
         why = (
             "loose files quiet"

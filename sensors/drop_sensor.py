@@ -7,7 +7,7 @@ Dagster's run retries exhausted, is named on every tick and re-requested; see RE
 
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
 
@@ -52,7 +52,7 @@ def read_run_outcomes(
     (its `dagster/will_retry` tag is not `true`); the retry run reports later in its own right.
     """
     after = (
-        datetime.fromtimestamp(state.runs_checked_at, tz=timezone.utc)
+        datetime.fromtimestamp(state.runs_checked_at, tz=UTC)
         if state.runs_checked_at is not None
         else None
     )

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -288,7 +288,7 @@ class DropIngestor:
         return outcomes
 
     def _write(self, drop_id: str, outcomes: list[Outcome], report: IngestReport) -> None:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         images, files, rejected = [], [], []
         for o in outcomes:
             if o.problem is not None:
@@ -417,7 +417,7 @@ class DropIngestor:
     def _record_drop(self, drop: DropRef, report: IngestReport, *, changed: bool) -> None:
         """Mark rows whose file is gone (and clear the mark on those back), then count the
         drop: files_seen = files_ingested + files_rejected over the files present now."""
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         seen = pa.table({"path": pa.array(sorted(set(report.seen_paths)), pa.string())})
         with self.warehouse.transaction() as conn:
             conn.register("seen_now", seen)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import Enum
 
 
-class RejectReason(str, Enum):
+class RejectReason(str, Enum):  # noqa: UP042 - str() and format() keep their behaviour
     EMPTY = "empty"  # zero bytes
     NOT_AN_IMAGE = "not_an_image"  # no decoder recognises the bytes
     TRUNCATED = "truncated"  # recognised, but the data ends early

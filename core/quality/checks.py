@@ -1101,7 +1101,7 @@ def record_outcomes(
     evaluated_at: dt.datetime | None = None,
 ) -> int:
     """Upsert outcomes into `quality_results` (one row per run, asset, check and partition)."""
-    at = evaluated_at or dt.datetime.now(dt.timezone.utc)
+    at = evaluated_at or dt.datetime.now(dt.UTC)
     rows = [
         (
             run_id,

@@ -277,7 +277,7 @@ def write_evaluations(
 ) -> int:
     """Upsert one `evaluations` row per metric (key: run, labelled set, model, task, field,
     source, metric)."""
-    at = evaluated_at or dt.datetime.now(dt.timezone.utc)
+    at = evaluated_at or dt.datetime.now(dt.UTC)
     rows = []
     for result in report.results:
         details = {

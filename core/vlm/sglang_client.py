@@ -418,7 +418,7 @@ class SGLangClient(VLMBackend):
                         http.post(f"{self.base_url}/v1/chat/completions", json=body),
                         timeout=deadline - now,
                     )
-            except (TimeoutError, asyncio.TimeoutError):  # the same class from Python 3.11
+            except TimeoutError:  # the same class from Python 3.11
                 return past_deadline()
             except httpx.TransportError as error:
                 retry_transport = True

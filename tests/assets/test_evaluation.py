@@ -23,7 +23,7 @@ from resources.labelled_set import LabelledSetResource
 from resources.warehouse import WarehouseResource
 from tests.fixtures.contracts import add_drop, add_extraction, add_zero_shot
 
-T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 CLIP = "standin-clip"
 VLM = "llava-real"
 

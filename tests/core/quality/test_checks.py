@@ -26,7 +26,7 @@ from tests.fixtures.contracts import (
     plant_sql,
 )
 
-T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 CLIP = "standin-clip"
 VLM = "standin-llava"
 SCOPE = ExtractionScope(task="scenery_people", model_id=VLM)

@@ -91,7 +91,7 @@ def test_side_by_side_table_and_stand_in_banner(warehouse, labelled_ages):
 
 def test_evaluations_are_stored_per_run_model_task_and_metric(warehouse, labelled_ages):
     report = evaluate(warehouse, labelled_ages, run_id="r1")
-    at = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    at = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     written = write_evaluations(warehouse, report, evaluated_at=at)
     assert write_evaluations(warehouse, report, evaluated_at=at) == written  # rerun: replaced
     assert warehouse.rows("SELECT count(*) FROM evaluations") == [(written,)]

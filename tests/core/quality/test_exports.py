@@ -17,7 +17,7 @@ from tests.fixtures.contracts import add_drop, add_extraction, plant_sql
 SCENERY_PEOPLE = get_task("scenery_people")
 SceneryPeople = SCENERY_PEOPLE.model
 
-T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 PEOPLE = [
     {"age_group": "21-30", "shirt_color": "red"},
     {"age_group": "51-60", "shirt_color": "navy blue"},
