@@ -11,13 +11,17 @@ patch 8), a 2-layer Llama text model and a byte-level BPE tokenizer trained here
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from core.tasks.registry import TASKS
 from core.tasks.vocabulary import AGE_BINS, BASKETBALL_ACTIONS, GENDERS, SCENERY
+from core.vlm.model_cache import (
+    MARKER,
+    chat_template,
+    default_cache_dir,
+    save_atomically,
+    train_bpe,
+)
 
 STANDIN_VERSION = 1
 STANDIN_MODEL_ID = f"standin/tiny-llava-v{STANDIN_VERSION}"
@@ -27,21 +31,7 @@ IMAGE_TOKEN = "<image>"
 SPECIAL_TOKENS = ["<pad>", "<s>", "<|im_start|>", "<|im_end|>", IMAGE_TOKEN]
 
 # chatml-llava's layout (the template SGLang uses for LLaVA-OneVision): parts in content order.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] in ('image', 'image_url') %}<image>\n"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}\n{% endif %}"
-    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
-def default_cache_dir() -> Path:
-    from orchestration.settings import REPO_ROOT
-
-    return Path(os.environ.get("IMAGE_PIPELINE_MODEL_CACHE", REPO_ROOT / "data" / "models"))
+CHAT_TEMPLATE = chat_template(IMAGE_TOKEN)
 
 
 def _corpus() -> list[str]:
@@ -55,19 +45,9 @@ def _corpus() -> list[str]:
 
 
 def _build_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=600,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(_corpus(), trainer=trainer)
+    tokenizer = train_bpe(_corpus(), 600, SPECIAL_TOKENS)
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token="<s>",
@@ -141,30 +121,18 @@ def build_standin(target: Path, *, seed: int = 0) -> Path:
         num_additional_image_tokens=1,  # CLIP's CLS token, which "default" then drops again
         chat_template=CHAT_TEMPLATE,
     )
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+
+    def write(staging: Path) -> None:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
-        (staging / "STANDIN.json").write_text(
-            json.dumps({"model_id": STANDIN_MODEL_ID, "seed": seed, "random_weights": True})
-        )
-        staging.chmod(0o755)
-        try:
-            staging.rename(target)
-        except OSError:
-            if not (target / "STANDIN.json").exists():  # lost a race to a complete build: fine
-                raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
+
+    marker = {"model_id": STANDIN_MODEL_ID, "seed": seed, "random_weights": True}
+    return save_atomically(target, write, marker)
 
 
 def ensure_standin(cache_dir: Path | None = None) -> Path:
     """The stand-in's directory under the model cache, built on first use."""
     target = Path(cache_dir or default_cache_dir()) / f"tiny-llava-v{STANDIN_VERSION}"
-    if not (target / "STANDIN.json").exists():
+    if not (target / MARKER).exists():
         build_standin(target)
     return target

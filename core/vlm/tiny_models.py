@@ -16,14 +16,18 @@ fits `CONTEXT_LENGTH`: a 400-token vocabulary made the scenery prompt ~900 token
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from core.tasks.registry import TASKS
 from core.tasks.vocabulary import AGE_BINS, BASKETBALL_ACTIONS, GENDERS, SCENERY
+from core.vlm.model_cache import (
+    MARKER,
+    chat_template,
+    default_cache_dir,
+    save_atomically,
+    train_bpe,
+)
 from core.vlm.prompt import SYSTEM_PROMPT
 
 TINY_QWEN2_VL_VERSION = 1
@@ -42,21 +46,7 @@ SPECIAL_TOKENS = [
 IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
 
 # Qwen2-VL's chat layout: an image part becomes the vision placeholder where it stands.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] in ('image', 'image_url') %}" + IMAGE_PLACEHOLDER + "\n"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}\n{% endif %}"
-    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
-def default_cache_dir() -> Path:
-    from orchestration.settings import REPO_ROOT
-
-    return Path(os.environ.get("IMAGE_PIPELINE_MODEL_CACHE", REPO_ROOT / "data" / "models"))
+CHAT_TEMPLATE = chat_template(IMAGE_PLACEHOLDER)
 
 
 def _corpus() -> list[str]:
@@ -71,19 +61,9 @@ def _corpus() -> list[str]:
 
 def build_tokenizer():
     """Byte-level BPE with Qwen's special tokens and the chat template above."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(_corpus(), trainer=trainer)
+    tokenizer = train_bpe(_corpus(), VOCAB_SIZE, SPECIAL_TOKENS)
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         eos_token="<|im_end|>",
@@ -156,35 +136,23 @@ def build_tiny_qwen2_vl(target: Path, *, seed: int = 0) -> Path:
         video_processor=Qwen2VLVideoProcessor(),
         chat_template=CHAT_TEMPLATE,
     )
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+
+    def write(staging: Path) -> None:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / "generation_config.json").write_text(
             json.dumps({"eos_token_id": ids["<|im_end|>"], "max_new_tokens": 32})
         )
-        (staging / "STANDIN.json").write_text(
-            json.dumps({"model_id": TINY_QWEN2_VL_ID, "seed": seed, "random_weights": True})
-        )
-        staging.chmod(0o755)
-        try:
-            staging.rename(target)
-        except OSError:
-            if not (target / "STANDIN.json").exists():  # lost a race to a complete build: fine
-                raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
+
+    marker = {"model_id": TINY_QWEN2_VL_ID, "seed": seed, "random_weights": True}
+    return save_atomically(target, write, marker)
 
 
 def ensure_tiny_qwen2_vl(cache_dir: Path | None = None) -> Path:
     """The checkpoint's directory under the model cache (data/models/), built on first use."""
     target = Path(cache_dir or default_cache_dir()) / f"tiny-qwen2-vl-v{TINY_QWEN2_VL_VERSION}"
-    if not (target / "STANDIN.json").exists():
+    if not (target / MARKER).exists():
         build_tiny_qwen2_vl(target)
     return target
 
