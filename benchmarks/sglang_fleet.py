@@ -27,6 +27,7 @@ import json
 import random
 import re
 import socket
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -38,6 +39,11 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script, too
+
+from core.tasks.registry import TASKS
+from core.vlm.sglang_client import compact_ebnf
 
 MODEL = "sim/llava-fleet"
 WORDS = ("red", "dark blue", "white", "green", "light grey")
@@ -71,6 +77,17 @@ def answer(schema: dict[str, Any], n: int) -> Any:
 def _error(status: int, message: str, kind: str = "BadRequestError") -> JSONResponse:
     body = {"object": "error", "message": message, "type": kind, "param": None, "code": status}
     return JSONResponse(body, status_code=status)
+
+
+_SCHEMAS: dict[str, dict[str, Any]] = {}
+
+
+def _schema_of_grammar(grammar: str) -> dict[str, Any] | None:
+    """The built-in task schema whose compact grammar the client sent (the fleet answers from the
+    schema, as a constrained model would), or None for a grammar of no built-in task."""
+    if not _SCHEMAS:
+        _SCHEMAS.update({compact_ebnf(t.schema_json): t.json_schema for t in TASKS.values()})
+    return _SCHEMAS.get(grammar)
 
 
 class _Dropped(Response):
@@ -118,8 +135,12 @@ class Fleet:
             return _error(400, f"JSON decode error: {error}")
         messages = body.get("messages")
         spec = (body.get("response_format") or {}).get("json_schema") or {}
-        if not isinstance(messages, list) or "schema" not in spec:
-            return _error(400, "messages and a json_schema response_format are required")
+        if body.get("ebnf"):  # the client's default: a compact grammar made from a task schema
+            spec = {"schema": _schema_of_grammar(body["ebnf"])}
+        if not isinstance(messages, list) or spec.get("schema") is None:
+            return _error(
+                400, "messages and an ebnf of a built-in task or a json_schema are required"
+            )
         try:
             for message in messages:
                 for part in message.get("content") or []:
