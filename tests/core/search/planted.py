@@ -38,7 +38,8 @@ def plant(
                 [image_id, drop_id, path, now],
             )
             conn.execute(
-                "INSERT INTO image_files VALUES (?, ?, ?, false, 1, 0, ?)",
+                "INSERT INTO image_files (drop_id, path, image_id, is_duplicate, byte_size, mtime_ns,"
+                " ingested_at) VALUES (?, ?, ?, false, 1, 0, ?)",
                 [drop_id, path, image_id, now],
             )
         write_embeddings(conn, ids, unit(vectors), model_id=model_id, kind="global")
