@@ -29,8 +29,10 @@ class WarehouseNotFound(FileNotFoundError):
 
 
 def _is_lock_conflict(error: duckdb.Error) -> bool:
+    """DuckDB's own words for a file another process holds ("Could not set lock on file ...:
+    Conflicting lock is held in ..."); a path that merely contains "lock" is not one."""
     text = str(error)
-    return "lock" in text.lower() or "Conflicting" in text
+    return "Conflicting lock" in text or "Could not set lock" in text
 
 
 class Warehouse:

@@ -97,3 +97,26 @@ def test_a_foreign_process_holding_the_file_is_waited_out(warehouse: Warehouse):
         duckdb.connect(str(warehouse.path), read_only=True)  # what a naive reader gets
     assert warehouse.rows("SELECT count(*) FROM drops") == [(0,)]
     holder.wait(timeout=30)
+
+
+def test_an_unopenable_path_with_lock_in_its_name_fails_at_once(tmp_path, monkeypatch):
+    """Only DuckDB's lock conflict is waited for: a directory named `blocked.duckdb` is not one
+    (the word "lock" in a path once made every open retry until the lock timeout)."""
+    import duckdb
+
+    from core.warehouse import connection
+
+    blocked = tmp_path / "blocked.duckdb"
+    blocked.mkdir()
+    opens = []
+    real_connect = duckdb.connect
+
+    def counting_connect(*args, **kwargs):
+        opens.append(args)
+        return real_connect(*args, **kwargs)
+
+    monkeypatch.setattr(connection.duckdb, "connect", counting_connect)
+    with pytest.raises(duckdb.IOException, match="Is a directory"):
+        with Warehouse(blocked, lock_timeout_s=3).transaction():
+            pass
+    assert len(opens) == 1
