@@ -116,7 +116,9 @@ def test_an_unopenable_path_with_lock_in_its_name_fails_at_once(tmp_path, monkey
         return real_connect(*args, **kwargs)
 
     monkeypatch.setattr(connection.duckdb, "connect", counting_connect)
-    with pytest.raises(duckdb.IOException, match="Is a directory"):
-        with Warehouse(blocked, lock_timeout_s=3).transaction():
-            pass
+    with (
+        pytest.raises(duckdb.IOException, match="Is a directory"),
+        Warehouse(blocked, lock_timeout_s=3).transaction(),
+    ):
+        pass
     assert len(opens) == 1
