@@ -8,12 +8,7 @@ from typing import Any
 
 import dagster as dg
 
-from assets.embeddings import clip_embeddings, clip_zero_shot
-from assets.evaluation import evaluation, label_agreement
-from assets.extraction import vlm_extractions
-from assets.ingestion import images
-from assets.review import drop_page, review_queue
-from orchestration.jobs import image_pipeline_job
+from orchestration.jobs import PIPELINE_ASSETS, image_pipeline_job
 from orchestration.resources import build_resources
 from orchestration.settings import Settings
 from sensors.drop_sensor import build_drop_sensor
@@ -28,16 +23,7 @@ def build_definitions(
     """`resources` replace the environment's (make sglang-demo launches its own server)."""
     settings = settings or Settings.from_env()
     return dg.Definitions(
-        assets=[
-            images,
-            clip_embeddings,
-            clip_zero_shot,
-            vlm_extractions,
-            label_agreement,
-            evaluation,
-            review_queue,
-            drop_page,
-        ],
+        assets=PIPELINE_ASSETS,
         jobs=[image_pipeline_job],
         sensors=[build_drop_sensor(settings, clock)],
         resources=build_resources(settings) | (resources or {}),

@@ -10,7 +10,8 @@ from assets.review import drop_page, review_queue
 
 PIPELINE_JOB_NAME = "image_pipeline"
 
-pipeline_assets = dg.AssetSelection.assets(
+# Every asset of the project is in the chain; `Definitions` loads this same list.
+PIPELINE_ASSETS = [
     images,
     clip_embeddings,
     clip_zero_shot,
@@ -19,7 +20,8 @@ pipeline_assets = dg.AssetSelection.assets(
     evaluation,
     review_queue,
     drop_page,
-)
+]
+pipeline_assets = dg.AssetSelection.assets(*PIPELINE_ASSETS)
 
 # Dagster's run retries (enabled in dagster.yaml, `run_retries`): a failed run is re-executed
 # from its failed steps up to twice; the sensor takes over once these are exhausted.
