@@ -11,6 +11,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
@@ -37,14 +38,17 @@ def stage_samples(drop_root: Path) -> Path:
     return target
 
 
-def run_demo(settings: Settings, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
-    """Stage the samples as drop `samples` and run the whole chain on it in this process."""
+def run_demo(
+    settings: Settings, instance: dg.DagsterInstance, resources: dict[str, Any] | None = None
+) -> dg.ExecuteInProcessResult:
+    """Stage the samples as drop `samples` and run the whole chain on it in this process;
+    `resources` replace the environment's (make sglang-demo's launched server)."""
     folder = stage_samples(settings.drop_root)
     print(f"demo drop: {folder}")
     print(f"warehouse: {settings.warehouse_path}")
     if not instance.has_dynamic_partition(image_drops.name, DEMO_DROP):
         instance.add_dynamic_partitions(image_drops.name, [DEMO_DROP])
-    job = build_definitions(settings).resolve_job_def(PIPELINE_JOB_NAME)
+    job = build_definitions(settings, resources=resources).resolve_job_def(PIPELINE_JOB_NAME)
     return job.execute_in_process(
         partition_key=DEMO_DROP,
         instance=instance,

@@ -18,9 +18,7 @@ import dagster as dg
 
 from core.report import summary
 from core.warehouse import Warehouse
-from orchestration.demo import DEMO_DROP, stage_samples
-from orchestration.jobs import PIPELINE_JOB_NAME
-from orchestration.partitions import image_drops
+from orchestration.demo import run_demo
 from orchestration.settings import REPO_ROOT, Settings
 from orchestration.sglang_cpu import platform_unsupported, server_env_missing, tiny_vlm_launch
 from resources.sglang_server import SGLangServer
@@ -41,28 +39,16 @@ def main() -> int:
     if reason:
         print(f"make sglang-demo: {reason}", file=sys.stderr)
         return 2
-    from orchestration.definitions import build_definitions
-
     settings = demo_settings()
     os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT / ".dagster_home"))
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
     instance = dg.DagsterInstance.get()
-    folder = stage_samples(settings.drop_root)
-    print(f"demo drop: {folder}\nwarehouse: {settings.warehouse_path}")
-    if not instance.has_dynamic_partition(image_drops.name, DEMO_DROP):
-        instance.add_dynamic_partitions(image_drops.name, [DEMO_DROP])
     resources = {
         "vlm": VLMResource(backend="sglang"),
         "sglang": SGLangServer(launch=tiny_vlm_launch(), max_in_flight=8),
     }
-    job = build_definitions(settings, resources=resources).resolve_job_def(PIPELINE_JOB_NAME)
     started = time.monotonic()
-    result = job.execute_in_process(
-        partition_key=DEMO_DROP,
-        instance=instance,
-        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
-        raise_on_error=False,
-    )
+    result = run_demo(settings, instance, resources)
     wall = time.monotonic() - started
     print(summary(Warehouse(settings.warehouse_path)))
     for event in result.asset_materializations_for_node("vlm_extractions"):
