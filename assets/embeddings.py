@@ -6,13 +6,14 @@ from pydantic import Field
 
 from assets.metadata import column_schema, preview_table
 from assets.quality import record_and_report
-from core.clip import store
+from core.clip import checks, store
 from core.clip.loading import device_pool
-from core.clip.near_duplicates import DEFAULT_THRESHOLD, near_duplicate_pairs
+from core.clip.near_duplicates import DEFAULT_THRESHOLD
 from core.clip.pipeline import EmbedReport, embed_drop
-from core.clip.zero_shot import classify
-from core.quality import checks
-from core.quality.checks import CheckOutcome, LabelSource
+from core.clip.zero_shot import label_drop
+from core.quality import cross_stage
+from core.quality.cross_stage import LabelSource
+from core.quality.outcome import merge_outcomes
 from core.tasks.label_sets import LABEL_SETS
 from core.warehouse import Warehouse
 from orchestration.partitions import image_drops
@@ -20,7 +21,7 @@ from resources.clip_model import ClipModelResource, configured_device
 from resources.drop_folder import DropFolderResource
 from resources.warehouse import WarehouseResource
 
-NEAR_DUPLICATES_CHECK = "no_near_duplicates"
+NEAR_DUPLICATES_CHECK = checks.NEAR_DUPLICATES
 # Blocking: zero-shot labels (and everything after) must not run on missing or broken vectors.
 EMBEDDING_CHECKS = (
     checks.EMBEDDING_ONE_PER_IMAGE,
@@ -29,9 +30,8 @@ EMBEDDING_CHECKS = (
     checks.EMBEDDING_UNIT_NORM,
 )
 ZERO_SHOT_CHECKS = (checks.ZERO_SHOT_ONE_PER_IMAGE, checks.ZERO_SHOT_PROBABILITIES)
-LABEL_DRIFT_CHECK = checks.LABEL_DRIFT
+LABEL_DRIFT_CHECK = cross_stage.LABEL_DRIFT
 PREVIEW_ROWS = 20
-ZERO_SHOT_BATCH = 4096
 # On CUDA both CLIP steps hold the `gpu` pool (limit 1, shared with vlm_extractions), so two runs
 # never load models onto one GPU at once; on the CPU they need no pool.
 CLIP_POOL = device_pool(configured_device())
@@ -62,21 +62,11 @@ class ZeroShotConfig(dg.Config):
 
 def _embedding_metadata(report: EmbedReport, warehouse: Warehouse) -> dict[str, object]:
     table = store.table_for(report.dims["global"])
-    preview = warehouse.query(
-        f"""
-        SELECT f.path, e.kind, e.dim, e.embedding[1:4]::VARCHAR AS first_values, e.created_at
-        FROM {table} e JOIN (
-            SELECT image_id, min(path) AS path FROM image_files WHERE drop_id = ? GROUP BY 1
-        ) f USING (image_id)
-        WHERE e.model_id = ? ORDER BY f.path, e.kind LIMIT ?
-        """,
-        [report.drop_id, report.model_id, PREVIEW_ROWS],
+    preview, total = store.embedding_preview(
+        warehouse, report.drop_id, report.model_id, report.dims["global"], rows=PREVIEW_ROWS
     )
-    total = warehouse.rows(
-        "SELECT count(*) FROM clip_embeddings WHERE model_id = ?", [report.model_id]
-    )[0][0]
     return {
-        "dagster/row_count": int(total),
+        "dagster/row_count": total,
         "dagster/table_name": table,
         "dagster/column_schema": column_schema(warehouse, table),
         "model_id": report.model_id,
@@ -93,36 +83,6 @@ def _embedding_metadata(report: EmbedReport, warehouse: Warehouse) -> dict[str, 
         "seconds": dg.MetadataValue.float(round(report.seconds, 3)),
         "preview": preview_table(preview),
     }
-
-
-def _near_duplicate_outcome(
-    warehouse: Warehouse, drop_id: str, model_id: str, dim: int, threshold: float
-) -> tuple[CheckOutcome, dict[str, object]]:
-    pairs = near_duplicate_pairs(
-        warehouse, drop_id, model_id=model_id, dim=dim, threshold=threshold
-    )
-    if pairs.height:
-        paths = dict(
-            warehouse.rows(
-                "SELECT image_id, first_path FROM images WHERE list_contains(?, image_id)",
-                [list(set(pairs["image_id"]) | set(pairs["other_image_id"]))],
-            )
-        )
-        pairs = pairs.with_columns(
-            pairs["image_id"].replace_strict(paths, default=None).alias("path"),
-            pairs["other_image_id"].replace_strict(paths, default=None).alias("other_path"),
-        )
-    outcome = CheckOutcome(
-        check_name=NEAR_DUPLICATES_CHECK,
-        passed=pairs.height == 0,
-        severity="WARN",
-        summary=f"{model_id}: {pairs.height} pairs of different images at cosine >= {threshold}",
-        value=float(pairs.height),
-        threshold=threshold,
-        counts={"pairs": pairs.height},
-        offending=pairs.head(checks.SAMPLE_ROWS).to_dicts(),
-    )
-    return outcome, {"model_id": model_id, "pairs_preview": preview_table(pairs.head(PREVIEW_ROWS))}
 
 
 @dg.asset(
@@ -196,13 +156,17 @@ def clip_embeddings(
         report.dims,
         norm_tolerance=config.norm_tolerance,
     )
-    near, near_metadata = _near_duplicate_outcome(
+    near, pairs = checks.near_duplicates(
         store_,
         report.drop_id,
         clip.model_id,
         report.dims["global"],
         config.near_duplicate_threshold,
     )
+    near_metadata = {
+        "model_id": clip.model_id,
+        "pairs_preview": preview_table(pairs.head(PREVIEW_ROWS)),
+    }
     results = record_and_report(
         context,
         store_,
@@ -263,58 +227,23 @@ def clip_zero_shot(
     unknown = sorted(set(config.label_sets) - set(LABEL_SETS))
     if unknown:
         raise dg.Failure(f"unknown label sets {unknown}; known: {sorted(LABEL_SETS)}")
-    image_ids = [image.image_id for image in store.drop_images(store_, context.partition_key)]
-    written: dict[str, int] = {}
-    for name in config.label_sets:
-        label_set = LABEL_SETS[name]
-        done = store.zero_shot_done(store_, clip.model_id, name, label_set.fingerprint, image_ids)
-        todo = [image_id for image_id in image_ids if image_id not in done]
-        ids, vectors = store.read_embeddings(store_, clip.embed_dim, clip.model_id, "global", todo)
-        if len(ids) < len(todo):
+    drop_id = context.partition_key
+    report = label_drop(
+        store_,
+        clip,
+        drop_id,
+        [LABEL_SETS[name] for name in config.label_sets],
+        log=context.log.info,
+    )
+    for name, missing in report.without_embedding.items():
+        if missing:
             context.log.warning(
-                f"{len(todo) - len(ids)} images of the drop have no {clip.model_id} embedding; "
+                f"{missing} images of the drop have no {clip.model_id} embedding for {name}; "
                 "materialize clip_embeddings first"
             )
-        written[name] = 0
-        for start in range(0, len(ids), ZERO_SHOT_BATCH):
-            chunk = slice(start, start + ZERO_SHOT_BATCH)
-            probs = classify(clip, vectors[chunk], label_set)
-            with store_.transaction() as conn:
-                written[name] += store.write_zero_shot(
-                    conn,
-                    ids[chunk],
-                    probs,
-                    labels=label_set.labels,
-                    model_id=clip.model_id,
-                    label_set=name,
-                    fingerprint=label_set.fingerprint,
-                )
-        context.log.info(
-            f"clip_zero_shot {name}: {written[name]} images labelled, {len(done)} already"
-        )
-    distribution = store_.query(
-        """
-        SELECT z.label_set, z.top_label, count(*) AS images, round(avg(z.top_probability), 3) AS mean_p
-        FROM clip_zero_shot z
-        JOIN (SELECT DISTINCT image_id FROM image_files WHERE drop_id = ?) USING (image_id)
-        WHERE z.model_id = ?
-        GROUP BY 1, 2 ORDER BY 1, 3 DESC
-        """,
-        [context.partition_key, clip.model_id],
+    distribution, preview, total = store.zero_shot_preview(
+        store_, drop_id, clip.model_id, rows=PREVIEW_ROWS
     )
-    preview = store_.query(
-        """
-        SELECT i.first_path AS path, z.label_set, z.top_label, round(z.top_probability, 3) AS p,
-               z.probabilities::VARCHAR AS probabilities
-        FROM clip_zero_shot z JOIN images i USING (image_id)
-        JOIN (SELECT DISTINCT image_id FROM image_files WHERE drop_id = ?) USING (image_id)
-        WHERE z.model_id = ?
-        ORDER BY path, z.label_set LIMIT ?
-        """,
-        [context.partition_key, clip.model_id, PREVIEW_ROWS],
-    )
-    total = store_.rows("SELECT count(*) FROM clip_zero_shot WHERE model_id = ?", [clip.model_id])
-    drop_id = context.partition_key
     per_set = {
         name: [
             *checks.zero_shot_checks(
@@ -325,7 +254,7 @@ def clip_zero_shot(
                 labels=LABEL_SETS[name].labels,
                 fingerprint=LABEL_SETS[name].fingerprint,
             ),
-            checks.label_drift(
+            cross_stage.label_drift(
                 store_,
                 drop_id,
                 LabelSource.zero_shot(name, clip.model_id),
@@ -336,16 +265,16 @@ def clip_zero_shot(
         for name in config.label_sets
     }
     results = record_and_report(
-        context, store_, checks.merge_outcomes(per_set, key="label_set"), asset="clip_zero_shot"
+        context, store_, merge_outcomes(per_set, key="label_set"), asset="clip_zero_shot"
     )
     return dg.MaterializeResult(
         check_results=results,
         metadata={
-            "dagster/row_count": int(total[0][0]),
+            "dagster/row_count": total,
             "dagster/table_name": "clip_zero_shot",
             "dagster/column_schema": column_schema(store_, "clip_zero_shot"),
             "model_id": clip.model_id,
-            "labelled_this_run": dg.MetadataValue.json(written),
+            "labelled_this_run": dg.MetadataValue.json(report.written),
             "top_labels": preview_table(distribution),
             "preview": preview_table(preview),
             "mean_top_probability": dg.MetadataValue.float(

@@ -7,12 +7,13 @@ from pydantic import Field
 from assets.embeddings import clip_zero_shot
 from assets.extraction import vlm_extractions
 from assets.quality import record_and_report
-from core.quality import checks
-from core.quality.checks import CheckOutcome, LabelSource
+from core.quality import cross_stage as checks
+from core.quality.cross_stage import LabelSource
 from core.quality.evaluation import EvaluationReport, evaluate, write_evaluations
 from core.quality.fields import AGREEMENT_FIELDS, FIELDS
 from core.quality.labelled import LabelledSet, count_by_field
 from core.quality.metrics import ConfusionMatrix
+from core.quality.outcome import CheckOutcome, merge_outcomes
 from core.quality.plots import confusion_metadata_markdown
 from core.review.store import human_labelled_set
 from core.tasks.registry import TASKS
@@ -106,7 +107,7 @@ def label_agreement(
     results = record_and_report(
         context,
         store,
-        checks.merge_outcomes(per_field, key="field"),
+        merge_outcomes(per_field, key="field"),
         asset="label_agreement",
     )
     return dg.MaterializeResult(metadata=metadata, check_results=results)

@@ -11,12 +11,16 @@ from pydantic import Field
 from assets.ingestion import images
 from assets.metadata import column_schema, counts_markdown, preview_table
 from assets.quality import record_and_report
-from core.quality import checks
-from core.quality.checks import ExtractionScope, LabelSource
+from core.quality import cross_stage
+from core.quality.cross_stage import LabelSource
 from core.quality.fields import FIELDS
+from core.quality.outcome import CheckOutcome, merge_outcomes, subject_counts
 from core.tasks.base import Task
 from core.tasks.registry import TASKS, get_tasks
+from core.vlm import checks
+from core.vlm.checks import ExtractionScope
 from core.vlm.run import TaskReport, extract_drop
+from core.vlm.store import extraction_preview
 from core.warehouse import Warehouse
 from orchestration.partitions import image_drops
 from resources.drop_folder import DropFolderResource
@@ -29,7 +33,7 @@ VALIDITY_CHECK = checks.EXTRACTION_VALIDITY
 TRUNCATION_CHECK = checks.EXTRACTION_TRUNCATION
 ENUM_CHECK = checks.EXTRACTION_ENUMS
 ENTITY_COUNT_CHECK = checks.EXTRACTION_ENTITY_COUNTS
-LABEL_DRIFT_CHECK = checks.LABEL_DRIFT
+LABEL_DRIFT_CHECK = cross_stage.LABEL_DRIFT
 PREVIEW_ROWS = 20
 
 
@@ -54,7 +58,7 @@ class ExtractionConfig(dg.Config):
 
 def quality_outcomes(
     store: Warehouse, drop_id: str, model_id: str, tasks: list[Task], config: ExtractionConfig
-) -> list[checks.CheckOutcome]:
+) -> list[CheckOutcome]:
     """The extraction checks of every task (current version, this model), folded per check,
     and label drift of every field the tasks extract."""
     per_task = {}
@@ -74,7 +78,7 @@ def quality_outcomes(
     names = {task.name: task for task in tasks}
     drift = {
         field.name: [
-            checks.label_drift(
+            cross_stage.label_drift(
                 store,
                 drop_id,
                 LabelSource.task_field(
@@ -87,11 +91,11 @@ def quality_outcomes(
         for field in FIELDS.values()
         if field.task in names and field.column
     }
-    outcomes = checks.merge_outcomes(per_task, key="task")
-    outcomes += checks.merge_outcomes(drift, key="field")
+    outcomes = merge_outcomes(per_task, key="task")
+    outcomes += merge_outcomes(drift, key="field")
     if not drift:  # no configured task extracts a labelled field: nothing to drift
         outcomes.append(
-            checks.CheckOutcome(
+            CheckOutcome(
                 check_name=LABEL_DRIFT_CHECK,
                 passed=True,
                 severity="WARN",
@@ -188,24 +192,19 @@ def vlm_extractions(
     )
     outcomes = quality_outcomes(store, drop_id, model_id, tasks, config)
     validity_outcome = next(o for o in outcomes if o.check_name == VALIDITY_CHECK)
-    statuses = {k: v for k, v in validity_outcome.counts.items() if k != "images"}
+    statuses: dict[str, int] = {}  # latest result per image and task, summed over tasks
+    for counts in subject_counts(validity_outcome).values():
+        for status, n in counts.items():
+            if status != "images":
+                statuses[status] = statuses.get(status, 0) + n
     total = sum(statuses.values())
     # The check's rate: images no file still held (unavailable) are not judged.
     validity = validity_outcome.value if validity_outcome.value is not None else 1.0
-    preview = store.query(
-        """
-        SELECT e.task, left(e.image_id, 12) AS image_id, f.path, e.status,
-               CAST(e.parsed_json AS VARCHAR) AS parsed_json, e.error, e.latency_ms
-        FROM vlm_extractions e
-        JOIN (SELECT image_id, min(path) AS path FROM image_files WHERE drop_id = ? GROUP BY 1) f
-          USING (image_id)
-        WHERE e.model_id = ?
-        ORDER BY e.task, f.path LIMIT ?
-        """,
-        [drop_id, model_id, PREVIEW_ROWS],
+    preview, extraction_rows, task_rows = extraction_preview(
+        store, drop_id, model_id, [task.tables.table for task in tasks], rows=PREVIEW_ROWS
     )
     metadata: dict[str, object] = {
-        "dagster/row_count": int(store.rows("SELECT count(*) FROM vlm_extractions")[0][0]),
+        "dagster/row_count": extraction_rows,
         "dagster/partition_row_count": total,
         "dagster/column_schema": column_schema(store, "vlm_extractions"),
         "dagster/table_name": "vlm_extractions",
@@ -234,9 +233,7 @@ def vlm_extractions(
     server = backend.server_metrics()
     if server:
         metadata["server_metrics"] = dg.MetadataValue.json(server)
-    for task in tasks:
-        metadata[f"rows/{task.tables.table}"] = int(
-            store.rows(f'SELECT count(*) FROM "{task.tables.table}"')[0][0]
-        )
+    for table, rows in task_rows.items():
+        metadata[f"rows/{table}"] = rows
     results = record_and_report(context, store, outcomes, asset="vlm_extractions")
     return dg.MaterializeResult(metadata=metadata, check_results=results)

@@ -5,6 +5,7 @@ from pydantic import Field
 
 from assets.metadata import column_schema, counts_markdown, preview_table
 from assets.quality import record_and_report
+from core.ingest import checks
 from core.ingest.accounting import account_for_drop
 from core.ingest.decode import DecodeLimits
 from core.ingest.ingest import (
@@ -15,7 +16,7 @@ from core.ingest.ingest import (
     recorded_paths,
 )
 from core.ingest.scan import DropRef, is_loose_drop_id
-from core.quality import checks
+from core.ingest.summary import drop_rows
 from core.warehouse import Warehouse
 from orchestration.partitions import image_drops
 from resources.drop_folder import DropFolderResource
@@ -67,28 +68,11 @@ def resolve_drop(drop_id: str, files: list[str] | None, warehouse: Warehouse) ->
 
 
 def _metadata(report: IngestReport, warehouse: Warehouse) -> dict[str, object]:
-    preview = warehouse.query(
-        """
-        SELECT f.path, i.format, i.width, i.height, i.mode, f.is_duplicate, i.captured_at, i.notes
-        FROM image_files f JOIN images i USING (image_id)
-        WHERE f.drop_id = ? ORDER BY f.path LIMIT ?
-        """,
-        [report.drop_id, PREVIEW_ROWS],
-    )
-    rejected = warehouse.query(
-        "SELECT path, reason, error FROM rejected_files WHERE drop_id = ? ORDER BY path LIMIT ?",
-        [report.drop_id, PREVIEW_ROWS],
-    )
-    totals = warehouse.rows(
-        "SELECT (SELECT count(*) FROM images),"
-        " (SELECT count(*) FROM image_files WHERE drop_id = $d),"
-        " (SELECT count(*) FROM rejected_files WHERE drop_id = $d)",
-        {"d": report.drop_id},
-    )[0]
+    rows = drop_rows(warehouse, report.drop_id, preview_rows=PREVIEW_ROWS)
     mb_per_s = report.bytes_read / 1e6 / report.seconds if report.seconds else 0.0
     return {
-        "dagster/row_count": int(totals[0]),
-        "dagster/partition_row_count": int(totals[1]),
+        "dagster/row_count": rows.images_total,
+        "dagster/partition_row_count": rows.image_files,
         "dagster/column_schema": column_schema(warehouse, "images"),
         "dagster/table_name": "images",
         "files_seen": report.files_seen,
@@ -96,14 +80,14 @@ def _metadata(report: IngestReport, warehouse: Warehouse) -> dict[str, object]:
         "files_processed": report.files_processed,
         "images_new": report.images_new,
         "files_duplicate": report.files_duplicate,
-        "files_rejected_in_drop": int(totals[2]),
+        "files_rejected_in_drop": rows.rejected_files,
         "rejected_this_run": counts_markdown(report.rejected, key="reason"),
         "files_vanished": len(report.vanished_paths),
         "files_per_s": dg.MetadataValue.float(round(report.files_per_s, 2)),
         "mb_per_s": dg.MetadataValue.float(round(mb_per_s, 2)),
         "seconds": dg.MetadataValue.float(round(report.seconds, 3)),
-        "preview": preview_table(preview),
-        "rejected_preview": preview_table(rejected),
+        "preview": preview_table(rows.preview),
+        "rejected_preview": preview_table(rows.rejected_preview),
     }
 
 

@@ -9,7 +9,7 @@ from assets.evaluation import label_agreement
 from assets.metadata import column_schema, preview_table
 from assets.quality import record_and_report
 from core.clip.near_duplicates import DEFAULT_THRESHOLD
-from core.quality.checks import CheckOutcome
+from core.quality.outcome import CheckOutcome
 from core.review import gallery, queue
 from orchestration.partitions import image_drops
 from resources.drop_folder import DropFolderResource

@@ -14,11 +14,13 @@ from datetime import UTC, datetime
 
 import duckdb
 import numpy as np
+import polars as pl
 import pyarrow as pa
 
 from core.copies import USABLE_COPY, record_unreadable
 from core.files import ImageUnreadable
 from core.warehouse import Warehouse
+from core.warehouse.queries import DROP_IMAGE_PATHS, DROP_IMAGES, drop_image_paths, table_exists
 
 KINDS = ("global", "s2")
 TABLE_PREFIX = "clip_embeddings_d"
@@ -66,13 +68,7 @@ def ensure_table(conn: duckdb.DuckDBPyConnection, dim: int) -> str:
 
 
 def has_table(warehouse: Warehouse, dim: int) -> bool:
-    if not warehouse.path.exists():
-        return False
-    return bool(
-        warehouse.rows(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table_for(dim)]
-        )[0][0]
-    )
+    return table_exists(warehouse, table_for(dim))
 
 
 def _rows_for_ids(
@@ -95,11 +91,7 @@ class DropImage:
 
 def drop_images(warehouse: Warehouse, drop_id: str) -> list[DropImage]:
     """The distinct images of a drop, each with one of its files (the first path)."""
-    rows = warehouse.rows(
-        "SELECT image_id, min(path) FROM image_files WHERE drop_id = ? GROUP BY image_id ORDER BY 2",
-        [drop_id],
-    )
-    return [DropImage(image_id, path) for image_id, path in rows]
+    return [DropImage(image_id, path) for image_id, path in drop_image_paths(warehouse, drop_id)]
 
 
 def unreadable_ids(warehouse: Warehouse, model_id: str, image_ids: Sequence[str]) -> set[str]:
@@ -269,3 +261,56 @@ def write_zero_shot(
     finally:
         conn.unregister("zero_shot_batch")
     return len(image_ids)
+
+
+def embedding_preview(
+    warehouse: Warehouse, drop_id: str, model_id: str, dim: int, *, rows: int = 20
+) -> tuple[pl.DataFrame, int]:
+    """The drop's first vectors by path (four values each) and the model's rows in all drops."""
+    with warehouse.reader() as conn:
+        preview = conn.sql(
+            f"""
+            SELECT f.path, e.kind, e.dim, e.embedding[1:4]::VARCHAR AS first_values, e.created_at
+            FROM {table_for(dim)} e JOIN ({DROP_IMAGE_PATHS}) f USING (image_id)
+            WHERE e.model_id = $model ORDER BY f.path, e.kind LIMIT $rows
+            """,
+            params={"drop": drop_id, "model": model_id, "rows": rows},
+        ).pl()
+        total = conn.execute(
+            "SELECT count(*) FROM clip_embeddings WHERE model_id = ?", [model_id]
+        ).fetchone()
+    return preview, int(total[0]) if total else 0
+
+
+def zero_shot_preview(
+    warehouse: Warehouse, drop_id: str, model_id: str, *, rows: int = 20
+) -> tuple[pl.DataFrame, pl.DataFrame, int]:
+    """The drop's top-label distribution per label set, its first rows by path, and the
+    model's zero-shot rows in all drops."""
+    params = {"drop": drop_id, "model": model_id}
+    with warehouse.reader() as conn:
+        distribution = conn.sql(
+            f"""
+            SELECT z.label_set, z.top_label, count(*) AS images,
+                   round(avg(z.top_probability), 3) AS mean_p
+            FROM clip_zero_shot z JOIN ({DROP_IMAGES}) USING (image_id)
+            WHERE z.model_id = $model
+            GROUP BY 1, 2 ORDER BY 1, 3 DESC
+            """,
+            params=params,
+        ).pl()
+        preview = conn.sql(
+            f"""
+            SELECT i.first_path AS path, z.label_set, z.top_label,
+                   round(z.top_probability, 3) AS p, z.probabilities::VARCHAR AS probabilities
+            FROM clip_zero_shot z JOIN images i USING (image_id)
+            JOIN ({DROP_IMAGES}) USING (image_id)
+            WHERE z.model_id = $model
+            ORDER BY path, z.label_set LIMIT $rows
+            """,
+            params={**params, "rows": rows},
+        ).pl()
+        total = conn.execute(
+            "SELECT count(*) FROM clip_zero_shot WHERE model_id = ?", [model_id]
+        ).fetchone()
+    return distribution, preview, int(total[0]) if total else 0

@@ -8,12 +8,18 @@ the life of the process, so a run encodes each label set once however many image
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from core.clip import store
 from core.clip.embed import embed_texts, logit_scale
 from core.clip.loading import ClipModel
 from core.tasks.label_sets import LabelSet
+from core.warehouse import Warehouse
+
+ZERO_SHOT_BATCH = 4096  # images per write transaction
 
 _cache: dict[tuple[int, str, str, str], np.ndarray] = {}
 _lock = threading.Lock()
@@ -52,3 +58,58 @@ def probabilities(
 
 def classify(clip: ClipModel, image_embeddings: np.ndarray, label_set: LabelSet) -> np.ndarray:
     return probabilities(image_embeddings, label_embeddings(clip, label_set), logit_scale(clip))
+
+
+@dataclass
+class ZeroShotReport:
+    """What labelling one drop did, per label set: images labelled now, already labelled, and
+    images without an embedding of the model (nothing to label)."""
+
+    drop_id: str
+    model_id: str
+    written: dict[str, int] = field(default_factory=dict)
+    already: dict[str, int] = field(default_factory=dict)
+    without_embedding: dict[str, int] = field(default_factory=dict)
+
+
+def label_drop(
+    warehouse: Warehouse,
+    clip: ClipModel,
+    drop_id: str,
+    label_sets: Sequence[LabelSet],
+    *,
+    batch: int = ZERO_SHOT_BATCH,
+    log: Callable[[str], None] = lambda _: None,
+) -> ZeroShotReport:
+    """Score the drop's images that have no current row (this label-set version, this model)
+    against every label set; one transaction per `batch` images, so a crash loses at most the
+    batch in flight and a rerun labels only what is left."""
+    report = ZeroShotReport(drop_id=drop_id, model_id=clip.model_id)
+    image_ids = [image.image_id for image in store.drop_images(warehouse, drop_id)]
+    for label_set in label_sets:
+        name = label_set.name
+        done = store.zero_shot_done(
+            warehouse, clip.model_id, name, label_set.fingerprint, image_ids
+        )
+        todo = [image_id for image_id in image_ids if image_id not in done]
+        ids, vectors = store.read_embeddings(
+            warehouse, clip.embed_dim, clip.model_id, "global", todo
+        )
+        report.already[name] = len(done)
+        report.without_embedding[name] = len(todo) - len(ids)
+        report.written[name] = 0
+        for start in range(0, len(ids), batch):
+            chunk = slice(start, start + batch)
+            probs = classify(clip, vectors[chunk], label_set)
+            with warehouse.transaction() as conn:
+                report.written[name] += store.write_zero_shot(
+                    conn,
+                    ids[chunk],
+                    probs,
+                    labels=label_set.labels,
+                    model_id=clip.model_id,
+                    label_set=name,
+                    fingerprint=label_set.fingerprint,
+                )
+        log(f"clip_zero_shot {name}: {report.written[name]} images labelled, {len(done)} already")
+    return report

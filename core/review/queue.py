@@ -34,8 +34,8 @@ import polars as pl
 import pyarrow as pa
 
 from core.clip.near_duplicates import DEFAULT_THRESHOLD, near_duplicate_pairs
-from core.quality.checks import CheckOutcome
 from core.quality.fields import AGREEMENT_FIELDS, FIELDS
+from core.quality.outcome import CheckOutcome
 from core.review.store import ensure_final_labels_view
 from core.tasks.registry import TASKS
 from core.warehouse import Warehouse

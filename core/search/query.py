@@ -32,6 +32,7 @@ from core.search.filters import Filter, parse_where
 from core.search.index import SEARCH_NPROBE, VectorIndex
 from core.tasks.registry import TASKS
 from core.warehouse import Warehouse
+from core.warehouse.queries import first_paths
 
 Method = Literal["auto", "exact", "index"]
 EXACT_MAX = 100_000
@@ -357,11 +358,7 @@ def search(
     if not hits:
         return pl.DataFrame(schema=RESULT_SCHEMA)
     ids = [image_id for image_id, _ in hits]
-    paths = dict(
-        warehouse.rows(
-            "SELECT image_id, first_path FROM images WHERE list_contains(?, image_id)", [ids]
-        )
-    )
+    paths = first_paths(warehouse, ids)
     labels = labels_of(warehouse, ids, model.model_id)
     return pl.DataFrame(
         {

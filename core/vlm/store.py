@@ -18,11 +18,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
+import polars as pl
 
 from core.copies import UNREADABLE_STATUSES, USABLE_COPY
 from core.tasks.base import Task
 from core.vlm.types import ExtractionResult, ImageInput
 from core.warehouse import Warehouse
+from core.warehouse.queries import DROP_IMAGE_PATHS
 
 RETRYABLE_STATUSES = ("error",)
 
@@ -34,18 +36,16 @@ def pending_images(
     usable = USABLE_COPY.format(image_id="e.image_id")
     rows = warehouse.rows(
         f"""
-        SELECT f.image_id, min(f.path) AS path
-        FROM image_files f
-        WHERE f.drop_id = $drop
-          AND NOT EXISTS (
+        SELECT f.image_id, f.path
+        FROM ({DROP_IMAGE_PATHS}) f
+        WHERE NOT EXISTS (
             SELECT 1 FROM vlm_extractions e
             WHERE e.image_id = f.image_id AND e.task = $task
               AND e.task_fingerprint = $fp AND e.model_id = $model
               AND e.status NOT IN (SELECT unnest($retry))
               AND NOT (e.status IN (SELECT unnest($unreadable)) AND {usable})
           )
-        GROUP BY f.image_id
-        ORDER BY path
+        ORDER BY f.path, f.image_id
         """,
         {
             "drop": drop_id,
@@ -140,3 +140,27 @@ def write_batch(
                 names = ", ".join(f'"{c}"' for c in columns[table])
                 marks = ", ".join("?" * len(columns[table]))
                 conn.executemany(f'INSERT INTO "{table}" ({names}) VALUES ({marks})', rows)
+
+
+def extraction_preview(
+    warehouse: Warehouse, drop_id: str, model_id: str, tables: Sequence[str], *, rows: int = 20
+) -> tuple[pl.DataFrame, int, dict[str, int]]:
+    """The drop's first results by task and path, the rows of `vlm_extractions` (all drops),
+    and the rows of each typed task table in `tables`."""
+    with warehouse.reader() as conn:
+        preview = conn.sql(
+            f"""
+            SELECT e.task, left(e.image_id, 12) AS image_id, f.path, e.status,
+                   CAST(e.parsed_json AS VARCHAR) AS parsed_json, e.error, e.latency_ms
+            FROM vlm_extractions e JOIN ({DROP_IMAGE_PATHS}) f USING (image_id)
+            WHERE e.model_id = $model
+            ORDER BY e.task, f.path LIMIT $rows
+            """,
+            params={"drop": drop_id, "model": model_id, "rows": rows},
+        ).pl()
+        total = conn.execute("SELECT count(*) FROM vlm_extractions").fetchone()
+        per_table = {}
+        for table in tables:
+            found = conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()
+            per_table[table] = int(found[0]) if found else 0
+    return preview, int(total[0]) if total else 0, per_table

@@ -21,8 +21,8 @@ from assets.embeddings import (
     clip_zero_shot,
 )
 from assets.ingestion import images
+from core.clip import checks
 from core.clip.standin import STANDIN_MODEL
-from core.quality import checks
 from core.tasks.label_sets import LABEL_SETS
 from core.warehouse import Warehouse
 from resources.clip_model import ClipModelResource

@@ -10,13 +10,14 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from core.clip import checks as clip_checks
 from core.clip.pipeline import embed_drop
 from core.ingest.ingest import DropIngestor
 from core.ingest.scan import DropRef
-from core.quality import checks
-from core.quality.checks import ExtractionScope
 from core.tasks.base import Task
 from core.tasks.registry import get_task
+from core.vlm import checks as vlm_checks
+from core.vlm.checks import ExtractionScope
 from core.vlm.run import extract_drop
 from core.vlm.types import ExtractionResult, ImageInput, VLMBackend
 from core.warehouse import Warehouse
@@ -91,7 +92,7 @@ def test_clip_reads_another_copy_when_one_vanished_and_marks_the_image_unavailab
     assert report.written["global"] == 6  # rocket from drop 'again', coins from nowhere
     coins = _image_id(warehouse, "samples/coins.jpg")
     assert warehouse.rows("SELECT image_id, status FROM clip_failures") == [(coins, "unavailable")]
-    outcomes = checks.embedding_checks(
+    outcomes = clip_checks.embedding_checks(
         warehouse, "samples", standin_clip.model_id, expected_dim=standin_clip.embed_dim
     )
     one_per_image = outcomes[0]
@@ -145,8 +146,8 @@ def test_the_vlm_sees_bytes_that_hash_to_the_image_id_or_records_why_not(
     scope = ExtractionScope(
         task=AGE_GENDER.name, model_id=backend.model_id, task_fingerprint=AGE_GENDER.fingerprint
     )
-    coverage = checks.extraction_coverage(warehouse, "samples", scope)
-    validity = checks.extraction_validity(warehouse, "samples", scope)
+    coverage = vlm_checks.extraction_coverage(warehouse, "samples", scope)
+    validity = vlm_checks.extraction_validity(warehouse, "samples", scope)
     assert coverage.passed and validity.passed
     assert validity.counts["unavailable"] == 1 and validity.value == 1.0
     extract_drop(warehouse, backend, "samples", drop_root, [AGE_GENDER], log=lambda _: None)

@@ -123,7 +123,7 @@ def test_nothing_to_compare_before_any_model_ran(tmp_path, warehouse):
 
 
 def test_summary_tables_for_the_demo_report(warehouse, labelled_ages):
-    from core.quality.checks import CheckOutcome, record_outcomes
+    from core.quality.outcome import CheckOutcome, record_outcomes
     from core.quality.summary import latest_check_outcomes, latest_evaluation
 
     write_evaluations(warehouse, evaluate(warehouse, labelled_ages, run_id="r1"))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.quality.checks import CheckOutcome, record_outcomes
+from core.quality.outcome import CheckOutcome, record_outcomes
 from core.review.gallery import build_gallery
 from core.review.queue import compute_queue, write_queue
 from core.warehouse import Warehouse

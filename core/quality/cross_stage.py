@@ -1,0 +1,253 @@
+"""Checks across stages: label drift of a drop against earlier drops (zero-shot labels or a task
+field), CLIP/VLM agreement, and whether the labelled images were ever ingested.
+
+`assets/embeddings.py` and `assets/extraction.py` declare `label_drift`; `assets/evaluation.py`
+declares the other two.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pydantic import BaseModel, Field
+
+from core.quality import drift
+from core.quality.fields import LabelField
+from core.quality.metrics import confusion_matrix
+from core.quality.outcome import (
+    SAMPLE_ROWS,
+    CheckOutcome,
+    execute,
+    ident,
+    missing_table,
+    share,
+)
+from core.warehouse import Warehouse
+from core.warehouse.queries import DROP_IMAGES, table_exists
+
+LABEL_DRIFT = "label_drift"
+AGREEMENT = "clip_vlm_agreement"
+LABELLED_INGESTED = "labelled_images_ingested"
+
+
+class LabelSource(BaseModel):
+    """A label per image: a column of a table, filtered (zero-shot top labels, a task field)."""
+
+    table: str
+    column: str
+    filters: dict[str, str] = Field(default_factory=dict)
+
+    @classmethod
+    def zero_shot(cls, label_set: str, model_id: str) -> LabelSource:
+        return cls(
+            table="clip_zero_shot",
+            column="top_label",
+            filters={"label_set": label_set, "model_id": model_id},
+        )
+
+    @classmethod
+    def task_field(
+        cls, task: str, column: str, model_id: str, task_fingerprint: str | None = None
+    ) -> LabelSource:
+        filters = {"model_id": model_id}
+        if task_fingerprint:
+            filters["task_fingerprint"] = task_fingerprint
+        return cls(table=f"task_{task}", column=column, filters=filters)
+
+    def select(self, alias: str = "s") -> tuple[str, dict[str, str]]:
+        """`SELECT image_id, label FROM ...` and its parameters (named `<alias>0`, `<alias>1`, ...)."""
+        where = " AND ".join(
+            f"{alias}.{ident(name)} = ${alias}{i}" for i, name in enumerate(self.filters)
+        )
+        sql = (
+            f"SELECT {alias}.image_id, CAST({alias}.{ident(self.column)} AS VARCHAR) AS label"
+            f" FROM {ident(self.table)} {alias}" + (f" WHERE {where}" if where else "")
+        )
+        return sql, {f"{alias}{i}": value for i, value in enumerate(self.filters.values())}
+
+    def describe(self) -> str:
+        filters = ", ".join(f"{k}={v}" for k, v in self.filters.items())
+        return f"{self.table}.{self.column} ({filters})"
+
+
+def label_drift(
+    warehouse: Warehouse,
+    drop_id: str,
+    source: LabelSource,
+    *,
+    categories: Sequence[str] | None = None,
+    threshold: float = drift.DEFAULT_PSI_THRESHOLD,
+) -> CheckOutcome:
+    """This drop's label distribution against all drops ingested before it (PSI; chi-square too).
+
+    Images the drop shares with earlier drops count on both sides; passes with a note when there
+    is no earlier drop to compare with.
+    """
+    labels, params = source.select()
+    params = {**params, "drop": drop_id}
+    with warehouse.reader() as conn:
+        if not table_exists(conn, source.table):
+            return missing_table(LABEL_DRIFT, source.table, "WARN")
+        rows = execute(
+            conn,
+            f"""
+            WITH me AS (SELECT first_ingested_at AS t FROM drops WHERE drop_id = $drop),
+            earlier AS (
+                SELECT DISTINCT f.image_id FROM image_files f JOIN drops d USING (drop_id)
+                WHERE d.first_ingested_at < (SELECT t FROM me) AND f.drop_id <> $drop
+            ),
+            labels AS ({labels})
+            SELECT 'current' AS side, label, count(*) FROM labels
+                WHERE image_id IN ({DROP_IMAGES}) GROUP BY label
+            UNION ALL
+            SELECT 'reference', label, count(*) FROM labels
+                WHERE image_id IN (SELECT image_id FROM earlier) GROUP BY label
+            """,
+            params,
+        ).fetchall()
+    current = {str(label): int(n) for side, label, n in rows if side == "current"}
+    reference = {str(label): int(n) for side, label, n in rows if side == "reference"}
+    base = {"current_images": sum(current.values()), "reference_images": sum(reference.values())}
+    if not reference or not current:
+        return CheckOutcome(
+            check_name=LABEL_DRIFT,
+            passed=True,
+            severity="WARN",
+            summary=f"{source.describe()}: nothing to compare "
+            + ("(no earlier drops with labels)" if current else "(no labels in this drop)"),
+            threshold=threshold,
+            counts=base,
+            details={"current": current, "reference": reference},
+        )
+    result = drift.compare(current, reference, categories, threshold=threshold)
+    return CheckOutcome(
+        check_name=LABEL_DRIFT,
+        passed=not result.drifted,
+        severity="WARN",
+        summary=f"{source.describe()}: PSI {result.psi:.3f} vs earlier drops"
+        f" (warn above {threshold}), chi-square {result.chi_square:.2f} on {result.degrees_of_freedom} dof",
+        value=result.psi,
+        threshold=threshold,
+        counts=base,
+        offending=[
+            {"label": c, "current": result.current[c], "reference": result.reference[c]}
+            for c in result.categories
+        ][:SAMPLE_ROWS],
+        details=result.model_dump(),
+    )
+
+
+def models_of_drop(warehouse: Warehouse, drop_id: str, source: LabelSource) -> list[str]:
+    """Models that labelled this drop's images in `source`, most images first (then newest name)."""
+    with warehouse.reader() as conn:
+        if not table_exists(conn, source.table):
+            return []
+        filters = " AND ".join(
+            f"s.{ident(name)} = $f{i}"
+            for i, name in enumerate(source.filters)
+            if name != "model_id"
+        )
+        rows = execute(
+            conn,
+            f"""
+            SELECT s.model_id, count(DISTINCT s.image_id) AS images
+            FROM {ident(source.table)} s JOIN ({DROP_IMAGES}) d USING (image_id)
+            {"WHERE " + filters if filters else ""}
+            GROUP BY s.model_id ORDER BY images DESC, s.model_id DESC
+            """,
+            {
+                "drop": drop_id,
+                **{
+                    f"f{i}": value
+                    for i, (name, value) in enumerate(source.filters.items())
+                    if name != "model_id"
+                },
+            },
+        ).fetchall()
+    return [str(model_id) for model_id, _ in rows]
+
+
+def agreement(
+    warehouse: Warehouse,
+    drop_id: str,
+    field: LabelField,
+    *,
+    clip_model_id: str,
+    vlm_model_id: str,
+    task_fingerprint: str | None = None,
+    min_rate: float = 0.5,
+) -> CheckOutcome:
+    """How often CLIP zero-shot's top label equals the VLM's value, with the confusion table."""
+    if not (field.zero_shot_label_set and field.task and field.column):
+        raise ValueError(f"field {field.name!r} is not predicted by both CLIP and a VLM task")
+    clip, clip_params = LabelSource.zero_shot(field.zero_shot_label_set, clip_model_id).select("c")
+    vlm_source = LabelSource.task_field(field.task, field.column, vlm_model_id, task_fingerprint)
+    vlm, vlm_params = vlm_source.select("v")
+    with warehouse.reader() as conn:
+        for table in ("clip_zero_shot", vlm_source.table):
+            if not table_exists(conn, table):
+                return missing_table(AGREEMENT, table, "WARN")
+        pairs = execute(
+            conn,
+            f"""
+            SELECT c.image_id, c.label, v.label FROM ({clip}) c JOIN ({vlm}) v USING (image_id)
+            WHERE c.image_id IN ({DROP_IMAGES}) ORDER BY c.image_id
+            """,
+            {**clip_params, **vlm_params, "drop": drop_id},
+        ).fetchall()
+    clip_labels = [str(c) for _, c, _ in pairs]
+    vlm_labels = [str(v) for _, _, v in pairs]
+    agreed = sum(c == v for c, v in zip(clip_labels, vlm_labels, strict=True))
+    rate = share(agreed, len(pairs))
+    matrix = confusion_matrix(clip_labels, vlm_labels, labels=field.values)
+    return CheckOutcome(
+        check_name=AGREEMENT,
+        passed=rate is None or rate >= min_rate,
+        severity="WARN",
+        summary=f"{field.name}: CLIP {clip_model_id} and VLM {vlm_model_id} agree on "
+        f"{agreed} of {len(pairs)} images"
+        + (f" ({rate:.1%}; warn below {min_rate:.0%})" if rate is not None else ""),
+        value=rate,
+        better="higher",
+        threshold=min_rate,
+        counts={"images_compared": len(pairs), "agreed": agreed},
+        offending=[
+            {"image_id": image_id, "clip": c, "vlm": v} for image_id, c, v in pairs if c != v
+        ][:SAMPLE_ROWS],
+        details={
+            "field": field.name,
+            "confusion": matrix.model_dump(),
+            "rows": "clip",
+            "columns": "vlm",
+        },
+    )
+
+
+def labelled_images_ingested(warehouse: Warehouse, image_ids: dict[str, str]) -> CheckOutcome:
+    """Every labelled image (image_id -> its labelled file) is in `images`: an image never
+    ingested has no prediction and silently shrinks what the evaluation is over."""
+    with warehouse.reader() as conn:
+        known = {
+            row[0]
+            for row in execute(
+                conn,
+                "SELECT image_id FROM images WHERE list_contains($ids, image_id)",
+                {"ids": sorted(image_ids)},
+            ).fetchall()
+        }
+    missing = [
+        {"image_id": iid, "path": path}
+        for iid, path in sorted(image_ids.items())
+        if iid not in known
+    ]
+    return CheckOutcome(
+        check_name=LABELLED_INGESTED,
+        passed=not missing,
+        severity="WARN",
+        summary=f"{len(image_ids) - len(missing)} of {len(image_ids)} labelled images are ingested",
+        value=share(len(image_ids) - len(missing), len(image_ids)),
+        better="higher",
+        threshold=1.0,
+        counts={"labelled_images": len(image_ids), "not_ingested": len(missing)},
+        offending=missing[:SAMPLE_ROWS],
+    )

@@ -1,0 +1,238 @@
+"""What a check found (`CheckOutcome`), folding outcomes of several subjects into one, recording
+them in `quality_results`, and the small SQL helpers the stage check modules share.
+
+The checks themselves live beside each stage's store: `core/ingest/checks.py`,
+`core/clip/checks.py`, `core/vlm/checks.py`, and `core/quality/cross_stage.py` for checks that
+compare stages. Each is scoped to one drop (partition) and only reads.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+import duckdb
+from pydantic import BaseModel, Field
+
+from core.warehouse import Warehouse
+
+Severity = Literal["ERROR", "WARN"]
+SAMPLE_ROWS = 10
+
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
+_PARAMETER = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+class CheckOutcome(BaseModel):
+    """What one check found; JSON-serialisable so it lands as is in `quality_results.details`."""
+
+    check_name: str
+    passed: bool
+    severity: Severity  # what a failure means: ERROR blocks (when declared blocking), WARN informs
+    summary: str
+    value: float | None = None
+    threshold: float | None = None
+    better: Literal["lower", "higher"] = "lower"  # which way `value` improves (folding: worst)
+    counts: dict[str, int] = Field(default_factory=dict)
+    offending: list[dict[str, Any]] = Field(default_factory=list)  # at most SAMPLE_ROWS
+    details: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def from_offenders(
+        cls,
+        check_name: str,
+        offenders: Sequence[dict[str, Any]],
+        *,
+        summary: str,
+        counts: dict[str, int],
+        severity: Severity = "ERROR",
+        settings: dict[str, Any] | None = None,
+    ) -> CheckOutcome:
+        """The common shape: the check passes when no row offends; the value is how many do.
+        `settings` (a tolerance, an expected dimension) are what decides which rows offend."""
+        return cls(
+            check_name=check_name,
+            passed=not offenders,
+            severity=severity,
+            summary=summary,
+            value=float(len(offenders)),
+            threshold=0.0,
+            counts=counts,
+            offending=list(offenders[:SAMPLE_ROWS]),
+            details={"settings": settings} if settings else {},
+        )
+
+
+def ident(name: str) -> str:
+    """Table and column names come from code, never users; refuse anything but plain names."""
+    if not _IDENTIFIER.match(name):
+        raise ValueError(f"not a plain SQL identifier: {name!r}")
+    return f'"{name}"'
+
+
+def jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    return str(value)
+
+
+def execute(
+    conn: duckdb.DuckDBPyConnection, sql: str, params: Mapping[str, Any]
+) -> duckdb.DuckDBPyConnection:
+    """Execute with the named parameters `sql` uses (DuckDB refuses unused ones)."""
+    used = set(_PARAMETER.findall(sql))
+    return conn.execute(sql, {k: v for k, v in params.items() if k in used})
+
+
+def records(conn: duckdb.DuckDBPyConnection, sql: str, params: Mapping[str, Any]) -> list[dict]:
+    cursor = execute(conn, sql, params)
+    names = [column[0] for column in cursor.description]
+    return [
+        {name: jsonable(value) for name, value in zip(names, row, strict=True)}
+        for row in cursor.fetchall()
+    ]
+
+
+def scalar(conn: duckdb.DuckDBPyConnection, sql: str, params: Mapping[str, Any]) -> Any:
+    row = execute(conn, sql, params).fetchone()
+    return row[0] if row else None
+
+
+def missing_table(check_name: str, table: str, severity: Severity = "ERROR") -> CheckOutcome:
+    return CheckOutcome(
+        check_name=check_name,
+        passed=False,
+        severity=severity,
+        summary=f"table {table} does not exist: has its asset ever run?",
+    )
+
+
+def share(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+def _worst(items: Sequence[tuple[str, CheckOutcome]]) -> tuple[str, CheckOutcome]:
+    """The subject that decides the folded outcome: a failed ERROR before a failed WARN before a
+    pass, and among those the worst value (lowest agreement, most offending rows)."""
+    failed = [(s, o) for s, o in items if not o.passed]
+    errors = [(s, o) for s, o in failed if o.severity == "ERROR"]
+    pool = errors or failed or list(items)
+    valued = [(s, o) for s, o in pool if o.value is not None]
+    if not valued:
+        return pool[0]
+    return min(valued, key=lambda so: so[1].value if so[1].better == "higher" else -so[1].value)
+
+
+def merge_outcomes(parts: Mapping[str, Sequence[CheckOutcome]], key: str) -> list[CheckOutcome]:
+    """One outcome per check name from outcomes of several subjects (kinds, tasks, label sets).
+
+    A Dagster asset declares each check once, so per-subject outcomes are folded: passed when
+    every subject passed, the worst failing severity; value, threshold and counts are those of
+    the worst subject (named in `details.worst`), so a plotted value means one thing; every
+    subject's value and counts are kept under `details.subjects`, offending rows tagged with
+    their subject (`key`), and each subject's details under `details.parts`.
+    """
+    by_name: dict[str, list[tuple[str, CheckOutcome]]] = {}
+    for subject, outcomes in parts.items():
+        for outcome in outcomes:
+            by_name.setdefault(outcome.check_name, []).append((subject, outcome))
+    merged = []
+    for name, items in by_name.items():
+        if len(items) == 1:
+            merged.append(items[0][1])
+            continue
+        failed = [o for _, o in items if not o.passed]
+        severity: Severity = (
+            "ERROR"
+            if any(o.severity == "ERROR" for o in failed or [o for _, o in items])
+            else "WARN"
+        )
+        worst_subject, worst = _worst(items)
+        merged.append(
+            CheckOutcome(
+                check_name=name,
+                passed=not failed,
+                severity=severity,
+                summary="; ".join(o.summary for _, o in items),
+                value=worst.value,
+                threshold=worst.threshold,
+                better=worst.better,
+                counts=dict(worst.counts),
+                offending=[{key: subject, **row} for subject, o in items for row in o.offending][
+                    :SAMPLE_ROWS
+                ],
+                details={
+                    **(
+                        {"settings": worst.details["settings"]}
+                        if "settings" in worst.details
+                        else {}
+                    ),
+                    "parts": {subject: o.details for subject, o in items if o.details},
+                    "subject_key": key,
+                    "worst": worst_subject,
+                    "subjects": {
+                        subject: {"passed": o.passed, "value": o.value, "counts": o.counts}
+                        for subject, o in items
+                    },
+                },
+            )
+        )
+    return merged
+
+
+def subject_counts(outcome: CheckOutcome) -> dict[str, dict[str, int]]:
+    """Counts per subject of a folded outcome (one entry, `""`, for an outcome of one subject)."""
+    subjects = outcome.details.get("subjects")
+    if not subjects:
+        return {"": dict(outcome.counts)}
+    return {subject: dict(part["counts"]) for subject, part in subjects.items()}
+
+
+def record_outcomes(
+    warehouse: Warehouse,
+    outcomes: Iterable[CheckOutcome],
+    *,
+    run_id: str,
+    asset: str,
+    partition: str | None,
+    evaluated_at: dt.datetime | None = None,
+) -> int:
+    """Upsert outcomes into `quality_results` (one row per run, asset, check and partition)."""
+    at = evaluated_at or dt.datetime.now(dt.UTC)
+    rows = [
+        (
+            run_id,
+            asset,
+            outcome.check_name,
+            partition or "",
+            outcome.passed,
+            outcome.severity,
+            outcome.value,
+            outcome.threshold,
+            json.dumps(
+                {
+                    "summary": outcome.summary,
+                    "counts": outcome.counts,
+                    "offending": outcome.offending,
+                    **outcome.details,
+                },
+                default=str,
+            ),
+            at,
+        )
+        for outcome in outcomes
+    ]
+    if not rows:
+        return 0
+    with warehouse.transaction() as conn:
+        conn.executemany(
+            "INSERT OR REPLACE INTO quality_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
+        )
+    return len(rows)

@@ -1,0 +1,310 @@
+"""Model guards on extractions: checks that catch what a model gets wrong although every row is
+valid under the task's schema (which the writer and pydantic already guarantee).
+
+- `extraction_constant_answers`: the model gave one answer for a field on every image of a drop
+  large enough that one answer is unlikely (a stuck or collapsed model, a prompt it ignores).
+- `extraction_refusals`: free-text fields holding a refusal or a non-answer ("unknown", "none",
+  "sorry", empty), and failed results whose raw text is a refusal ("I'm sorry, I can't ...").
+- `extraction_people_consistency`: `age_gender` describes a person on an image where
+  `scenery_people` lists nobody: one of the two answers is wrong.
+
+All are WARN and not blocking: they ask for a look, they do not stop the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from core.quality.outcome import (
+    SAMPLE_ROWS,
+    CheckOutcome,
+    ident,
+    missing_table,
+    records,
+    scalar,
+    share,
+)
+from core.tasks.base import Task
+from core.vlm.checks import ExtractionScope, task_constraints
+from core.warehouse import Warehouse
+from core.warehouse.queries import DROP_IMAGES, table_exists
+
+EXTRACTION_CONSTANT_ANSWERS = "extraction_constant_answers"
+EXTRACTION_REFUSALS = "extraction_refusals"
+EXTRACTION_PEOPLE_CONSISTENCY = "extraction_people_consistency"
+
+DEFAULT_MIN_IMAGES = 10  # fewer images of a drop can share one answer by chance
+# Whole answers that say "no answer" (lower case, trimmed).
+NON_ANSWERS = (
+    "",
+    "unknown",
+    "none",
+    "n/a",
+    "na",
+    "null",
+    "not sure",
+    "unsure",
+    "unclear",
+    "not visible",
+    "cannot tell",
+    "can't tell",
+    "sorry",
+)
+# A refusal's opening words (a regular expression on the lower-cased text).
+REFUSAL = r"^\s*(i'?m sorry|i am sorry|sorry,|i cannot|i can'?t|i am unable|i'?m unable|as an ai)"
+
+
+def _column_types(task: Task) -> list[tuple[tuple[str, str], str]]:
+    """((table, column), SQL type) of every answer the task's tables hold, parent first."""
+    tables = task.tables
+    pairs = [((tables.table, column), kind) for column, kind in tables.columns]
+    for child in tables.children:
+        pairs += [((child.table, column), kind) for column, kind in child.columns]
+    return pairs
+
+
+def _answer_columns(task: Task) -> list[tuple[str, str]]:
+    return [pair for pair, _ in _column_types(task)]
+
+
+def constant_answers(
+    warehouse: Warehouse,
+    drop_id: str,
+    scope: ExtractionScope,
+    task: Task,
+    *,
+    min_images: int = DEFAULT_MIN_IMAGES,
+) -> CheckOutcome:
+    """Fields whose every answer in the drop is the same, when at least `min_images` images of
+    the drop have an answer for that field."""
+    params = scope.params(drop_id)
+    offending: list[dict] = []
+    checked = 0
+    with warehouse.reader() as conn:
+        for table, column in _answer_columns(task):
+            if not table_exists(conn, table):
+                return missing_table(EXTRACTION_CONSTANT_ANSWERS, table, "WARN")
+            (images, distinct, value) = records(
+                conn,
+                f"""
+                SELECT count(DISTINCT t.image_id) AS images,
+                       count(DISTINCT CAST(t.{ident(column)} AS VARCHAR)) AS distinct_values,
+                       min(CAST(t.{ident(column)} AS VARCHAR)) AS value
+                FROM {ident(table)} t JOIN ({DROP_IMAGES}) d USING (image_id)
+                WHERE {scope.where("t")} AND t.{ident(column)} IS NOT NULL
+                """,
+                params,
+            )[0].values()
+            if images < min_images:
+                continue
+            checked += 1
+            if distinct == 1:
+                offending.append(
+                    {"table": table, "column": column, "value": value, "images": images}
+                )
+    subject = f"{scope.task}/{scope.model_id}"
+    if not checked:
+        summary = f"{subject}: no field has answers on {min_images} or more images of the drop"
+    elif offending:
+        fields = ", ".join(f"{row['column']}={row['value']!r}" for row in offending)
+        summary = f"{subject}: the same answer on every image for {fields}"
+    else:
+        summary = f"{subject}: {checked} fields vary across the drop's images"
+    return CheckOutcome(
+        check_name=EXTRACTION_CONSTANT_ANSWERS,
+        passed=not offending,
+        severity="WARN",
+        summary=summary,
+        value=float(len(offending)),
+        threshold=0.0,
+        counts={"fields_checked": checked, "constant_fields": len(offending)},
+        offending=offending[:SAMPLE_ROWS],
+        details={"settings": {"min_images": min_images}},
+    )
+
+
+def refusals(
+    warehouse: Warehouse, drop_id: str, scope: ExtractionScope, task: Task
+) -> CheckOutcome:
+    """Free-text answers (columns without an enum) that are refusals or non-answers, and the
+    latest failed result per image whose raw text opens like a refusal."""
+    params = {**scope.params(drop_id), "non_answers": list(NON_ANSWERS), "refusal": REFUSAL}
+    enums = task_constraints(task.name, task.model).enums
+    text_columns = [
+        (table, column)
+        for (table, column), kind in _column_types(task)
+        if kind == "VARCHAR" and column not in enums.get(table, {})
+    ]
+    offending: list[dict] = []
+    answers = 0
+    with warehouse.reader() as conn:
+        for table, column in text_columns:
+            if not table_exists(conn, table):
+                return missing_table(EXTRACTION_REFUSALS, table, "WARN")
+            col = f"t.{ident(column)}"
+            answers += scalar(
+                conn,
+                f"SELECT count(*) FROM {ident(table)} t JOIN ({DROP_IMAGES}) d USING (image_id)"
+                f" WHERE {scope.where('t')} AND {col} IS NOT NULL",
+                params,
+            )
+            offending += records(
+                conn,
+                f"""
+                SELECT '{table}' AS "table", '{column}' AS "column", t.image_id,
+                       {col} AS value
+                FROM {ident(table)} t JOIN ({DROP_IMAGES}) d USING (image_id)
+                WHERE {scope.where("t")} AND {col} IS NOT NULL
+                  AND (list_contains($non_answers, lower(trim({col})))
+                       OR regexp_matches(lower({col}), $refusal))
+                ORDER BY t.image_id
+                """,
+                params,
+            )
+        failed_refusals = []
+        if table_exists(conn, "vlm_extractions"):
+            failed_refusals = records(
+                conn,
+                f"""
+                SELECT 'vlm_extractions' AS "table", 'raw_text' AS "column", image_id,
+                       left(raw_text, 200) AS value
+                FROM (
+                    SELECT x.image_id, arg_max(x.status, x.created_at) AS status,
+                           arg_max(x.raw_text, x.created_at) AS raw_text
+                    FROM vlm_extractions x JOIN ({DROP_IMAGES}) d USING (image_id)
+                    WHERE x.task = $task AND {scope.where("x")} GROUP BY x.image_id
+                )
+                WHERE status <> 'ok' AND regexp_matches(lower(coalesce(raw_text, '')), $refusal)
+                ORDER BY image_id
+                """,
+                params,
+            )
+    offending += failed_refusals
+    return CheckOutcome(
+        check_name=EXTRACTION_REFUSALS,
+        passed=not offending,
+        severity="WARN",
+        summary=f"{scope.task}/{scope.model_id}: {len(offending)} refusals or non-answers"
+        f" ({len(failed_refusals)} in failed results, {answers} free-text answers checked)",
+        value=float(len(offending)),
+        threshold=0.0,
+        counts={
+            "text_answers": int(answers),
+            "non_answers": len(offending) - len(failed_refusals),
+            "refused_results": len(failed_refusals),
+        },
+        offending=offending[:SAMPLE_ROWS],
+    )
+
+
+def people_consistency(
+    warehouse: Warehouse,
+    drop_id: str,
+    model_id: str,
+    person_task: Task,
+    people_task: Task,
+    *,
+    people_list: str = "people",
+    max_share: float = 0.25,
+) -> CheckOutcome:
+    """Share of images where `person_task` answered (it describes a person) while
+    `people_task` answered with an empty `people_list`: warn above `max_share`."""
+    parent = people_task.tables.table
+    child = f"{parent}__{people_list}"
+    params = {
+        "drop": drop_id,
+        "model": model_id,
+        "person": person_task.name,
+        "person_fp": person_task.fingerprint,
+        "people_fp": people_task.fingerprint,
+    }
+    with warehouse.reader() as conn:
+        for table in ("vlm_extractions", parent, child):
+            if not table_exists(conn, table):
+                return missing_table(EXTRACTION_PEOPLE_CONSISTENCY, table, "WARN")
+        compared = records(
+            conn,
+            f"""
+            WITH described AS (
+                SELECT x.image_id FROM vlm_extractions x JOIN ({DROP_IMAGES}) d USING (image_id)
+                WHERE x.task = $person AND x.model_id = $model AND x.task_fingerprint = $person_fp
+                GROUP BY x.image_id HAVING arg_max(x.status, x.created_at) = 'ok'
+            ),
+            listed AS (
+                SELECT p.image_id, count(c.idx) AS people
+                FROM {ident(parent)} p JOIN ({DROP_IMAGES}) d USING (image_id)
+                LEFT JOIN {ident(child)} c ON c.image_id = p.image_id
+                    AND c.model_id = p.model_id AND c.task_fingerprint = p.task_fingerprint
+                WHERE p.model_id = $model AND p.task_fingerprint = $people_fp
+                GROUP BY p.image_id
+            )
+            SELECT l.image_id, l.people FROM listed l JOIN described USING (image_id)
+            ORDER BY l.image_id
+            """,
+            params,
+        )
+    nobody = [
+        {"image_id": row["image_id"], "people_listed": 0, "person_described": True}
+        for row in compared
+        if row["people"] == 0
+    ]
+    rate = share(len(nobody), len(compared))
+    subject = f"{person_task.name} vs {people_task.name}/{model_id}"
+    return CheckOutcome(
+        check_name=EXTRACTION_PEOPLE_CONSISTENCY,
+        passed=rate is None or rate <= max_share,
+        severity="WARN",
+        summary=f"{subject}: a person described but nobody listed on {len(nobody)} of"
+        f" {len(compared)} images"
+        + (f" ({rate:.0%}; warn above {max_share:.0%})" if rate is not None else ""),
+        value=rate,
+        threshold=max_share,
+        counts={"images_compared": len(compared), "person_but_nobody_listed": len(nobody)},
+        offending=nobody[:SAMPLE_ROWS],
+    )
+
+
+def guard_checks(
+    warehouse: Warehouse,
+    drop_id: str,
+    model_id: str,
+    tasks: Sequence[Task],
+    *,
+    min_images: int = DEFAULT_MIN_IMAGES,
+    max_people_mismatch: float = 0.25,
+    person_task: str = "age_gender",
+    people_task: str = "scenery_people",
+) -> dict[str, list[CheckOutcome]]:
+    """The model guards of every task (per task name), and the people consistency check under
+    `"<person_task>+<people_task>"` when both tasks ran; fold with `merge_outcomes`."""
+    out: dict[str, list[CheckOutcome]] = {}
+    for task in tasks:
+        scope = ExtractionScope(
+            task=task.name, model_id=model_id, task_fingerprint=task.fingerprint
+        )
+        out[task.name] = [
+            constant_answers(warehouse, drop_id, scope, task, min_images=min_images),
+            refusals(warehouse, drop_id, scope, task),
+        ]
+    by_name = {task.name: task for task in tasks}
+    if person_task in by_name and people_task in by_name:
+        out.setdefault(person_task, []).append(
+            people_consistency(
+                warehouse,
+                drop_id,
+                model_id,
+                by_name[person_task],
+                by_name[people_task],
+                max_share=max_people_mismatch,
+            )
+        )
+    else:
+        out.setdefault(next(iter(out), "tasks"), []).append(
+            CheckOutcome(
+                check_name=EXTRACTION_PEOPLE_CONSISTENCY,
+                passed=True,
+                severity="WARN",
+                summary=f"needs both {person_task} and {people_task} in the run: nothing compared",
+            )
+        )
+    return out
