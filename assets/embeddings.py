@@ -30,6 +30,7 @@ EMBEDDING_CHECKS = (
     checks.EMBEDDING_UNIT_NORM,
 )
 ZERO_SHOT_CHECKS = (checks.ZERO_SHOT_ONE_PER_IMAGE, checks.ZERO_SHOT_PROBABILITIES)
+ZERO_SHOT_COLLAPSE_CHECK = checks.ZERO_SHOT_COLLAPSE
 LABEL_DRIFT_CHECK = cross_stage.LABEL_DRIFT
 PREVIEW_ROWS = 20
 # On CUDA both CLIP steps hold the `gpu` pool (limit 1, shared with vlm_extractions), so two runs
@@ -57,6 +58,11 @@ class ZeroShotConfig(dg.Config):
     )
     drift_threshold: float = Field(
         default=0.25, gt=0, description="Warn when a label set's PSI vs earlier drops is above."
+    )
+    collapse_min_images: int = Field(
+        default=10,
+        ge=2,
+        description="Label collapse check: judge a label set only on drops with this many images.",
     )
 
 
@@ -212,6 +218,12 @@ def clip_embeddings(
             description="Warns when a label set's top-label distribution in this drop departs "
             "from earlier drops (PSI above `drift_threshold`).",
         ),
+        dg.AssetCheckSpec(
+            ZERO_SHOT_COLLAPSE_CHECK,
+            asset="clip_zero_shot",
+            description="Model guard: warns when one label is the top label of every image of a "
+            "drop with at least `collapse_min_images` images.",
+        ),
     ],
 )
 def clip_zero_shot(
@@ -260,6 +272,14 @@ def clip_zero_shot(
                 LabelSource.zero_shot(name, clip.model_id),
                 categories=LABEL_SETS[name].labels,
                 threshold=config.drift_threshold,
+            ),
+            checks.zero_shot_collapse(
+                store_,
+                drop_id,
+                clip.model_id,
+                name,
+                fingerprint=LABEL_SETS[name].fingerprint,
+                min_images=config.collapse_min_images,
             ),
         ]
         for name in config.label_sets

@@ -17,7 +17,7 @@ from core.quality.fields import FIELDS
 from core.quality.outcome import CheckOutcome, merge_outcomes, subject_counts
 from core.tasks.base import Task
 from core.tasks.registry import TASKS, get_tasks
-from core.vlm import checks
+from core.vlm import checks, guards
 from core.vlm.checks import ExtractionScope
 from core.vlm.run import TaskReport, extract_drop
 from core.vlm.store import extraction_preview
@@ -34,6 +34,9 @@ TRUNCATION_CHECK = checks.EXTRACTION_TRUNCATION
 ENUM_CHECK = checks.EXTRACTION_ENUMS
 ENTITY_COUNT_CHECK = checks.EXTRACTION_ENTITY_COUNTS
 LABEL_DRIFT_CHECK = cross_stage.LABEL_DRIFT
+CONSTANT_ANSWERS_CHECK = guards.EXTRACTION_CONSTANT_ANSWERS
+REFUSALS_CHECK = guards.EXTRACTION_REFUSALS
+PEOPLE_CONSISTENCY_CHECK = guards.EXTRACTION_PEOPLE_CONSISTENCY
 PREVIEW_ROWS = 20
 
 
@@ -53,6 +56,18 @@ class ExtractionConfig(dg.Config):
     )
     drift_threshold: float = Field(
         default=0.25, gt=0, description="Label drift check warns when PSI is above."
+    )
+    guard_min_images: int = Field(
+        default=guards.DEFAULT_MIN_IMAGES,
+        ge=2,
+        description="Constant-answers check: judge a field only with this many answers.",
+    )
+    max_people_mismatch: float = Field(
+        default=0.25,
+        ge=0,
+        le=1,
+        description="People consistency check warns when a larger share of images has a "
+        "person described (age_gender) but nobody listed (scenery_people).",
     )
 
 
@@ -91,7 +106,17 @@ def quality_outcomes(
         for field in FIELDS.values()
         if field.task in names and field.column
     }
-    outcomes = merge_outcomes(per_task, key="task")
+    guarded = guards.guard_checks(
+        store,
+        drop_id,
+        model_id,
+        tasks,
+        min_images=config.guard_min_images,
+        max_people_mismatch=config.max_people_mismatch,
+    )
+    outcomes = merge_outcomes(
+        {name: [*per_task[name], *guarded.get(name, [])] for name in per_task}, key="task"
+    )
     outcomes += merge_outcomes(drift, key="field")
     if not drift:  # no configured task extracts a labelled field: nothing to drift
         outcomes.append(
@@ -164,6 +189,25 @@ def _task_metadata(report: TaskReport) -> dict[str, object]:
             asset="vlm_extractions",
             description="Warns when an extracted field's distribution in this drop departs from "
             "earlier drops (PSI above `drift_threshold`).",
+        ),
+        dg.AssetCheckSpec(
+            CONSTANT_ANSWERS_CHECK,
+            asset="vlm_extractions",
+            description="Model guard: warns when a field has the same answer on every image of "
+            "a drop with at least `guard_min_images` answers (a stuck model or ignored prompt).",
+        ),
+        dg.AssetCheckSpec(
+            REFUSALS_CHECK,
+            asset="vlm_extractions",
+            description="Model guard: warns on free-text answers that are refusals or "
+            "non-answers ('unknown', 'none', empty) and on failed results whose raw text is a "
+            "refusal.",
+        ),
+        dg.AssetCheckSpec(
+            PEOPLE_CONSISTENCY_CHECK,
+            asset="vlm_extractions",
+            description="Model guard: warns when more than `max_people_mismatch` of the images "
+            "have a person described by age_gender but nobody listed by scenery_people.",
         ),
     ],
 )

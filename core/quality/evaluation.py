@@ -36,6 +36,7 @@ from core.quality.metrics import (
     top_k_accuracy,
 )
 from core.warehouse import Warehouse
+from core.warehouse.queries import table_exists
 
 Source = Literal["clip_zero_shot", "vlm", "knn"]
 STANDIN_PREFIX = "standin"
@@ -162,14 +163,6 @@ def _evaluate(
     )
 
 
-def _table_exists(warehouse: Warehouse, table: str) -> bool:
-    return bool(
-        warehouse.rows(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]
-        )[0][0]
-    )
-
-
 def _query_labelled(warehouse: Warehouse, sql: str, ids: list[str], params: list) -> list[tuple]:
     """Run `sql` with the labelled image ids registered as the table `labelled(image_id)`."""
     with warehouse.reader() as conn:
@@ -180,7 +173,7 @@ def _query_labelled(warehouse: Warehouse, sql: str, ids: list[str], params: list
 def _zero_shot(
     warehouse: Warehouse, field: LabelField, truth: dict[str, str]
 ) -> list[SourceEvaluation]:
-    if not field.zero_shot_label_set or not _table_exists(warehouse, "clip_zero_shot"):
+    if not field.zero_shot_label_set or not table_exists(warehouse, "clip_zero_shot"):
         return []
     rows = _query_labelled(
         warehouse,
@@ -227,7 +220,7 @@ def _zero_shot(
 
 def _vlm(warehouse: Warehouse, field: LabelField, truth: dict[str, str]) -> list[SourceEvaluation]:
     table = field.task_table
-    if not table or not field.column or not _table_exists(warehouse, table):
+    if not table or not field.column or not table_exists(warehouse, table):
         return []
     rows = _query_labelled(
         warehouse,

@@ -28,6 +28,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from core.ingest.decode import load_rgb
 from core.warehouse import Warehouse
+from core.warehouse.queries import DROP_IMAGE_PATHS, table_exists
 
 DEFAULT_MAX_IMAGES = 1000
 DEFAULT_SHEET_IMAGES = 24
@@ -77,32 +78,23 @@ class GalleryReport:
     thumb_failures: int
 
 
-def _exists(warehouse: Warehouse, table: str) -> bool:
-    return bool(
-        warehouse.rows(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]
-        )[0][0]
-    )
-
-
 def select_tiles(warehouse: Warehouse, drop_id: str, max_images: int) -> tuple[list[Tile], int]:
     """The queue first (by rank), then a stable sample of the rest by path; and the drop size."""
     queue_sql = (
         "SELECT image_id, rank, reasons FROM review_queue WHERE drop_id = ?"
-        if _exists(warehouse, "review_queue")
+        if table_exists(warehouse, "review_queue")
         else "SELECT NULL::VARCHAR, NULL::INTEGER, NULL::VARCHAR[] WHERE ? IS NULL AND false"
     )
     rows = warehouse.rows(
         f"""
-        WITH drop_images AS (
-            SELECT image_id, min(path) AS path FROM image_files WHERE drop_id = $1 GROUP BY 1
-        ), queue AS ({queue_sql.replace("?", "$1")})
+        WITH drop_images AS ({DROP_IMAGE_PATHS}),
+        queue AS ({queue_sql.replace("?", "$drop")})
         SELECT d.image_id, d.path, q.rank, q.reasons, count(*) OVER () AS total
         FROM drop_images d LEFT JOIN queue q USING (image_id)
         ORDER BY q.rank IS NULL, q.rank, hash(d.image_id), d.image_id
-        LIMIT $2
+        LIMIT $limit
         """,
-        [drop_id, max_images],
+        {"drop": drop_id, "limit": max_images},
     )
     total = int(rows[0][4]) if rows else 0
     tiles = [
@@ -118,7 +110,7 @@ def _attach_labels(warehouse: Warehouse, tiles: list[Tile]) -> None:
     ids = list(by_id)
     if not ids:
         return
-    if _exists(warehouse, "final_labels") or _view_exists(warehouse, "final_labels"):
+    if table_exists(warehouse, "final_labels") or _view_exists(warehouse, "final_labels"):
         rows = warehouse.rows(
             "SELECT image_id, task, field, value, provenance FROM final_labels"
             " WHERE list_contains(?, image_id) ORDER BY task, field",
@@ -129,7 +121,7 @@ def _attach_labels(warehouse: Warehouse, tiles: list[Tile]) -> None:
             grouped[image_id].setdefault(task, []).append((name, value, provenance))
         for image_id, labels in grouped.items():
             by_id[image_id].labels = labels
-    if _exists(warehouse, "clip_zero_shot"):
+    if table_exists(warehouse, "clip_zero_shot"):
         rows = warehouse.rows(
             "SELECT image_id, label_set, arg_max(top_label, created_at),"
             " arg_max(top_probability, created_at) FROM clip_zero_shot"
@@ -148,7 +140,7 @@ def _view_exists(warehouse: Warehouse, name: str) -> bool:
 
 def check_outcomes(warehouse: Warehouse, drop_id: str) -> list[tuple]:
     """The latest outcome of every check on this drop: (asset, check, passed, severity, summary)."""
-    if not _exists(warehouse, "quality_results"):
+    if not table_exists(warehouse, "quality_results"):
         return []
     return warehouse.rows(
         "SELECT asset, check_name, arg_max(passed, evaluated_at), arg_max(severity, evaluated_at),"

@@ -39,6 +39,7 @@ from core.quality.outcome import CheckOutcome
 from core.review.store import ensure_final_labels_view
 from core.tasks.registry import TASKS
 from core.warehouse import Warehouse
+from core.warehouse.queries import drop_image_paths, table_exists
 
 DEFAULT_TOP_N = 50
 DEFAULT_TOP_FRACTION = 0.05
@@ -124,14 +125,6 @@ class _Signals:
     person_described: bool = False
 
 
-def _exists(warehouse: Warehouse, table: str) -> bool:
-    return bool(
-        warehouse.rows(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]
-        )[0][0]
-    )
-
-
 def _query(warehouse: Warehouse, sql: str, ids: Sequence[str], params: list[Any]) -> list[tuple]:
     """Run `sql` with the drop's image ids registered as the relation `drop_ids(image_id)`."""
     with warehouse.reader() as conn:
@@ -143,7 +136,7 @@ def _query(warehouse: Warehouse, sql: str, ids: Sequence[str], params: list[Any]
 
 
 def _most_used(warehouse: Warehouse, table: str, ids: Sequence[str]) -> str | None:
-    if not _exists(warehouse, table):
+    if not table_exists(warehouse, table):
         return None
     rows = _query(
         warehouse,
@@ -162,7 +155,7 @@ def vlm_values(
     values: dict[tuple[str, str], str] = {}
     for name, spec in FIELDS.items():
         task = TASKS.get(spec.task or "")
-        if task is None or not spec.column or not _exists(warehouse, f"task_{task.name}"):
+        if task is None or not spec.column or not table_exists(warehouse, f"task_{task.name}"):
             continue
         rows = _query(
             warehouse,
@@ -193,11 +186,7 @@ def _read_signals(
     db: Any, drop_id: str, options: QueueOptions
 ) -> tuple[dict[str, _Signals], str | None, str | None, dict[tuple[str, str], str]]:
     """Every signal but near-duplicates, through one connection."""
-    drop = db.rows(
-        "SELECT image_id, min(path) FROM image_files WHERE drop_id = ? GROUP BY image_id"
-        " ORDER BY image_id",
-        [drop_id],
-    )
+    drop = drop_image_paths(db, drop_id, order_by="image_id")
     signals = {image_id: _Signals(path=path) for image_id, path in drop}
     ids = list(signals)
     clip_model = _most_used(db, "clip_zero_shot", ids)
@@ -241,7 +230,7 @@ def _read_signals(
                     signals[image_id].person_described = True
         people_task = TASKS.get(PEOPLE_TASK)
         child = f"task_{PEOPLE_TASK}__{PEOPLE_LIST}"
-        if people_task and _exists(db, f"task_{PEOPLE_TASK}") and _exists(db, child):
+        if people_task and table_exists(db, f"task_{PEOPLE_TASK}") and table_exists(db, child):
             rows = _query(
                 db,
                 f'SELECT p.image_id, count(c.idx) FROM "task_{PEOPLE_TASK}" p'
@@ -311,7 +300,7 @@ def _near_duplicate_conflicts(
     options: QueueOptions,
 ) -> None:
     """Mark images whose near-duplicate (same CLIP model) has a different VLM value."""
-    if not vlm_model or not signals or not _exists(warehouse, "clip_embeddings"):
+    if not vlm_model or not signals or not table_exists(warehouse, "clip_embeddings"):
         return
     rows = _query(
         warehouse,

@@ -4,7 +4,7 @@ table exists, and where images were first seen. Fragments take the drop as the n
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 import duckdb
 
@@ -18,36 +18,46 @@ DROP_IMAGE_PATHS = (
 )
 
 
-def table_exists(db: Warehouse | duckdb.DuckDBPyConnection, table: str) -> bool:
+class Rows(Protocol):
+    """Anything that runs a query and returns its rows: a `Warehouse`, or one open reader."""
+
+    def rows(self, sql: str, params: Any = None) -> list[tuple]: ...
+
+
+Source = Warehouse | Rows | duckdb.DuckDBPyConnection
+
+
+def _rows(db: Source, sql: str, params: Any) -> list[tuple]:
+    if isinstance(db, duckdb.DuckDBPyConnection):
+        return db.execute(sql, params).fetchall()
+    return db.rows(sql, params)
+
+
+def table_exists(db: Source, table: str) -> bool:
     """Whether `table` (or a view of that name) exists; False for a warehouse file not created yet."""
+    if isinstance(db, Warehouse) and not db.path.exists():
+        return False
     sql = "SELECT count(*) FROM information_schema.tables WHERE table_name = ?"
-    if isinstance(db, Warehouse):
-        if not db.path.exists():
-            return False
-        return bool(db.rows(sql, [table])[0][0])
-    row = db.execute(sql, [table]).fetchone()
-    return bool(row and row[0])
+    return bool(_rows(db, sql, [table])[0][0])
 
 
 def drop_image_paths(
-    db: Warehouse | duckdb.DuckDBPyConnection,
+    db: Source,
     drop_id: str,
     *,
     order_by: Literal["path", "image_id"] = "path",
 ) -> list[tuple[str, str]]:
     """`(image_id, path)` of every distinct image of the drop, its smallest path as `path`."""
     sql = f"SELECT image_id, path FROM ({DROP_IMAGE_PATHS}) ORDER BY {order_by}, image_id"
-    params = {"drop": drop_id}
-    if isinstance(db, Warehouse):
-        return [(str(i), str(p)) for i, p in db.rows(sql, params)]
-    return [(str(i), str(p)) for i, p in db.execute(sql, params).fetchall()]
+    return [(str(i), str(p)) for i, p in _rows(db, sql, {"drop": drop_id})]
 
 
-def first_paths(db: Warehouse, image_ids: Sequence[str]) -> dict[str, str]:
+def first_paths(db: Source, image_ids: Sequence[str]) -> dict[str, str]:
     """image_id -> the path it was first seen at (`images.first_path`), for those that exist."""
     if not image_ids:
         return {}
-    rows = db.rows(
+    rows = _rows(
+        db,
         "SELECT image_id, first_path FROM images WHERE list_contains(?, image_id)",
         [list(image_ids)],
     )

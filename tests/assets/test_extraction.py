@@ -9,9 +9,12 @@ import pytest
 
 from assets.extraction import (
     ALL_ANSWERED_CHECK,
+    CONSTANT_ANSWERS_CHECK,
     ENTITY_COUNT_CHECK,
     ENUM_CHECK,
     LABEL_DRIFT_CHECK,
+    PEOPLE_CONSISTENCY_CHECK,
+    REFUSALS_CHECK,
     TRUNCATION_CHECK,
     VALIDITY_CHECK,
     ExtractionConfig,
@@ -160,6 +163,9 @@ def test_quality_checks_pass_on_the_stand_in_and_fail_on_a_planted_enum_value(
         ENUM_CHECK,
         ENTITY_COUNT_CHECK,
         LABEL_DRIFT_CHECK,
+        CONSTANT_ANSWERS_CHECK,
+        REFUSALS_CHECK,
+        PEOPLE_CONSISTENCY_CHECK,
     }
     assert evaluations[ENUM_CHECK].passed and evaluations[ALL_ANSWERED_CHECK].passed
     with warehouse.transaction() as conn:  # a value constrained decoding should never allow
@@ -206,6 +212,46 @@ def test_a_validity_rate_below_the_error_threshold_blocks_downstream_and_keeps_t
     assert warehouse.rows("SELECT status, error, count(*) FROM vlm_extractions GROUP BY ALL") == [
         ("invalid", "scenery: not allowed", 7)
     ]
+
+
+class _SameAnswer(VLMBackend):
+    """A schema-valid model that gives every image the same answer."""
+
+    model_id = "stuck-model"
+
+    def extract(self, images: Sequence[ImageInput], task: Task) -> list[ExtractionResult]:
+        return [
+            ExtractionResult(
+                image_id=i.image_id, status="ok", parsed={"age_group": "21-30", "gender": "male"}
+            )
+            for i in images
+        ]
+
+
+def test_a_model_that_answers_the_same_for_every_image_warns_without_blocking(
+    instance, warehouse, drop_root, sample_drop, monkeypatch
+):
+    instance.add_dynamic_partitions("image_drops", ["samples"])
+    monkeypatch.setattr(VLMResource, "get_backend", lambda self, sglang, log=None: _SameAnswer())
+    result = dg.materialize(
+        [images, vlm_extractions],
+        resources=_resources(warehouse, drop_root, VLMResource()),
+        partition_key="samples",
+        instance=instance,
+        run_config={
+            "ops": {"vlm_extractions": {"config": {"tasks": ["age_gender"], "guard_min_images": 7}}}
+        },
+    )
+    assert result.success  # a warning
+    evaluations = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert evaluations[VALIDITY_CHECK].passed and evaluations[ENUM_CHECK].passed
+    constant = evaluations[CONSTANT_ANSWERS_CHECK]
+    assert not constant.passed and constant.severity == dg.AssetCheckSeverity.WARN
+    assert {row["column"] for row in constant.metadata["offending_sample"].value} == {
+        "age_group",
+        "gender",
+    }
+    assert constant.metadata["threshold"].value == "warns above 0"
 
 
 def test_a_run_configured_with_no_task_is_refused():
