@@ -9,7 +9,8 @@ without scikit-learn:
 
 - distance = 1 - cosine(image, class text), over unit vectors;
 - the `k` (10) nearest class texts vote, each with weight 1/distance; a class text at distance 0
-  gets all the weight (scikit-learn's rule for an exact match); with fewer class texts than `k`,
+  gets all the weight (scikit-learn's rule for an exact match; here "0" is below `EXACT`, since
+  1 - cos of two equal float vectors is rarely exactly 0); with fewer class texts than `k`,
   all of them vote (scikit-learn would refuse);
 - a class's score is the sum of its voters' weights over the total, and the ranking is by score
   (ties by label, so it is reproducible; scikit-learn breaks ties by class index);
@@ -28,6 +29,7 @@ import numpy as np
 
 NEIGHBOURS = 10  # n_neighbors of the validation script
 TOP_K = (1, 5)
+EXACT = 1e-9  # a cosine distance below this is an exact match
 
 
 def knn_scores(
@@ -50,7 +52,7 @@ def knn_scores(
     scores = []
     for row, nearest in zip(distances, order, strict=True):
         d = row[nearest]
-        exact = d == 0.0
+        exact = d < EXACT
         weights = exact.astype(np.float64) if exact.any() else 1.0 / d
         votes: dict[str, float] = {}
         for index, weight in zip(nearest, weights, strict=True):
