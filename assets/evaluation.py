@@ -1,5 +1,6 @@
-"""Quality assets downstream of both labellers: CLIP/VLM agreement per drop, and the evaluation
-against a labelled set (all drops, one row set per run in `evaluations`)."""
+"""Quality assets downstream of both labellers: CLIP/VLM agreement per drop (`label_agreement`),
+and the evaluation against labelled sets (`evaluations`), which each run brings up to date by
+evaluating only what changed since the last one."""
 
 import dagster as dg
 from pydantic import Field
@@ -8,17 +9,21 @@ from assets.embeddings import clip_zero_shot
 from assets.extraction import vlm_extractions
 from assets.quality import record_and_report
 from core.quality import cross_stage as checks
-from core.quality.cross_stage import LabelSource
-from core.quality.evaluation import EvaluationReport, evaluate, write_evaluations
-from core.quality.fields import AGREEMENT_FIELDS, FIELDS
+from core.quality.agreement import FieldAgreement, drop_agreement, write_agreement
+from core.quality.evaluation import STANDIN_NOTE, IncrementalEvaluation, evaluate_changed
+from core.quality.evaluation_store import (
+    current_confusions,
+    current_results,
+    evaluation_row_count,
+)
 from core.quality.labelled import LabelledSet, count_by_field
 from core.quality.metrics import ConfusionMatrix
 from core.quality.outcome import CheckOutcome, merge_outcomes
-from core.quality.plots import confusion_metadata_markdown
+from core.quality.plots import confusion_inline_markdown
 from core.review.store import human_labelled_set
-from core.tasks.registry import TASKS
 from core.warehouse import Warehouse
 from orchestration.partitions import image_drops
+from resources.clip_model import ClipModelResource
 from resources.labelled_set import LabelledSetResource
 from resources.warehouse import WarehouseResource
 
@@ -32,38 +37,52 @@ class AgreementConfig(dg.Config):
     )
 
 
-def agreement_outcome(
-    store: Warehouse, drop_id: str, field_name: str, min_rate: float
-) -> CheckOutcome:
-    """Agreement on one field between the CLIP and VLM models that labelled most of the drop
-    (current task version); passes with a note when either side has no labels yet."""
-    field = FIELDS[field_name]
-    task = TASKS[field.task or ""]
-    clip_models = checks.models_of_drop(
-        store, drop_id, LabelSource.zero_shot(field.zero_shot_label_set or "", "")
+def _table(records: list[dict], columns: list[tuple[str, str, str]]) -> dg.MetadataValue:
+    """A Dagster table: (name, type, description) columns; the UI renders it inline."""
+    schema = dg.TableSchema(
+        columns=[dg.TableColumn(name, kind, description=text) for name, kind, text in columns]
     )
-    vlm_models = checks.models_of_drop(
-        store,
-        drop_id,
-        LabelSource.task_field(task.name, field.column or "", "", task.fingerprint),
-    )
-    if not clip_models or not vlm_models:
-        return CheckOutcome(
-            check_name=AGREEMENT_CHECK,
-            passed=True,
-            severity="WARN",
-            summary=f"{field_name}: nothing to compare (CLIP models {clip_models}, "
-            f"VLM models {vlm_models})",
+    return dg.MetadataValue.table([dg.TableRecord(r) for r in records], schema=schema)
+
+
+def _agreement_metadata(agreements: list[FieldAgreement]) -> dict[str, object]:
+    metadata: dict[str, object] = {
+        "agreement": _table(
+            [
+                {
+                    "field": a.field,
+                    "clip model": a.clip_model_id,
+                    "vlm model": a.vlm_model_id,
+                    "images": a.images_compared,
+                    "agreed": a.agreed,
+                    "rate": None if a.outcome.value is None else round(a.outcome.value, 4),
+                }
+                for a in agreements
+            ],
+            [
+                ("field", "string", "labelled field both CLIP and the VLM predict"),
+                ("clip model", "string", "CLIP model that labelled most of the drop"),
+                ("vlm model", "string", "VLM model that labelled most of the drop"),
+                ("images", "int", "images both labelled"),
+                ("agreed", "int", "images where CLIP's top label equals the VLM's value"),
+                ("rate", "float", "agreed / images"),
+            ],
         )
-    return checks.agreement(
-        store,
-        drop_id,
-        field,
-        clip_model_id=clip_models[0],
-        vlm_model_id=vlm_models[0],
-        task_fingerprint=task.fingerprint,
-        min_rate=min_rate,
-    )
+    }
+    for a in agreements:
+        if a.outcome.value is not None:  # one float per field: the UI plots it over drops
+            metadata[f"{a.field} agreement"] = dg.MetadataValue.float(round(a.outcome.value, 4))
+        if a.confusion is not None and a.images_compared:
+            metadata[f"{a.field} confusion"] = dg.MetadataValue.md(
+                confusion_inline_markdown(
+                    a.confusion,
+                    caption=f"CLIP `{a.clip_model_id}` vs VLM `{a.vlm_model_id}`, "
+                    f"{a.images_compared} images",
+                    true_axis="clip",
+                    predicted_axis="vlm",
+                )
+            )
+    return metadata
 
 
 @dg.asset(
@@ -83,34 +102,97 @@ def agreement_outcome(
 def label_agreement(
     context: dg.AssetExecutionContext, config: AgreementConfig, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
-    """How often the two labellers agree on the fields both produce, with confusion tables:
-    a drop where a cheap CLIP baseline and the VLM disagree a lot deserves a look."""
+    """How often the two labellers agree on the fields both produce, per drop and field
+    (`label_agreement` table, with confusion matrices): a drop where a cheap CLIP baseline and
+    the VLM disagree a lot deserves a look."""
     store = warehouse.get()
     drop_id = context.partition_key
-    per_field = {
-        name: [agreement_outcome(store, drop_id, name, config.min_rate)]
-        for name in AGREEMENT_FIELDS
+    agreements = drop_agreement(store, drop_id, config.min_rate)
+    rows = write_agreement(store, drop_id, agreements, run_id=context.run.run_id)
+    metadata = {
+        "dagster/table_name": "label_agreement",
+        "dagster/partition_row_count": rows,
+        **_agreement_metadata(agreements),
     }
-    metadata: dict[str, object] = {}
-    for name, (outcome,) in per_field.items():
-        if outcome.value is not None:
-            metadata[f"{name}/agreement_rate"] = dg.MetadataValue.float(round(outcome.value, 4))
-        metadata[f"{name}/images_compared"] = outcome.counts.get("images_compared", 0)
-        if "confusion" in outcome.details:
-            markdown, _ = confusion_metadata_markdown(
-                ConfusionMatrix.model_validate(outcome.details["confusion"]),
-                title=f"{name}: CLIP zero-shot (rows) vs VLM (columns)",
-                true_axis="clip",
-                predicted_axis="vlm",
-            )
-            metadata[f"{name}/confusion"] = dg.MetadataValue.md(markdown)
     results = record_and_report(
         context,
         store,
-        merge_outcomes(per_field, key="field"),
+        merge_outcomes({a.field: [a.outcome] for a in agreements}, key="field"),
         asset="label_agreement",
     )
     return dg.MaterializeResult(metadata=metadata, check_results=results)
+
+
+RESULT_COLUMNS = [
+    ("labelled set", "string", "the configured set's path, or human_labels"),
+    ("field", "string", "labelled field"),
+    ("source", "string", "clip_zero_shot, vlm or knn (zero-shot kNN)"),
+    ("model", "string", "model_id of the predictions"),
+    ("n", "int", "labelled images with a prediction: what the metrics are over"),
+    ("coverage", "float", "n / labelled images of the field"),
+    ("accuracy", "float", "share of exact answers"),
+    ("macro_f1", "float", "F1 averaged over the classes present"),
+    ("adjacent", "float", "answer within one age bin (ordinal fields)"),
+    ("top1", "float", "zero-shot kNN top-1 accuracy"),
+    ("top5", "float", "zero-shot kNN top-5 accuracy (label sets of more than 5 classes)"),
+    ("this run", "bool", "evaluated by this run (its inputs changed); else as of an earlier run"),
+]
+
+
+def _results_metadata(store: Warehouse, run_id: str, sets: list[LabelledSet]) -> dict:
+    frames = [current_results(store, labelled.source) for labelled in sets]
+    records = [
+        {
+            "labelled set": row["labelled_set"],
+            "field": row["field"],
+            "source": row["source"],
+            "model": row["model"],
+            "n": row["n"],
+            "coverage": row["coverage"],
+            "accuracy": row["accuracy"],
+            "macro_f1": row["macro_f1"],
+            "adjacent": row["adjacent_accuracy"],
+            "top1": row["top1"],
+            "top5": row["top5"],
+            "this run": row["run_id"] == run_id,
+        }
+        for frame in frames
+        for row in frame.iter_rows(named=True)
+    ]
+    metadata: dict[str, object] = {"results": _table(records, RESULT_COLUMNS)}
+    if any(r["model"].lower().startswith("standin") for r in records):
+        metadata["warning"] = dg.MetadataValue.text(f"stand-in models: {STANDIN_NOTE}")
+    metadata["labelled images"] = _table(
+        [
+            {"labelled set": labelled.source, "field": field, "labels": len(counts),
+             "images": sum(counts.values())}
+            for labelled in sets
+            for field, counts in sorted(count_by_field(labelled).items())
+        ],
+        [
+            ("labelled set", "string", "the configured set's path, or human_labels"),
+            ("field", "string", "labelled field"),
+            ("labels", "int", "distinct labels used"),
+            ("images", "int", "labelled images"),
+        ],
+    )
+    for labelled in sets:
+        confusions = current_confusions(store, labelled.source)
+        per_slot: dict[tuple[str, str], int] = {}
+        for field, source, _, _, _ in confusions:
+            per_slot[(field, source)] = per_slot.get((field, source), 0) + 1
+        for field, source, model_id, n, matrix in confusions:
+            key = f"{field} · {source}"
+            if per_slot[(field, source)] > 1:
+                key += f" · {model_id}"
+            if labelled.source == "human_labels":
+                key += " · human labels"
+            metadata[key] = dg.MetadataValue.md(
+                confusion_inline_markdown(
+                    ConfusionMatrix.model_validate(matrix), caption=f"`{model_id}`, n={n}"
+                )
+            )
+    return metadata
 
 
 @dg.asset(
@@ -130,10 +212,12 @@ def evaluation(
     context: dg.AssetExecutionContext,
     warehouse: WarehouseResource,
     labelled_set: LabelledSetResource,
+    clip_model: ClipModelResource,
 ) -> dg.MaterializeResult:
-    """Accuracy, macro-F1, adjacent-bin accuracy and kNN top-k of every model against the
-    labelled set and against `human_labels` (`evaluations`, keyed by run and labelled set):
-    CLIP zero-shot and the VLM side by side."""
+    """Accuracy, macro-F1, adjacent-bin accuracy and zero-shot kNN top-k of every model against
+    the labelled set and against `human_labels` (`evaluations`, one current row per labelled
+    set, model, task, field, source and metric). Only what changed since the last run is
+    evaluated: a unit's inputs are fingerprinted in `evaluation_inputs`."""
     store = warehouse.get()
     labelled = labelled_set.load()
     human = human_labelled_set(store)  # reviews imported from Label Studio, a second set
@@ -147,20 +231,35 @@ def evaluation(
         )
         results = record_and_report(context, store, [outcome], asset="evaluation")
         return dg.MaterializeResult(
-            metadata={"labelled_set": "none configured"}, check_results=results
+            metadata={"labelled set": "none configured"}, check_results=results
         )
-    metadata: dict[str, object] = {"dagster/table_name": "evaluations"}
-    written = 0
-    for labelled_items, prefix in ((labelled, ""), (human, "human_labels/")):
-        if labelled_items is None:
-            continue
-        report = evaluate(store, labelled_items, run_id=context.run.run_id)
-        written += write_evaluations(store, report)
-        if report.banner and not prefix:
-            context.log.warning(report.banner)
-        metadata.update(_report_metadata(report, labelled_items, prefix))
-    metadata["dagster/row_count"] = int(store.rows("SELECT count(*) FROM evaluations")[0][0])
-    metadata["rows_written"] = written
+    spec = clip_model.spec()
+    identity = f"{spec.derived_model_id()}|standin_fallback={clip_model.allow_standin_fallback}"
+    sets = [s for s in (labelled, human) if s is not None]
+    runs: list[IncrementalEvaluation] = []
+    for labelled_items in sets:
+        run = evaluate_changed(
+            store,
+            labelled_items,
+            run_id=context.run.run_id,
+            load_clip=lambda: clip_model.load(warn=context.log.warning),
+            clip_identity=identity,
+        )
+        context.log.info(f"{labelled_items.source}: {run.summary}")
+        for unit, reason in run.skipped.items():
+            context.log.warning(f"{unit}: not evaluated, {reason}")
+        runs.append(run)
+    metadata: dict[str, object] = {
+        "dagster/table_name": "evaluations",
+        "dagster/row_count": evaluation_row_count(store),
+        "summary": dg.MetadataValue.md(
+            "\n".join(f"- `{run.labelled_source}`: {run.summary}" for run in runs)
+        ),
+        "evaluated": sum(len(run.evaluated) for run in runs),
+        "unchanged": sum(len(run.unchanged) for run in runs),
+        "rows_written": sum(run.rows_written for run in runs),
+        **_results_metadata(store, context.run.run_id, sets),
+    }
     if labelled is None:
         outcome = CheckOutcome(
             check_name=LABELLED_INGESTED_CHECK,
@@ -174,40 +273,3 @@ def evaluation(
         )
     results = record_and_report(context, store, [outcome], asset="evaluation")
     return dg.MaterializeResult(metadata=metadata, check_results=results)
-
-
-def _report_metadata(
-    report: EvaluationReport, labelled: LabelledSet, prefix: str
-) -> dict[str, object]:
-    """One labelled set's side-by-side table and confusion matrices, keys under `prefix`."""
-    metadata: dict[str, object] = {
-        f"{prefix}labelled_set": labelled.source,
-        f"{prefix}labelled_per_field": dg.MetadataValue.json(count_by_field(labelled)),
-        f"{prefix}side_by_side": dg.MetadataValue.md(
-            report.markdown() or "nothing to evaluate yet"
-        ),
-    }
-    if report.banner:
-        metadata[f"{prefix}warning"] = dg.MetadataValue.text(report.banner)
-    for result in report.results:
-        if result.confusion is None:
-            continue
-        key = f"{result.field}/{result.source}/{result.model_id}"
-        markdown, _ = confusion_metadata_markdown(
-            result.confusion,
-            title=f"{key} (n={result.n})",
-            true_axis="labelled",
-            predicted_axis="predicted",
-        )
-        lines = ["| class | labelled | predicted | correct | precision | recall | F1 |"]
-        lines += ["|---|---:|---:|---:|---:|---:|---:|"]
-        lines += [
-            f"| {c.label} | {c.support} | {c.predicted} | {c.correct} | {c.precision:.3f}"
-            f" | {c.recall:.3f} | {c.f1:.3f} |"
-            for c in result.per_class
-            if c.support or c.predicted
-        ]
-        metadata[f"{prefix}confusion/{key}"] = dg.MetadataValue.md(
-            markdown + "\n\n" + "\n".join(lines)
-        )
-    return metadata

@@ -136,7 +136,7 @@ def summary(warehouse: Warehouse, tables: tuple[str, ...] = TABLES) -> str:
         )
     if "evaluations" in present:
         evaluation = latest_evaluation(warehouse)
-        title = "Evaluation against the labelled sets (latest run)"
+        title = "Evaluation against the labelled sets (current results)"
         if evaluation.height and evaluation["standin"].any():
             title += f"\n!!! {STANDIN_NOTE} !!!"
         parts.append(

@@ -1,27 +1,44 @@
 """Evaluation against a labelled set: CLIP zero-shot, the VLM and zero-shot kNN, side by side.
 
-Predictions come from the warehouse by `image_id` (`clip_zero_shot`, `task_<task>` tables), for
-every model that has them. Metrics are computed over the labelled images that have a prediction;
-`coverage` says how many that is. Zero-shot kNN uses the label text embeddings as the neighbours
-(as in the SigLIP validation); ranking labels by the stored zero-shot probabilities gives exactly
-that ranking, since the softmax is monotonic in cosine similarity. Top-5 over a label set of five
-or fewer labels is 1 by construction and is reported as such.
+Predictions come from the warehouse by `image_id` (`clip_zero_shot`, `task_<task>` tables,
+`clip_embeddings`), for every model that has them. Metrics are computed over the labelled images
+that have a prediction; `coverage` says how many that is.
+
+The unit of work is one field's predictions by one model (a `Unit`: zero-shot labels, a VLM
+task's values, or image embeddings for the many-class kNN). Its fingerprint hashes the labels of
+the field and the prediction rows it reads; `evaluate_changed` evaluates only the units whose
+fingerprint differs from the one stored in `evaluation_inputs`, and replaces their rows in
+`evaluations` (delete-then-insert per key, one transaction). `evaluate` computes every unit; the
+two give the same numbers (tested).
+
+Zero-shot kNN is `core.quality.knn` (the SigLIP validation's definition). For the small label sets
+the stored zero-shot probabilities give its ranking exactly: one text embedding per label, and
+both the softmax and the 1/distance vote are monotonic in cosine. Top-k is reported only where
+the set has more than k labels. The many-class set (`core.quality.imagenet`) needs the class-text
+embeddings, so it is evaluated for the model the `clip_model` resource loads.
 
 With stand-in models (model_id starting with "standin") the numbers are meaningless: random
-weights. The report says so in its banner and in each row's details.
+weights (chance level on ImageNet classes: top-1 about 1/998). The report says so in its banner
+and in each row's details.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import math
+from collections.abc import Callable
 from typing import Literal
 
+import numpy as np
 import polars as pl
-import pyarrow as pa
 from pydantic import BaseModel
 
+from core.clip.loading import ClipModel
+from core.clip.store import read_embeddings
+from core.quality import evaluation_store as sql
+from core.quality import imagenet, knn
 from core.quality.fields import FIELDS, LabelField
 from core.quality.labelled import LabelledSet
 from core.quality.metrics import (
@@ -35,8 +52,8 @@ from core.quality.metrics import (
     ranked,
     top_k_accuracy,
 )
+from core.tasks.label_sets import LABEL_SETS
 from core.warehouse import Warehouse
-from core.warehouse.queries import table_exists
 
 Source = Literal["clip_zero_shot", "vlm", "knn"]
 STANDIN_PREFIX = "standin"
@@ -163,101 +180,159 @@ def _evaluate(
     )
 
 
-def _query_labelled(warehouse: Warehouse, sql: str, ids: list[str], params: list) -> list[tuple]:
-    """Run `sql` with the labelled image ids registered as the table `labelled(image_id)`."""
-    with warehouse.reader() as conn:
-        conn.register("labelled", pa.table({"image_id": pa.array(ids, type=pa.string())}))
-        return conn.execute(sql, params).fetchall()
+EVALUATION_VERSION = "2"  # bump when a metric's definition changes: every unit re-evaluates
+Predictor = Literal["zero_shot", "vlm", "embedding_knn"]
+SOURCES: dict[str, tuple[Source, ...]] = {
+    "zero_shot": ("clip_zero_shot", "knn"),
+    "vlm": ("vlm",),
+    "embedding_knn": ("knn",),
+}
 
 
-def _zero_shot(
-    warehouse: Warehouse, field: LabelField, truth: dict[str, str]
-) -> list[SourceEvaluation]:
-    if not field.zero_shot_label_set or not table_exists(warehouse, "clip_zero_shot"):
-        return []
-    rows = _query_labelled(
-        warehouse,
-        "SELECT z.model_id, z.image_id, z.top_label, map_entries(z.probabilities)"
-        " FROM clip_zero_shot z JOIN labelled USING (image_id) WHERE z.label_set = ?"
-        " ORDER BY z.model_id, z.image_id",
-        sorted(truth),
-        [field.zero_shot_label_set],
-    )
-    by_model: dict[str, dict[str, tuple[str, dict[str, float]]]] = {}
-    for model_id, image_id, top, entries in rows:
-        probabilities = {e["key"]: float(e["value"]) for e in entries or []}
-        by_model.setdefault(model_id, {})[image_id] = (top, probabilities)
-    results = []
-    for model_id, predictions in sorted(by_model.items()):
-        task = field.zero_shot_label_set
-        clip = _evaluate(
-            field,
-            "clip_zero_shot",
-            model_id,
-            task,
-            truth,
-            {i: top for i, (top, _) in predictions.items()},
-        )
-        ids = sorted(set(truth) & set(predictions))
-        rankings = [ranked(predictions[i][1]) for i in ids]
-        y_true = [truth[i] for i in ids]
-        knn = SourceEvaluation(
-            field=field.name,
-            source="knn",
-            model_id=model_id,
-            task=task,
-            n_labelled=len(truth),
-            n=len(ids),
-            metrics={
-                "coverage": len(ids) / len(truth),
-                "top1_accuracy": top_k_accuracy(y_true, rankings, 1),
-                "top5_accuracy": top_k_accuracy(y_true, rankings, 5),
-            },
-        )
-        results += [clip, knn]
-    return results
+class Unit(BaseModel, frozen=True):
+    """One field's predictions by one model: what one fingerprint covers."""
+
+    field: str
+    predictor: Predictor
+    model_id: str
+    task: str  # VLM task, zero-shot label set, or imagenet.LABEL_SET
+    fingerprint: str
+    images: int  # labelled images with a prediction
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        return (self.field, self.predictor, self.model_id, self.task)
+
+    @property
+    def sources(self) -> tuple[Source, ...]:
+        return SOURCES[self.predictor]
+
+    def describe(self) -> str:
+        return f"{self.field} / {self.predictor} / {self.model_id}"
 
 
-def _vlm(warehouse: Warehouse, field: LabelField, truth: dict[str, str]) -> list[SourceEvaluation]:
-    table = field.task_table
-    if not table or not field.column or not table_exists(warehouse, table):
-        return []
-    rows = _query_labelled(
-        warehouse,
-        f'SELECT t.model_id, t.task_fingerprint, t.image_id, CAST(t."{field.column}" AS VARCHAR)'
-        f' FROM "{table}" t JOIN labelled USING (image_id) ORDER BY 1, 2, 3',
-        sorted(truth),
-        [],
-    )
-    versions: dict[str, dict[str, dict[str, str]]] = {}
-    for model_id, fingerprint, image_id, value in rows:
-        versions.setdefault(model_id, {}).setdefault(fingerprint, {})[image_id] = value
-    results = []
-    for model_id, by_fingerprint in sorted(versions.items()):
-        # One task version per model: the one covering most labelled images (then by name).
-        fingerprint, predictions = min(by_fingerprint.items(), key=lambda kv: (-len(kv[1]), kv[0]))
-        results.append(
-            _evaluate(
-                field,
-                "vlm",
-                model_id,
-                field.task or "",
-                truth,
-                predictions,
-                fingerprint=fingerprint,
-            )
-        )
-    return results
+def _fingerprint(*parts: object) -> str:
+    payload = json.dumps([EVALUATION_VERSION, *parts], sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
-def evaluate(warehouse: Warehouse, labelled: LabelledSet, *, run_id: str) -> EvaluationReport:
-    """Every labelled field against every model that predicted it."""
-    results: list[SourceEvaluation] = []
+def input_units(
+    warehouse: Warehouse, labelled: LabelledSet, *, clip_identity: str = ""
+) -> list[Unit]:
+    """Every unit the warehouse holds predictions for, with the fingerprint of its inputs.
+
+    `clip_identity` names the CLIP model configuration that would embed the many-class texts;
+    it is part of those units' fingerprints, so a new configuration re-evaluates them."""
+    units: list[Unit] = []
     for name in labelled.fields():
         field = FIELDS[name]
         truth = labelled.labels(name)
-        results += _zero_shot(warehouse, field, truth)
-        results += _vlm(warehouse, field, truth)
+        ids = sorted(truth)
+        truth_hash = _fingerprint(sorted(truth.items()))
+        found: list[tuple[Predictor, str, str, list[tuple]]] = []
+        if field.zero_shot_label_set:
+            label_set = field.zero_shot_label_set
+            hashes = sql.zero_shot_hashes(warehouse, label_set, ids)
+            found.append(("zero_shot", label_set, "", hashes))
+        if field.task_table and field.column:
+            hashes = sql.vlm_hashes(warehouse, field.task_table, field.column, ids)
+            found.append(("vlm", field.task or "", "", hashes))
+        if name == imagenet.FIELD:
+            hashes = sql.embedding_hashes(warehouse, imagenet.EMBEDDING_KIND, ids)
+            extra = f"{imagenet.fingerprint()}|{clip_identity}"
+            found.append(("embedding_knn", imagenet.LABEL_SET, extra, hashes))
+        for predictor, task, extra, hashes in found:
+            for model_id, images, digest in hashes:
+                units.append(
+                    Unit(
+                        field=name,
+                        predictor=predictor,
+                        model_id=model_id,
+                        task=task,
+                        fingerprint=_fingerprint(predictor, task, extra, truth_hash, digest),
+                        images=int(images),
+                    )
+                )
+    return units
+
+
+def _knn(
+    field: LabelField,
+    model_id: str,
+    task: str,
+    truth: dict[str, str],
+    rankings: dict[str, list[str]],
+    n_classes: int,
+) -> SourceEvaluation:
+    ids = sorted(set(truth) & set(rankings))
+    y_true = [truth[i] for i in ids]
+    ordered = [rankings[i] for i in ids]
+    metrics = {"coverage": len(ids) / len(truth)}
+    for k in knn.reported_top_k(n_classes):
+        metrics[f"top{k}_accuracy"] = top_k_accuracy(y_true, ordered, k)
+    return SourceEvaluation(
+        field=field.name,
+        source="knn",
+        model_id=model_id,
+        task=task,
+        n_labelled=len(truth),
+        n=len(ids),
+        metrics=metrics,
+    )
+
+
+def evaluate_unit(
+    warehouse: Warehouse, labelled: LabelledSet, unit: Unit, clip: ClipModel | None = None
+) -> list[SourceEvaluation]:
+    """The metrics of one unit, from its prediction rows."""
+    field = FIELDS[unit.field]
+    truth = labelled.labels(unit.field)
+    ids = sorted(truth)
+    if unit.predictor == "zero_shot":
+        rows = sql.zero_shot_rows(warehouse, unit.task, unit.model_id, ids)
+        tops = {image_id: top for image_id, top, _ in rows}
+        rankings = {image_id: ranked(probabilities) for image_id, _, probabilities in rows}
+        n_classes = len(LABEL_SETS[unit.task].labels)
+        return [
+            _evaluate(field, "clip_zero_shot", unit.model_id, unit.task, truth, tops),
+            _knn(field, unit.model_id, unit.task, truth, rankings, n_classes),
+        ]
+    if unit.predictor == "vlm":
+        by_fingerprint: dict[str, dict[str, str]] = {}
+        for fingerprint, image_id, value in sql.vlm_rows(
+            warehouse, field.task_table or "", field.column or "", unit.model_id, ids
+        ):
+            by_fingerprint.setdefault(fingerprint, {})[image_id] = value
+        if not by_fingerprint:
+            return []
+        # One task version per model: the one covering most labelled images (then by name).
+        fingerprint, predictions = min(by_fingerprint.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+        return [
+            _evaluate(
+                field, "vlm", unit.model_id, unit.task, truth, predictions, fingerprint=fingerprint
+            )
+        ]
+    if clip is None or clip.model_id != unit.model_id:
+        raise ValueError(f"{unit.describe()}: needs the CLIP model {unit.model_id} loaded")
+    classes = imagenet.class_embeddings(clip)
+    found, vectors = read_embeddings(
+        warehouse, int(classes.shape[1]), unit.model_id, imagenet.EMBEDDING_KIND, ids
+    )
+    scores = knn.knn_scores(np.asarray(vectors), classes, imagenet.CLASS_NAMES)
+    rankings = {image_id: knn.ranking(s) for image_id, s in zip(found, scores, strict=True)}
+    return [_knn(field, unit.model_id, unit.task, truth, rankings, len(imagenet.VALUES))]
+
+
+def evaluate(
+    warehouse: Warehouse, labelled: LabelledSet, *, run_id: str, clip: ClipModel | None = None
+) -> EvaluationReport:
+    """Every unit, from scratch (no stored state read or written); many-class kNN units only
+    for `clip`'s model."""
+    results: list[SourceEvaluation] = []
+    for unit in input_units(warehouse, labelled):
+        if unit.predictor == "embedding_knn" and (clip is None or clip.model_id != unit.model_id):
+            continue
+        results += evaluate_unit(warehouse, labelled, unit, clip)
     return EvaluationReport(run_id=run_id, labelled_source=labelled.source, results=results)
 
 
@@ -265,45 +340,113 @@ def _finite(value: float) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def write_evaluations(
-    warehouse: Warehouse, report: EvaluationReport, *, evaluated_at: dt.datetime | None = None
-) -> int:
-    """Upsert one `evaluations` row per metric (key: run, labelled set, model, task, field,
-    source, metric)."""
+def evaluation_rows(result: SourceEvaluation, labelled_source: str) -> list[tuple]:
+    """(model_id, task, field, source, metric, value, n, details JSON) per metric."""
+    details = {
+        "labelled_source": labelled_source,
+        "n_labelled": result.n_labelled,
+        "task_fingerprint": result.task_fingerprint,
+        "per_class": [c.model_dump() for c in result.per_class],
+        "confusion": result.confusion.model_dump() if result.confusion else None,
+    }
+    if result.standin:
+        details["note"] = STANDIN_NOTE
+    text = json.dumps(details)
+    return [
+        (
+            result.model_id,
+            result.task,
+            result.field,
+            result.source,
+            metric,
+            _finite(value),
+            result.n,
+            text,
+        )
+        for metric, value in result.metrics.items()
+    ]
+
+
+class IncrementalEvaluation(BaseModel):
+    """What one run did for one labelled set: the units it evaluated, skipped and left alone."""
+
+    labelled_source: str
+    report: EvaluationReport  # the newly evaluated results only
+    evaluated: list[Unit] = []
+    unchanged: list[Unit] = []
+    removed: list[tuple[str, str, str, str]] = []  # units whose predictions are gone
+    skipped: dict[str, str] = {}  # unit -> why it could not be evaluated here
+    rows_written: int = 0
+
+    @property
+    def summary(self) -> str:
+        if not self.evaluated and not self.removed:
+            text = (
+                f"nothing changed since the last evaluation: {len(self.unchanged)} results "
+                "current, none evaluated"
+            )
+        else:
+            text = (
+                f"evaluated {len(self.evaluated)} of {len(self.evaluated) + len(self.unchanged)}"
+                f" units whose inputs changed; {len(self.unchanged)} unchanged"
+            )
+            if self.removed:
+                text += f"; {len(self.removed)} removed (their predictions are gone)"
+        if self.skipped:
+            text += f"; {len(self.skipped)} skipped"
+        return text
+
+
+def evaluate_changed(
+    warehouse: Warehouse,
+    labelled: LabelledSet,
+    *,
+    run_id: str,
+    load_clip: Callable[[], ClipModel] | None = None,
+    clip_identity: str = "",
+    evaluated_at: dt.datetime | None = None,
+) -> IncrementalEvaluation:
+    """Evaluate the units whose inputs changed since they were last evaluated, and replace their
+    rows (and drop those of units whose predictions are gone) in one transaction.
+
+    `load_clip` is called only when a many-class kNN unit changed; units of another model than
+    the one it loads are recorded as skipped (with their fingerprint, so they are not retried
+    until their inputs or the CLIP configuration change)."""
+    warehouse.ensure_schema()
     at = evaluated_at or dt.datetime.now(dt.UTC)
-    rows = []
-    for result in report.results:
-        details = {
-            "labelled_source": report.labelled_source,
-            "n_labelled": result.n_labelled,
-            "task_fingerprint": result.task_fingerprint,
-            "per_class": [c.model_dump() for c in result.per_class],
-            "confusion": result.confusion.model_dump() if result.confusion else None,
-        }
-        if result.standin:
-            details["note"] = STANDIN_NOTE
-        for metric, value in result.metrics.items():
-            rows.append(
-                (
-                    report.run_id,
-                    result.model_id,
-                    result.task,
-                    result.field,
-                    result.source,
-                    metric,
-                    _finite(value),
-                    result.n,
-                    json.dumps(details),
-                    at,
-                    report.labelled_source,
-                )
-            )
-    if rows:
-        with warehouse.transaction() as conn:
-            conn.executemany(
-                "INSERT OR REPLACE INTO evaluations (run_id, model_id, task, field, source,"
-                " metric, value, n, details, evaluated_at, labelled_set)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-    return len(rows)
+    stored = sql.stored_inputs(warehouse, labelled.source)
+    units = input_units(warehouse, labelled, clip_identity=clip_identity)
+    changed = [u for u in units if stored.get(u.key) != u.fingerprint]
+    unchanged = [u for u in units if stored.get(u.key) == u.fingerprint]
+    present = {u.key for u in units}
+    removed = [key for key in stored if key not in present]
+    clip: ClipModel | None = None
+    if load_clip is not None and any(u.predictor == "embedding_knn" for u in changed):
+        clip = load_clip()
+    results: list[SourceEvaluation] = []
+    written, skipped = [], {}
+    for unit in changed:
+        if unit.predictor == "embedding_knn" and (clip is None or clip.model_id != unit.model_id):
+            loaded = clip.model_id if clip else "no CLIP model"
+            skipped[unit.describe()] = f"its class texts need {unit.model_id}; loaded: {loaded}"
+            written.append((unit.key, unit.fingerprint, unit.images, unit.sources, []))
+            continue
+        unit_results = evaluate_unit(warehouse, labelled, unit, clip)
+        results += unit_results
+        rows = [row for r in unit_results for row in evaluation_rows(r, labelled.source)]
+        written.append((unit.key, unit.fingerprint, unit.images, unit.sources, rows))
+    removed_with_sources = [(key, SOURCES[key[1]]) for key in removed]
+    inserted = 0
+    if written or removed_with_sources:
+        inserted = sql.replace_results(
+            warehouse, labelled.source, written, removed_with_sources, run_id=run_id, at=at
+        )
+    return IncrementalEvaluation(
+        labelled_source=labelled.source,
+        report=EvaluationReport(run_id=run_id, labelled_source=labelled.source, results=results),
+        evaluated=[u for u in changed if u.describe() not in skipped],
+        unchanged=unchanged,
+        removed=removed,
+        skipped=skipped,
+        rows_written=inserted,
+    )

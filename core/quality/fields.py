@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
+from core.quality import imagenet
 from core.tasks.vocabulary import AGE_BINS, BASKETBALL_ACTIONS, GENDERS, SCENERY
 
 
@@ -50,6 +51,9 @@ FIELDS: dict[str, LabelField] = {
             task="basketball_action",
             column="action",
         ),
+        # The many-class set: ImageNet-1k class names; predicted by zero-shot kNN on the image
+        # embeddings (core/quality/imagenet.py), by no VLM task.
+        LabelField(name=imagenet.FIELD, values=imagenet.VALUES),
     )
 }
 

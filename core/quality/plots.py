@@ -96,3 +96,51 @@ def confusion_metadata_markdown(
     else:
         image = f"![{title}]({png_data_url(png)})"
     return f"**{title}**\n\n{image}\n\n{confusion_markdown(matrix, **axes)}", written
+
+
+INLINE_MARKDOWN_CHARS = 1000  # Dagster 1.13 renders a markdown value inline below this length
+THUMBNAIL_CELL_PX = 20
+
+
+def confusion_thumbnail_png(matrix: ConfusionMatrix, *, cell: int = THUMBNAIL_CELL_PX) -> bytes:
+    """A heat map without text, a few hundred bytes: small enough that Dagster shows it inline
+    (its UI puts markdown of 1000 characters or more behind a "[Show Markdown]" button).
+    Rows are truths, columns predictions; the darker, the more images; the diagonal is framed
+    so right answers stand out."""
+    from PIL import Image, ImageDraw
+
+    n = max(1, len(matrix.labels))
+    peak = max((max(row) for row in matrix.matrix), default=0) or 1
+    image = Image.new("P", (n * cell + 1, n * cell + 1), 0)
+    # palette: 0 grid/background white, 1 diagonal frame, 2..17 eight-bit blues light to dark
+    palette = [255, 255, 255, 200, 60, 40]
+    for step in range(16):
+        t = step / 15
+        palette += [int(247 - t * 239), int(251 - t * 203), int(255 - t * 148)]
+    image.putpalette(palette)
+    draw = ImageDraw.Draw(image)
+    for i, row in enumerate(matrix.matrix):
+        for j, count in enumerate(row):
+            shade = 2 + round(15 * count / peak)
+            box = (j * cell + 1, i * cell + 1, (j + 1) * cell - 1, (i + 1) * cell - 1)
+            draw.rectangle(box, fill=shade, outline=1 if i == j else shade)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True, bits=5)
+    return buffer.getvalue()
+
+
+def confusion_inline_markdown(
+    matrix: ConfusionMatrix, *, caption: str, true_axis: str = "labelled",
+    predicted_axis: str = "predicted",
+) -> str:
+    """The thumbnail, a caption, and the count table when it still fits inline (else the
+    table goes and the caption points to `evaluations.details`)."""
+    image = f"![confusion: rows {true_axis}, columns {predicted_axis}]"
+    image += f"({png_data_url(confusion_thumbnail_png(matrix))})"
+    with_table = (
+        f"{image}\n\n{caption}\n\n"
+        f"{confusion_markdown(matrix, true_axis=true_axis, predicted_axis=predicted_axis)}"
+    )
+    if len(with_table) < INLINE_MARKDOWN_CHARS:
+        return with_table
+    return f"{image}\n\n{caption} (rows: {true_axis}, columns: {predicted_axis})"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from core.quality.evaluation_store import current_results
 from core.warehouse import Warehouse
 
 
@@ -22,24 +23,6 @@ def latest_check_outcomes(warehouse: Warehouse) -> pl.DataFrame:
 
 
 def latest_evaluation(warehouse: Warehouse) -> pl.DataFrame:
-    """The newest evaluation run, one row per labelled set, field, source and model, metrics as
-    columns."""
-    return warehouse.query(
-        """
-        WITH latest AS (
-            SELECT run_id FROM evaluations ORDER BY evaluated_at DESC LIMIT 1
-        )
-        SELECT labelled_set, field, source, model_id, max(n) AS n,
-               round(max(value) FILTER (metric = 'coverage'), 3) AS coverage,
-               round(max(value) FILTER (metric = 'accuracy'), 3) AS accuracy,
-               round(max(value) FILTER (metric = 'macro_f1'), 3) AS macro_f1,
-               round(max(value) FILTER (metric = 'adjacent_accuracy'), 3) AS adjacent_accuracy,
-               round(max(value) FILTER (metric = 'top1_accuracy'), 3) AS top1,
-               round(max(value) FILTER (metric = 'top5_accuracy'), 3) AS top5,
-               bool_or(starts_with(lower(model_id), 'standin')) AS standin
-        FROM evaluations WHERE run_id IN (SELECT run_id FROM latest)
-        GROUP BY labelled_set, field, source, model_id
-        ORDER BY labelled_set, field, CASE source WHEN 'clip_zero_shot' THEN 0 WHEN 'vlm' THEN 1 ELSE 2 END,
-                 model_id
-        """
-    )
+    """The current evaluation, one row per labelled set, field, source and model, metrics as
+    columns (each result as of the run that last saw new inputs for it)."""
+    return current_results(warehouse).drop("run_id")

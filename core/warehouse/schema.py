@@ -260,6 +260,72 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE evaluations_keyed RENAME TO evaluations;
         """,
     ),
+    # Issue 12 item 5 (incremental evaluation). It rebuilds the table 1402 keyed by labelled set,
+    # so it must sort after it: 1451 (later issue-14 migrations stay below 1450).
+    (
+        1451,
+        "current evaluations, their input fingerprints, label agreement per drop",
+        """
+        -- `evaluations` holds the current result of each (labelled set, model, task, field,
+        -- source): a run rewrites only the results whose inputs changed (delete-then-insert per
+        -- key); run_id says which run computed it. Rebuilt because DuckDB cannot alter a key;
+        -- the newest row of each key is kept.
+        CREATE TABLE evaluations_current (
+            labelled_set      VARCHAR NOT NULL,      -- the configured set's path, or 'human_labels'
+            model_id          VARCHAR NOT NULL,
+            task              VARCHAR NOT NULL,      -- VLM task name, or the zero-shot label set
+            field             VARCHAR NOT NULL,      -- labelled field: scenery, age_group, ...
+            source            VARCHAR NOT NULL,      -- 'clip_zero_shot', 'vlm' or 'knn'
+            metric            VARCHAR NOT NULL,      -- accuracy, macro_f1, top1_accuracy, ...
+            value             DOUBLE,
+            n                 INTEGER NOT NULL,      -- labelled images the metric is over
+            details           JSON NOT NULL,         -- confusion matrix, per-class counts, notes
+            run_id            VARCHAR NOT NULL,      -- the Dagster run that computed it
+            evaluated_at      TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (labelled_set, model_id, task, field, source, metric)
+        );
+        INSERT INTO evaluations_current
+        SELECT labelled_set, model_id, task, field, source, metric, value, n, details, run_id,
+               evaluated_at
+        FROM evaluations
+        QUALIFY row_number() OVER (
+            PARTITION BY labelled_set, model_id, task, field, source, metric
+            ORDER BY evaluated_at DESC, run_id DESC) = 1;
+        DROP TABLE evaluations;
+        ALTER TABLE evaluations_current RENAME TO evaluations;
+
+        -- What each evaluated combination was computed from: a hash of the labels and of the
+        -- prediction rows it read. A run evaluates a combination only when the hash differs.
+        CREATE TABLE evaluation_inputs (
+            labelled_set      VARCHAR NOT NULL,
+            field             VARCHAR NOT NULL,
+            predictor         VARCHAR NOT NULL,      -- 'zero_shot', 'vlm' or 'embedding_knn'
+            model_id          VARCHAR NOT NULL,
+            task              VARCHAR NOT NULL,
+            fingerprint       VARCHAR NOT NULL,
+            images            INTEGER NOT NULL,      -- labelled images with a prediction
+            run_id            VARCHAR NOT NULL,
+            evaluated_at      TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (labelled_set, field, predictor, model_id, task)
+        );
+
+        -- CLIP zero-shot vs VLM agreement per drop and field (the label_agreement asset),
+        -- rewritten whole for a drop on each materialization.
+        CREATE TABLE label_agreement (
+            drop_id           VARCHAR NOT NULL,
+            field             VARCHAR NOT NULL,      -- scenery, age_group
+            clip_model_id     VARCHAR,               -- NULL: no CLIP labels to compare
+            vlm_model_id      VARCHAR,               -- NULL: no VLM labels to compare
+            images_compared   INTEGER NOT NULL,
+            agreed            INTEGER NOT NULL,
+            agreement_rate    DOUBLE,                -- agreed / images_compared; NULL when 0
+            confusion         JSON,                  -- rows: CLIP's label, columns: the VLM's
+            run_id            VARCHAR NOT NULL,
+            evaluated_at      TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (drop_id, field)
+        );
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = max(number for number, _, _ in MIGRATIONS)

@@ -15,10 +15,12 @@ from assets.evaluation import (
     evaluation,
     label_agreement,
 )
+from core.clip.standin import STANDIN_MODEL
 from core.ingest.ingest import DropIngestor
 from core.ingest.scan import DropRef
 from core.quality.labelled import load_folder
 from core.warehouse import Warehouse
+from resources.clip_model import ClipModelResource
 from resources.labelled_set import LabelledSetResource
 from resources.warehouse import WarehouseResource
 from tests.fixtures.contracts import add_drop, add_extraction, add_zero_shot
@@ -36,6 +38,7 @@ def materialize(
     partition: str | None = None,
     labelled: str = "",
     run_config: dict | None = None,
+    clip_cache: Path | None = None,
 ) -> dg.ExecuteInProcessResult:
     if partition and not instance.has_dynamic_partition("image_drops", partition):
         instance.add_dynamic_partitions("image_drops", [partition])
@@ -46,6 +49,12 @@ def materialize(
         resources={
             "warehouse": WarehouseResource(path=str(warehouse.path)),
             "labelled_set": LabelledSetResource(location=labelled),
+            # loaded only for the many-class kNN; a path that is not there fails if it is
+            "clip_model": ClipModelResource(
+                model_name=STANDIN_MODEL,
+                pretrained=str((clip_cache or Path("/nonexistent")) / STANDIN_MODEL / "seed0.pt"),
+                device="cpu",
+            ),
         },
         run_config=run_config,
         raise_on_error=False,
@@ -73,10 +82,26 @@ def test_agreement_passes_when_clip_and_the_vlm_mostly_agree(instance, warehouse
     assert check.passed and check.check_name == AGREEMENT_CHECK
     assert check.metadata["agreed"].value == 2
     metadata = result.asset_materializations_for_node("label_agreement")[0].metadata
-    assert metadata["scenery/agreement_rate"].value == pytest.approx(2 / 3, abs=1e-4)
-    assert "data:image/png;base64," in metadata["scenery/confusion"].value
-    assert "| **indoors** | 0 | 1 | 0 | 1 | 0 |" in metadata["scenery/confusion"].value
-    assert "age_group/confusion" not in metadata  # nothing to compare on age yet
+    assert metadata["scenery agreement"].value == pytest.approx(2 / 3, abs=1e-4)
+    confusion = metadata["scenery confusion"].value
+    assert "data:image/png;base64," in confusion and len(confusion) < 1000  # shown inline
+    assert "| **indoors** | 0 | 1 | 0 | 1 | 0 |" in confusion
+    assert "age_group confusion" not in metadata  # nothing to compare on age yet
+    table = metadata["agreement"].value
+    assert [r.data["field"] for r in table.records] == ["scenery", "age_group"]
+    assert table.records[0].data["images"] == 3 and table.records[0].data["agreed"] == 2
+    assert warehouse.rows(
+        "SELECT drop_id, field, clip_model_id, vlm_model_id, images_compared, agreed,"
+        " round(agreement_rate, 4), confusion IS NOT NULL FROM label_agreement ORDER BY field"
+    ) == [
+        ("d1", "age_group", None, None, 0, 0, None, False),
+        ("d1", "scenery", CLIP, VLM, 3, 2, 0.6667, True),
+    ]
+    again = materialize(instance, warehouse, [label_agreement], partition="d1")
+    assert again.success  # rewritten for the drop, not appended
+    assert warehouse.rows("SELECT count(*), min(run_id) FROM label_agreement") == [
+        (2, again.run_id)
+    ]
 
 
 def test_agreement_warns_below_the_minimum_rate(instance, warehouse):
@@ -135,12 +160,24 @@ def test_evaluation_stores_metrics_and_warns_about_labelled_images_never_ingeste
     again = materialize(instance, warehouse, [evaluation], labelled=str(root))
     assert only_check(again).passed
     metadata = again.asset_materializations_for_node("evaluation")[0].metadata
-    assert "| age_group | vlm | llava-real | 3 | 1.000 | 0.667 |" in metadata["side_by_side"].value
-    confusion = metadata["confusion/age_group/vlm/llava-real"].value
-    assert "data:image/png;base64," in confusion and "| 41-50 | 1 | 0 | 0 |" in confusion
+    (record,) = [r.data for r in metadata["results"].value.records]
+    assert (record["field"], record["source"], record["model"], record["n"]) == (
+        "age_group",
+        "vlm",
+        VLM,
+        3,
+    )
+    # the predictions did not change with the ingestion: the second run evaluated nothing
+    assert record["accuracy"] == pytest.approx(0.667) and record["this run"] is False
+    assert metadata["evaluated"].value == 0 and metadata["rows_written"].value == 0
+    assert "nothing changed since the last evaluation" in metadata["summary"].value
+    confusion = metadata["age_group · vlm"].value
+    assert "data:image/png;base64," in confusion and len(confusion) < 1000
+    assert "| **41-50** | 0 | 0 | 0 | 0 | 1 |" in confusion
+    assert not any(isinstance(v, dg.JsonMetadataValue) for v in metadata.values())
     rows = warehouse.rows(
         "SELECT metric, value FROM evaluations WHERE run_id = ? AND source = 'vlm' ORDER BY 1",
-        [again.run_id],
+        [result.run_id],
     )
     assert dict(rows) == {
         "accuracy": pytest.approx(2 / 3),

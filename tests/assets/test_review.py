@@ -19,6 +19,7 @@ from assets.review import (
 )
 from core.review.store import export_tasks, import_reviews
 from core.warehouse import Warehouse
+from resources.clip_model import ClipModelResource
 from resources.drop_folder import DropFolderResource
 from resources.labelled_set import LabelledSetResource
 from resources.warehouse import WarehouseResource
@@ -37,6 +38,8 @@ def run(instance, warehouse: Warehouse, drop_root: Path, assets: list, partition
             "warehouse": WarehouseResource(path=str(warehouse.path)),
             "drop_folder": DropFolderResource(root=str(drop_root)),
             "labelled_set": LabelledSetResource(location=""),
+            # evaluation loads it only for the many-class kNN, which these sets do not have
+            "clip_model": ClipModelResource(device="cpu"),
         },
         raise_on_error=False,
     )
@@ -106,4 +109,6 @@ def test_evaluation_uses_human_labels_as_a_second_labelled_set(
         ("human_labels", "vlm", "vlm-test/a", 0.0, 1),
     ]
     (event,) = result.asset_materializations_for_node("evaluation")
-    assert "human_labels/side_by_side" in event.metadata
+    results = [r.data for r in event.metadata["results"].value.records]
+    assert {r["labelled set"] for r in results} == {"human_labels"}
+    assert "scenery · vlm · human labels" in event.metadata

@@ -9,7 +9,8 @@ from fractions import Fraction
 import pytest
 from PIL import Image
 
-from core.quality.evaluation import STANDIN_NOTE, evaluate, write_evaluations
+from core.quality.evaluation import STANDIN_NOTE, evaluate, evaluate_changed, evaluation_rows
+from core.quality.evaluation_store import current_results
 from core.quality.labelled import load_folder
 from core.warehouse import Warehouse
 from tests.fixtures.contracts import add_extraction, add_zero_shot
@@ -72,7 +73,8 @@ def test_clip_zero_shot_and_knn_metrics_match_the_hand_computation(warehouse, la
     assert clip.metrics["accuracy"] == exactly(Fraction(2, 4))
     assert clip.metrics["adjacent_accuracy"] == exactly(Fraction(3, 4))
     assert knn.metrics["top1_accuracy"] == exactly(Fraction(2, 4))
-    assert knn.metrics["top5_accuracy"] == 1.0
+    # five age bins: top-5 would be 1 whatever the model does, so it is not reported
+    assert "top5_accuracy" not in knn.metrics
 
 
 def test_side_by_side_table_and_stand_in_banner(warehouse, labelled_ages):
@@ -89,21 +91,21 @@ def test_side_by_side_table_and_stand_in_banner(warehouse, labelled_ages):
     assert report.markdown().startswith("**!!! standin-clip")
 
 
-def test_evaluations_are_stored_per_run_model_task_and_metric(warehouse, labelled_ages):
-    report = evaluate(warehouse, labelled_ages, run_id="r1")
+def test_evaluations_are_stored_once_per_labelled_set_model_task_field_and_metric(
+    warehouse, labelled_ages
+):
     at = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-    written = write_evaluations(warehouse, report, evaluated_at=at)
-    assert write_evaluations(warehouse, report, evaluated_at=at) == written  # rerun: replaced
-    assert warehouse.rows("SELECT count(*) FROM evaluations") == [(written,)]
+    first = evaluate_changed(warehouse, labelled_ages, run_id="r1", evaluated_at=at)
+    assert first.rows_written == warehouse.rows("SELECT count(*) FROM evaluations")[0][0]
     rows = warehouse.rows(
-        "SELECT source, metric, value, n FROM evaluations WHERE model_id = 'llava-real'"
+        "SELECT source, metric, value, n, run_id FROM evaluations WHERE model_id = 'llava-real'"
         " ORDER BY metric"
     )
     assert rows == [
-        ("vlm", "accuracy", pytest.approx(0.2), 5),
-        ("vlm", "adjacent_accuracy", pytest.approx(0.6), 5),
-        ("vlm", "coverage", 1.0, 5),
-        ("vlm", "macro_f1", pytest.approx(2 / 15), 5),
+        ("vlm", "accuracy", pytest.approx(0.2), 5, "r1"),
+        ("vlm", "adjacent_accuracy", pytest.approx(0.6), 5, "r1"),
+        ("vlm", "coverage", 1.0, 5, "r1"),
+        ("vlm", "macro_f1", pytest.approx(2 / 15), 5, "r1"),
     ]
     notes = warehouse.rows(
         "SELECT DISTINCT model_id, details->>'$.note' FROM evaluations ORDER BY 1"
@@ -113,6 +115,95 @@ def test_evaluations_are_stored_per_run_model_task_and_metric(warehouse, labelle
         warehouse.rows("SELECT details FROM evaluations WHERE source = 'vlm' LIMIT 1")[0][0]
     )
     assert details["confusion"]["labels"][0] == "18-20"
+
+
+def _stored(warehouse: Warehouse) -> list[tuple]:
+    return warehouse.rows(
+        "SELECT labelled_set, model_id, task, field, source, metric, value, n, details"
+        " FROM evaluations ORDER BY ALL"
+    )
+
+
+def _full(warehouse: Warehouse, labelled) -> list[tuple]:
+    """What a from-scratch evaluation of everything would store."""
+    report = evaluate(warehouse, labelled, run_id="full")
+    return sorted(
+        (labelled.source, *row)
+        for result in report.results
+        for row in evaluation_rows(result, labelled.source)
+    )
+
+
+def test_a_second_run_with_nothing_new_evaluates_nothing_and_says_so(warehouse, labelled_ages):
+    first = evaluate_changed(warehouse, labelled_ages, run_id="r1")
+    assert [u.describe() for u in first.evaluated] == [
+        "age_group / zero_shot / standin-clip",
+        "age_group / vlm / llava-real",
+    ]
+    before = warehouse.rows("SELECT * FROM evaluations ORDER BY ALL")
+    second = evaluate_changed(warehouse, labelled_ages, run_id="r2")
+    assert second.evaluated == [] and second.rows_written == 0 and len(second.unchanged) == 2
+    assert second.summary.startswith("nothing changed since the last evaluation")
+    assert warehouse.rows("SELECT * FROM evaluations ORDER BY ALL") == before  # run_id r1 kept
+    assert _stored(warehouse) == _full(warehouse, labelled_ages)
+
+
+def test_new_predictions_evaluate_only_the_units_they_touch(warehouse, labelled_ages):
+    evaluate_changed(warehouse, labelled_ages, run_id="r1")
+    # a new drop: a second VLM answers for two labelled images; CLIP's rows do not change
+    ids = labelled_ages.image_ids()
+    for iid in ids[:2]:
+        add_extraction(
+            warehouse, iid, "age_gender", "llava-next", "ok", {"age_group": "31-40", "gender": "male"}
+        )
+    run = evaluate_changed(warehouse, labelled_ages, run_id="r2")
+    assert [u.describe() for u in run.evaluated] == ["age_group / vlm / llava-next"]
+    assert {u.describe() for u in run.unchanged} == {
+        "age_group / zero_shot / standin-clip",
+        "age_group / vlm / llava-real",
+    }
+    by_run = warehouse.rows(
+        "SELECT DISTINCT model_id, source, run_id FROM evaluations ORDER BY ALL"
+    )
+    assert by_run == [
+        ("llava-next", "vlm", "r2"),
+        ("llava-real", "vlm", "r1"),
+        ("standin-clip", "clip_zero_shot", "r1"),
+        ("standin-clip", "knn", "r1"),
+    ]
+    assert _stored(warehouse) == _full(warehouse, labelled_ages)
+
+    # a changed answer re-evaluates that model only; results still equal a full evaluation
+    ((current,),) = warehouse.rows(
+        "SELECT age_group FROM task_age_gender WHERE image_id = ? AND model_id = 'llava-real'",
+        [ids[0]],
+    )
+    other = "18-20" if current != "18-20" else "51-60"
+    add_extraction(
+        warehouse, ids[0], "age_gender", "llava-real", "ok", {"age_group": other, "gender": "male"}
+    )
+    again = evaluate_changed(warehouse, labelled_ages, run_id="r3")
+    assert [u.describe() for u in again.evaluated] == ["age_group / vlm / llava-real"]
+    assert _stored(warehouse) == _full(warehouse, labelled_ages)
+
+
+def test_gone_predictions_remove_their_results_and_changed_labels_re_evaluate(
+    warehouse, labelled_ages, tmp_path
+):
+    evaluate_changed(warehouse, labelled_ages, run_id="r1")
+    with warehouse.transaction() as conn:
+        conn.execute("DELETE FROM clip_zero_shot")
+    run = evaluate_changed(warehouse, labelled_ages, run_id="r2")
+    assert run.removed == [("age_group", "zero_shot", "standin-clip", "age_group")]
+    assert set(current_results(warehouse)["source"]) == {"vlm"}
+    assert _stored(warehouse) == _full(warehouse, labelled_ages)
+
+    relabelled = labelled_ages.model_copy(
+        update={"items": [i.model_copy(update={"label": "21-30"}) for i in labelled_ages.items]}
+    )
+    changed = evaluate_changed(warehouse, relabelled, run_id="r3")
+    assert [u.describe() for u in changed.evaluated] == ["age_group / vlm / llava-real"]
+    assert _stored(warehouse) == _full(warehouse, relabelled)
 
 
 def test_nothing_to_compare_before_any_model_ran(tmp_path, warehouse):
@@ -126,9 +217,9 @@ def test_summary_tables_for_the_demo_report(warehouse, labelled_ages):
     from core.quality.outcome import CheckOutcome, record_outcomes
     from core.quality.summary import latest_check_outcomes, latest_evaluation
 
-    write_evaluations(warehouse, evaluate(warehouse, labelled_ages, run_id="r1"))
+    evaluate_changed(warehouse, labelled_ages, run_id="r1")
     table = latest_evaluation(warehouse)
-    assert table.select("source", "model_id", "adjacent_accuracy").rows() == [
+    assert table.select("source", "model", "adjacent_accuracy").rows() == [
         ("clip_zero_shot", "standin-clip", 0.75),
         ("vlm", "llava-real", 0.6),
         ("knn", "standin-clip", None),

@@ -66,7 +66,9 @@ def test_the_bundled_labelled_sample_set_loads_and_matches_the_samples():
     from orchestration.settings import REPO_ROOT
 
     labelled = load_labelled(REPO_ROOT / "data" / "labelled" / "samples.csv")
-    assert labelled.fields() == ["age_group", "gender", "scenery"]
-    assert len(labelled.items) == 9
+    assert labelled.fields() == ["age_group", "gender", "imagenet_class", "scenery"]
+    assert len(labelled.items) == 13
+    chelsea, _ = sha256_file(REPO_ROOT / "data" / "samples" / "chelsea.jpg")
+    assert labelled.labels("imagenet_class")[chelsea] == "tabby cat"
     rocket, _ = sha256_file(REPO_ROOT / "data" / "samples" / "rocket.jpg")
     assert labelled.labels("scenery")[rocket] == "night_time"
