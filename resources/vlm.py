@@ -9,6 +9,7 @@ from pydantic import Field, PrivateAttr
 from core.vlm.standin import STANDIN_MODEL_ID, ensure_standin
 from core.vlm.transformers_backend import DEFAULT_MODEL, TransformersBackend
 from core.vlm.types import VLMBackend
+from resources.model_cache import default_model_cache
 from resources.sglang_server import SGLangServer
 
 STANDIN_BANNER = """
@@ -34,7 +35,9 @@ class VLMResource(dg.ConfigurableResource):
         default="auto", description="transformers: `auto` (CUDA when present), `cpu`, `cuda:0`."
     )
     batch_size: int = Field(default=4, ge=1, description="transformers: images per generate().")
-    model_cache_dir: str | None = None
+    model_cache_dir: str = Field(
+        default_factory=default_model_cache, description="Where the stand-in is built."
+    )
 
     _backend: VLMBackend | None = PrivateAttr(default=None)
 
@@ -58,7 +61,7 @@ class VLMResource(dg.ConfigurableResource):
         if self.standin:
             if not self.allow_standin:
                 raise dg.Failure("this deployment forbids the stand-in model; set a real model")
-            path = ensure_standin(Path(self.model_cache_dir) if self.model_cache_dir else None)
+            path = ensure_standin(Path(self.model_cache_dir))
             (log.warning if log else print)(STANDIN_BANNER.format(model_id=STANDIN_MODEL_ID))
             self._backend = TransformersBackend(
                 path,

@@ -22,13 +22,13 @@ from core.tasks.base import Task
 from core.tasks.registry import TASKS
 from core.vlm.standin import STANDIN_MODEL_ID
 from core.vlm.types import ExtractionResult, ImageInput, VLMBackend
+from doubles.sglang_server import standin_backend
 from orchestration.definitions import defs
 from orchestration.jobs import PIPELINE_JOB_NAME
 from resources.drop_folder import DropFolderResource
 from resources.sglang_server import SGLangServer
 from resources.vlm import VLMResource
 from resources.warehouse import WarehouseResource
-from tests.fakes.sglang_server import standin_backend
 
 
 def _resources(warehouse, drop_root, vlm: VLMResource, sglang: SGLangServer | None = None):

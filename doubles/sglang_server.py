@@ -1,7 +1,7 @@
 """A test double of SGLang's HTTP API (0.5.23), served on 127.0.0.1 from a background thread.
 
 It speaks SGLang 0.5.23's wire format, checked against the released server (the contract test
-`tests/integration/test_sglang_contract.py` sends the same requests to both): `POST
+`tests/integration/test_sglang_real.py` sends the same requests to both): `POST
 /v1/chat/completions` with `image_url` data-URL parts and either an `ebnf` grammar or a
 `json_schema` response format (compiled with free whitespace unless `disable_any_whitespace`,
 as the real server without `--constrained-json-disable-any-whitespace`), `GET /ready` (503 until
@@ -35,6 +35,7 @@ import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -523,6 +524,9 @@ def standin_backend() -> TransformersBackend:
     global _STANDIN
     if _STANDIN is None:
         from core.vlm.standin import STANDIN_MODEL_ID, ensure_standin
+        from resources.model_cache import default_model_cache
 
-        _STANDIN = TransformersBackend(ensure_standin(), model_id=STANDIN_MODEL_ID, threads=1)
+        _STANDIN = TransformersBackend(
+            ensure_standin(Path(default_model_cache())), model_id=STANDIN_MODEL_ID, threads=1
+        )
     return _STANDIN
