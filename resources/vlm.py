@@ -1,10 +1,21 @@
-"""The VLM backend the extraction asset uses: SGLang over HTTP, or transformers in-process."""
+"""The vision-language model the extraction asset talks to, as one resource.
 
+`VLM` is what the asset needs: a `VLMBackend` open for the step (`vlm.model`). Dagster opens
+it when a step that requires `vlm` starts and closes it when the step ends (also when the step
+fails), on the per-step copy of the resource it hands to the asset; the configured resource never
+holds a backend, and outside a step there is none. `VLMResource` is the deployment's implementation:
+SGLang over HTTP (its server a nested `SGLangServer` resource, launched per step when configured
+so) or transformers in-process. Test implementations live in `doubles/`.
+"""
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
 import dagster as dg
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, model_validator
 
 from core.vlm.standin import STANDIN_MODEL_ID, ensure_standin
 from core.vlm.transformers_backend import DEFAULT_MODEL, TransformersBackend
@@ -21,10 +32,53 @@ STANDIN_BANNER = """
 """
 
 
-class VLMResource(dg.ConfigurableResource):
-    """Chooses and builds the backend. `prod` configurations set `allow_standin=False`."""
+class VLM(dg.ConfigurableResource, ABC):
+    """A VLM backend per step: built by `open_backend`, closed when the step ends.
+
+    Assets declare `vlm: VLM` and use `vlm.model`; implementations only say how to open one.
+    """
+
+    _backend: VLMBackend | None = PrivateAttr(default=None)
+
+    @abstractmethod
+    def open_backend(self, log: dg.DagsterLogManager | None = None) -> VLMBackend:
+        """A ready backend (checked before any work is sent); the caller closes it."""
+
+    @contextmanager
+    def yield_for_execution(self, context: dg.InitResourceContext) -> Iterator["VLM"]:
+        backend = self.open_backend(context.log)
+        self._backend = backend
+        try:
+            yield self
+        finally:
+            self._backend = None
+            backend.close()
+
+    @property
+    def model(self) -> VLMBackend:
+        """The backend open for this step."""
+        if self._backend is None:
+            raise RuntimeError(
+                f"{type(self).__name__}: the backend is open only inside a step that requires "
+                "this resource (or call open_backend() and close it yourself)"
+            )
+        return self._backend
+
+
+def _say(log: dg.DagsterLogManager | None) -> tuple[Callable[[str], None], Callable[[str], None]]:
+    return (log.info, log.warning) if log else (print, print)
+
+
+class VLMResource(VLM):
+    """The backend chosen by `backend`. `prod` configurations set `allow_standin=False`.
+
+    `sglang` (a nested resource) names the server for backend `sglang` and is left out for
+    `transformers`; with `launch`, Dagster starts the server before this resource opens and stops
+    it after this resource closes.
+    """
 
     backend: Literal["transformers", "sglang"] = "transformers"
+    sglang: SGLangServer | None = None
     model_path: str = Field(
         default=DEFAULT_MODEL, description="transformers: HF id or local checkpoint dir."
     )
@@ -39,38 +93,29 @@ class VLMResource(dg.ConfigurableResource):
         default_factory=default_model_cache, description="Where the stand-in is built."
     )
 
-    _backend: VLMBackend | None = PrivateAttr(default=None)
+    @model_validator(mode="after")
+    def _sglang_only_for_its_backend(self) -> "VLMResource":
+        # Checked at construction: a launch configured by mistake would otherwise start a server.
+        if self.backend == "transformers" and self.sglang is not None and self.sglang.configured:
+            raise ValueError("VLMResource: `sglang` is for backend='sglang', not 'transformers'")
+        return self
 
-    def get_backend(
-        self, sglang: SGLangServer, log: dg.DagsterLogManager | None = None
-    ) -> VLMBackend:
-        """The configured backend; `sglang` is the run's server resource (unused otherwise)."""
-        if self._backend is not None:
-            return self._backend
-        info = log.info if log else print
+    def open_backend(self, log: dg.DagsterLogManager | None = None) -> VLMBackend:
+        info, warn = _say(log)
         if self.backend == "sglang":
-            if not sglang.configured:
-                raise dg.Failure("VLM backend 'sglang' needs SGLangServer `url` or `launch`")
-            client = sglang.client(model_id=self.model_id)
-            client.check_ready()  # a clear error before any work is sent or written
-            info(f"VLM backend: SGLang at {client.base_url}, model {client.model_id}")
-            if client.model_id.startswith("standin/"):
-                (log.warning if log else print)(STANDIN_BANNER.format(model_id=client.model_id))
-            self._backend = client
-            return client
+            return self._sglang_client(info, warn)
         if self.standin:
             if not self.allow_standin:
                 raise dg.Failure("this deployment forbids the stand-in model; set a real model")
             path = ensure_standin(Path(self.model_cache_dir))
-            (log.warning if log else print)(STANDIN_BANNER.format(model_id=STANDIN_MODEL_ID))
-            self._backend = TransformersBackend(
+            warn(STANDIN_BANNER.format(model_id=STANDIN_MODEL_ID))
+            return TransformersBackend(
                 path,
                 model_id=STANDIN_MODEL_ID,
                 device=self.device,
                 batch_size=self.batch_size,
                 log=info,
             )
-            return self._backend
         backend = TransformersBackend(
             self.model_path,
             model_id=self.model_id,
@@ -79,10 +124,20 @@ class VLMResource(dg.ConfigurableResource):
             log=info,
         )
         info(f"VLM backend: transformers in-process, {self.model_path} on {backend.device}")
-        self._backend = backend
         return backend
 
-    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        if self._backend is not None:
-            self._backend.close()
-            self._backend = None
+    def _sglang_client(
+        self, info: Callable[[str], None], warn: Callable[[str], None]
+    ) -> VLMBackend:
+        if self.sglang is None or not self.sglang.configured:
+            raise dg.Failure("VLM backend 'sglang' needs VLMResource.sglang with `url` or `launch`")
+        client = self.sglang.client(model_id=self.model_id)
+        try:
+            client.check_ready()  # a clear error before any work is sent or written
+        except BaseException:
+            client.close()
+            raise
+        info(f"VLM backend: SGLang at {client.base_url}, model {client.model_id}")
+        if client.model_id.startswith("standin/"):
+            warn(STANDIN_BANNER.format(model_id=client.model_id))
+        return client

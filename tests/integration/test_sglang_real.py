@@ -79,8 +79,7 @@ def _resources(warehouse, drop_root, sglang: SGLangServer) -> dict:
     return {
         "warehouse": WarehouseResource(path=str(warehouse.path)),
         "drop_folder": DropFolderResource(root=str(drop_root)),
-        "vlm": VLMResource(backend="sglang"),
-        "sglang": sglang,
+        "vlm": VLMResource(backend="sglang", sglang=sglang),
     }
 
 
