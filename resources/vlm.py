@@ -1,9 +1,9 @@
 """The vision-language model the extraction asset talks to, as one resource.
 
-`VLM` is what the asset needs: a `VLMBackend` open for the step (`vlm.model`). Dagster opens
-it when a step that requires `vlm` starts and closes it when the step ends (also when the step
-fails), on the per-step copy of the resource it hands to the asset; the configured resource never
-holds a backend, and outside a step there is none. `VLMResource` is the deployment's implementation:
+`VLM` is what the asset needs: a `VLMBackend` (`vlm.model`), opened on first use inside a run
+and closed by Dagster when the run's resources are torn down (also when a step fails). It lives on
+the copy of the resource Dagster makes for the run; the configured resource never holds one, and
+outside a run there is none. `VLMResource` is the deployment's implementation:
 SGLang over HTTP (its server a nested `SGLangServer` resource, launched per step when configured
 so) or transformers in-process. Test implementations live in `doubles/`.
 """
@@ -33,11 +33,16 @@ STANDIN_BANNER = """
 
 
 class VLM(dg.ConfigurableResource, ABC):
-    """A VLM backend per step: built by `open_backend`, closed when the step ends.
+    """A VLM backend per run: built by `open_backend` when a step first asks, closed at the end.
 
     Assets declare `vlm: VLM` and use `vlm.model`; implementations only say how to open one.
+    The backend opens on first use, not when Dagster sets the resource up: the in-process
+    executor sets up every resource when the run starts, and a VLM server that is down must fail
+    the extraction step, not the ingestion and CLIP steps before it.
     """
 
+    _log: dg.DagsterLogManager | None = PrivateAttr(default=None)
+    _in_execution: bool = PrivateAttr(default=False)
     _backend: VLMBackend | None = PrivateAttr(default=None)
 
     @abstractmethod
@@ -46,22 +51,24 @@ class VLM(dg.ConfigurableResource, ABC):
 
     @contextmanager
     def yield_for_execution(self, context: dg.InitResourceContext) -> Iterator["VLM"]:
-        backend = self.open_backend(context.log)
-        self._backend = backend
+        self._log, self._in_execution = context.log, True
         try:
             yield self
         finally:
-            self._backend = None
-            backend.close()
+            backend, self._backend, self._in_execution = self._backend, None, False
+            if backend is not None:
+                backend.close()
 
     @property
     def model(self) -> VLMBackend:
-        """The backend open for this step."""
-        if self._backend is None:
+        """The backend, opened on first use in this run and closed when the run ends."""
+        if not self._in_execution:
             raise RuntimeError(
-                f"{type(self).__name__}: the backend is open only inside a step that requires "
+                f"{type(self).__name__}: the backend is open only inside a run that requires "
                 "this resource (or call open_backend() and close it yourself)"
             )
+        if self._backend is None:
+            self._backend = self.open_backend(self._log)
         return self._backend
 
 

@@ -100,9 +100,8 @@ def test_a_run_killed_after_some_batches_resumes_with_only_the_missing_images(
 
 
 def test_sglang_down_at_start_fails_clearly_and_writes_nothing(
-    instance, ingested_samples, drop_root
+    instance, warehouse, drop_root, sample_drop
 ):
-    warehouse = ingested_samples
     instance.add_dynamic_partitions("image_drops", ["samples"])
     resources = _resources(
         warehouse,
@@ -112,9 +111,10 @@ def test_sglang_down_at_start_fails_clearly_and_writes_nothing(
     )
     result = _run(instance, resources, raise_on_error=False)
     assert not result.success
-    # The `vlm` resource checks the server as it opens: the run fails before the step runs.
-    (failure,) = [e for e in result.all_events if e.is_resource_init_failure]
-    assert "http://127.0.0.1:9 is unreachable" in str(failure.event_specific_data.error)
+    assert result.is_node_success("images")  # only the step that asks for the VLM fails
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    assert failure.step_key == "vlm_extractions"
+    assert "http://127.0.0.1:9 is unreachable" in str(failure.step_failure_data.error)
     tables = {t for (t,) in warehouse.rows("SELECT table_name FROM information_schema.tables")}
     assert warehouse.rows("SELECT count(*) FROM vlm_extractions")[0][0] == 0
     assert not {t for t in tables if t.startswith("task_")}

@@ -44,7 +44,7 @@ def test_a_nested_launched_server_starts_before_the_backend_and_stops_after_the_
     assert isinstance(seen["backend"], SGLangClient)
     assert seen["model_id"] == "m" and seen["ready"] == 200  # the launched server's /model_info
     assert _wait_gone(*_pids(pidfile))  # stopped with the step
-    with pytest.raises(RuntimeError, match="only inside a step"):
+    with pytest.raises(RuntimeError, match="only inside a run"):
         _ = resource.model  # the configured resource never held the step's backend
 
 
@@ -75,5 +75,6 @@ def test_the_sglang_backend_without_a_server_fails_the_step_clearly():
         [_probe({})], resources={"vlm": VLMResource(backend="sglang")}, raise_on_error=False
     )
     assert not result.success
-    (failure,) = [e for e in result.all_events if e.is_failure]
-    assert "needs VLMResource.sglang with `url` or `launch`" in str(failure.event_specific_data)
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    assert failure.step_key == "probe"
+    assert "needs VLMResource.sglang with `url` or `launch`" in str(failure.step_failure_data.error)
