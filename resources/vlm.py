@@ -4,8 +4,8 @@
 and closed by Dagster when the run's resources are torn down (also when a step fails). It lives on
 the copy of the resource Dagster makes for the run; the configured resource never holds one, and
 outside a run there is none. `VLMResource` is the deployment's implementation:
-SGLang over HTTP (its server a nested `SGLangServer` resource, launched per step when configured
-so) or transformers in-process. Test implementations live in `doubles/`.
+SGLang over HTTP (its server a nested `SGLangServer` resource, launched for the run when
+configured so) or transformers in-process. Test implementations live in `doubles/`.
 """
 
 from abc import ABC, abstractmethod

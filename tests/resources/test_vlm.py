@@ -8,9 +8,11 @@ import dagster as dg
 import httpx
 import pytest
 
+from core.tasks.base import Task
 from core.vlm.sglang_client import SGLangClient
 from core.vlm.standin import STANDIN_MODEL_ID
 from core.vlm.transformers_backend import TransformersBackend
+from core.vlm.types import ExtractionResult, ImageInput, VLMBackend
 from doubles.sglang_server import FakeSGLangServer, standin_backend
 from orchestration.settings import REPO_ROOT
 from resources.sglang_server import SGLangLaunch, SGLangServer
@@ -78,3 +80,52 @@ def test_the_sglang_backend_without_a_server_fails_the_step_clearly():
     (failure,) = [e for e in result.all_events if e.is_step_failure]
     assert failure.step_key == "probe"
     assert "needs VLMResource.sglang with `url` or `launch`" in str(failure.step_failure_data.error)
+
+
+class _Journal(VLMBackend):
+    """Writes `opened` and `closed` to a file, so a test sees the lifecycle from outside."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._write("opened")
+
+    def _write(self, word: str) -> None:
+        with open(self.path, "a") as handle:
+            handle.write(word + "\n")
+
+    @property
+    def model_id(self) -> str:
+        return "journal"
+
+    def extract(self, images: list[ImageInput], task: Task) -> list[ExtractionResult]:
+        raise AssertionError("not asked")
+
+    def close(self) -> None:
+        self._write("closed")
+
+
+class _JournalVLM(VLM):
+    path: str
+
+    def open_backend(self, log: dg.DagsterLogManager | None = None) -> VLMBackend:
+        return _Journal(self.path)
+
+
+def test_the_backend_opens_once_on_first_use_and_closes_when_the_run_ends(tmp_path):
+    journal = tmp_path / "journal"
+
+    @dg.asset
+    def twice(vlm: VLM) -> None:
+        assert vlm.model is vlm.model  # one backend for the run, opened on first use
+        assert journal.read_text() == "opened\n"
+
+    @dg.asset
+    def never(vlm: VLM) -> None:
+        pass
+
+    resource = _JournalVLM(path=str(journal))
+    assert dg.materialize([twice], resources={"vlm": resource}).success
+    assert journal.read_text() == "opened\nclosed\n"
+    journal.unlink()
+    assert dg.materialize([never], resources={"vlm": resource}).success
+    assert not journal.exists()  # a run that never asks opens no backend (no server checked)
