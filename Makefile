@@ -66,6 +66,7 @@ sglang-demo: $(STAMP) $(SGLANG_STAMP) $(DAGSTER_HOME)/dagster.yaml
 test: $(STAMP) $(SGLANG_STAMP)
 	-$(MAKE) label-studio
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	IMAGE_PIPELINE_REQUIRE_SGLANG=1 $(BIN)/python -m pytest
 
 ## Install Label Studio into .venv-label-studio and migrate its template database (~7 min once).

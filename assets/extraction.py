@@ -24,8 +24,7 @@ from core.vlm.store import extraction_preview
 from core.warehouse import Warehouse
 from orchestration.partitions import image_drops
 from resources.drop_folder import DropFolderResource
-from resources.sglang_server import SGLangServer
-from resources.vlm import VLMResource
+from resources.vlm import VLM
 from resources.warehouse import WarehouseResource
 
 ALL_ANSWERED_CHECK = checks.EXTRACTION_COVERAGE
@@ -216,14 +215,13 @@ def vlm_extractions(
     config: ExtractionConfig,
     warehouse: WarehouseResource,
     drop_folder: DropFolderResource,
-    vlm: VLMResource,
-    sglang: SGLangServer,
+    vlm: VLM,
 ) -> dg.MaterializeResult:
     """Structured labels per image and task (`vlm_extractions`, `task_<name>` tables)."""
     store = warehouse.get()
     drop_id = context.partition_key
     tasks = get_tasks(config.tasks)
-    backend = vlm.get_backend(sglang, context.log)
+    backend = vlm.model  # opened for this step by the resource, closed when the step ends
     model_id = backend.model_id
     reports = extract_drop(
         store,

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.report import write_json
 from core.tasks.base import TaskOutputError
 from core.tasks.registry import TASKS
-from tests.fakes.sglang_server import standin_backend
+from doubles.sglang_server import standin_backend
 
 
 def main(argv: list[str] | None = None) -> dict:

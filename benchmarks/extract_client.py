@@ -4,9 +4,10 @@ Production client settings (retries, backoff 0.5 s base / 30 s max, timeouts) an
 run loop (`core.vlm.run.run_batches`: batches of 64, each image prepared once for all tasks, two
 batches in flight), all three built-in tasks per image. Payloads are real-looking JPEGs: the
 bundled sample photos, 640x480 and 4000x3000 versions of them (upscaled with mild grain).
-The servers are simulated in a separate process (`benchmarks/sglang_fleet.py`): a slot held for
-a fixed service time per request, an answer built afresh for each request (no cache), and N
-servers behind one URL, routed to the least-loaded one as sglang-router does.
+The servers are simulated in a separate process by the SGLang test double
+(`python -m doubles.sglang_server`, answers built from the schema): a slot held for a fixed
+service time per request, an answer built afresh for each request (no cache), and N servers
+behind one URL, routed to the least-loaded one as sglang-router does.
 
 1. Client CPU per image (this process's CPU seconds, all threads, against a fleet with zero
    service time): read, decode, resize, encode, base64, JSON, HTTP, parse and validate, for all
@@ -84,7 +85,7 @@ def fleet(folder: Path, servers: int, capacity: int, service_time_s: float, **fa
     """The simulated servers in their own process; yields (url, stats function)."""
     port_file = folder / f"fleet-{time.monotonic_ns()}.port"
     command = [
-        sys.executable, str(REPO / "benchmarks" / "sglang_fleet.py"),
+        sys.executable, "-m", "doubles.sglang_server",
         "--servers", str(servers), "--capacity", str(capacity),
         "--service-time", str(service_time_s), "--port-file", str(port_file),
         "--error-rate", str(faults.get("error_rate", 0.0)),

@@ -19,7 +19,8 @@ from resources.warehouse import WarehouseResource
 def build_vlm_resources(
     settings: Settings, environ: dict[str, str] | None = None
 ) -> dict[str, Any]:
-    """`vlm` and `sglang`. Local: the embedded stand-in unless a model or server is named.
+    """`vlm`, with its SGLang server nested for backend `sglang`. Local: the embedded stand-in
+    unless a model or server is named.
 
     Prod names its backend explicitly (IMAGE_PIPELINE_VLM_BACKEND) and never gets a stand-in.
     """
@@ -28,7 +29,7 @@ def build_vlm_resources(
     model = env.get("IMAGE_PIPELINE_VLM_MODEL")
     url = env.get("IMAGE_PIPELINE_SGLANG_URL")
     api_key = dg.EnvVar("SGLANG_API_KEY") if env.get("SGLANG_API_KEY") else None
-    sglang = SGLangServer(url=url, api_key=api_key) if url else SGLangServer()
+    sglang = SGLangServer(url=url, api_key=api_key) if url else None
     if settings.environment == "prod":
         if backend not in ("sglang", "transformers"):
             raise MissingSetting(
@@ -42,14 +43,15 @@ def build_vlm_resources(
             raise MissingSetting(
                 "IMAGE_PIPELINE_VLM_BACKEND=transformers needs IMAGE_PIPELINE_VLM_MODEL"
             )
-        vlm = VLMResource(backend=backend, model_path=model or "", allow_standin=False)
-        return {"vlm": vlm, "sglang": sglang}
+        if backend == "sglang":
+            return {"vlm": VLMResource(backend="sglang", sglang=sglang, allow_standin=False)}
+        return {"vlm": VLMResource(model_path=model or "", allow_standin=False)}
     backend = backend or ("sglang" if url else "transformers")
     if backend == "sglang":
-        return {"vlm": VLMResource(backend="sglang"), "sglang": sglang}
+        return {"vlm": VLMResource(backend="sglang", sglang=sglang)}
     if model:
-        return {"vlm": VLMResource(model_path=model), "sglang": sglang}
-    return {"vlm": VLMResource(standin=True), "sglang": sglang}
+        return {"vlm": VLMResource(model_path=model)}
+    return {"vlm": VLMResource(standin=True)}
 
 
 def build_resources(settings: Settings) -> dict[str, Any]:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import platform
 import sys
+from pathlib import Path
 
 from core.vlm.tiny_models import CONTEXT_LENGTH, TINY_QWEN2_VL_ID, ensure_tiny_qwen2_vl
 from orchestration.settings import REPO_ROOT
+from resources.model_cache import default_model_cache
 from resources.sglang_server import SGLangLaunch
 
 SGLANG_VENV = REPO_ROOT / ".venv-sglang"
@@ -47,7 +49,7 @@ def tiny_vlm_launch(
 
     The model's own chat template is used (no --chat-template): the client is family-neutral.
     """
-    model = ensure_tiny_qwen2_vl()
+    model = ensure_tiny_qwen2_vl(Path(default_model_cache()))
     return SGLangLaunch.cpu_engine(
         model,
         SGLANG_PYTHON,

@@ -44,8 +44,9 @@ def main() -> int:
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
     instance = dg.DagsterInstance.get()
     resources = {
-        "vlm": VLMResource(backend="sglang"),
-        "sglang": SGLangServer(launch=tiny_vlm_launch(), max_in_flight=8),
+        "vlm": VLMResource(
+            backend="sglang", sglang=SGLangServer(launch=tiny_vlm_launch(), max_in_flight=8)
+        ),
     }
     started = time.monotonic()
     result = run_demo(settings, instance, resources)

@@ -14,7 +14,6 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from core.clip import standin
 from core.clip.loading import (
     ClipModel,
     ModelSpec,
@@ -25,6 +24,7 @@ from core.clip.loading import (
     standin_spec,
 )
 from core.clip.pipeline import EmbedOptions
+from resources.model_cache import default_model_cache
 
 DEVICE_ENV = "IMAGE_PIPELINE_CLIP_DEVICE"
 
@@ -96,7 +96,9 @@ class ClipModelResource(dg.ConfigurableResource):
         description="Use the offline stand-in (with a banner) when real weights cannot load. Local only.",
     )
     standin_cache_dir: str = Field(
-        default=str(standin.DEFAULT_CACHE), description="Where the stand-in checkpoint is built."
+        default_factory=default_model_cache,
+        description="Where the stand-in checkpoint is built (default: IMAGE_PIPELINE_MODEL_CACHE "
+        "or data/models/).",
     )
 
     _loaded: ClipModel | None = PrivateAttr(default=None)

@@ -1,14 +1,26 @@
-"""The VLM backend the extraction asset uses: SGLang over HTTP, or transformers in-process."""
+"""The vision-language model the extraction asset talks to, as one resource.
 
+`VLM` is what the asset needs: a `VLMBackend` (`vlm.model`), opened on first use inside a run
+and closed by Dagster when the run's resources are torn down (also when a step fails). It lives on
+the copy of the resource Dagster makes for the run; the configured resource never holds one, and
+outside a run there is none. `VLMResource` is the deployment's implementation:
+SGLang over HTTP (its server a nested `SGLangServer` resource, launched for the run when
+configured so) or transformers in-process. Test implementations live in `doubles/`.
+"""
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
 import dagster as dg
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, model_validator
 
 from core.vlm.standin import STANDIN_MODEL_ID, ensure_standin
 from core.vlm.transformers_backend import DEFAULT_MODEL, TransformersBackend
 from core.vlm.types import VLMBackend
+from resources.model_cache import default_model_cache
 from resources.sglang_server import SGLangServer
 
 STANDIN_BANNER = """
@@ -20,10 +32,60 @@ STANDIN_BANNER = """
 """
 
 
-class VLMResource(dg.ConfigurableResource):
-    """Chooses and builds the backend. `prod` configurations set `allow_standin=False`."""
+class VLM(dg.ConfigurableResource, ABC):
+    """A VLM backend per run: built by `open_backend` when a step first asks, closed at the end.
+
+    Assets declare `vlm: VLM` and use `vlm.model`; implementations only say how to open one.
+    The backend opens on first use, not when Dagster sets the resource up: the in-process
+    executor sets up every resource when the run starts, and a VLM server that is down must fail
+    the extraction step, not the ingestion and CLIP steps before it.
+    """
+
+    _log: dg.DagsterLogManager | None = PrivateAttr(default=None)
+    _in_execution: bool = PrivateAttr(default=False)
+    _backend: VLMBackend | None = PrivateAttr(default=None)
+
+    @abstractmethod
+    def open_backend(self, log: dg.DagsterLogManager | None = None) -> VLMBackend:
+        """A ready backend (checked before any work is sent); the caller closes it."""
+
+    @contextmanager
+    def yield_for_execution(self, context: dg.InitResourceContext) -> Iterator["VLM"]:
+        self._log, self._in_execution = context.log, True
+        try:
+            yield self
+        finally:
+            backend, self._backend, self._in_execution = self._backend, None, False
+            if backend is not None:
+                backend.close()
+
+    @property
+    def model(self) -> VLMBackend:
+        """The backend, opened on first use in this run and closed when the run ends."""
+        if not self._in_execution:
+            raise RuntimeError(
+                f"{type(self).__name__}: the backend is open only inside a run that requires "
+                "this resource (or call open_backend() and close it yourself)"
+            )
+        if self._backend is None:
+            self._backend = self.open_backend(self._log)
+        return self._backend
+
+
+def _say(log: dg.DagsterLogManager | None) -> tuple[Callable[[str], None], Callable[[str], None]]:
+    return (log.info, log.warning) if log else (print, print)
+
+
+class VLMResource(VLM):
+    """The backend chosen by `backend`. `prod` configurations set `allow_standin=False`.
+
+    `sglang` (a nested resource) names the server for backend `sglang` and is left out for
+    `transformers`; with `launch`, Dagster starts the server before this resource opens and stops
+    it after this resource closes.
+    """
 
     backend: Literal["transformers", "sglang"] = "transformers"
+    sglang: SGLangServer | None = None
     model_path: str = Field(
         default=DEFAULT_MODEL, description="transformers: HF id or local checkpoint dir."
     )
@@ -34,40 +96,33 @@ class VLMResource(dg.ConfigurableResource):
         default="auto", description="transformers: `auto` (CUDA when present), `cpu`, `cuda:0`."
     )
     batch_size: int = Field(default=4, ge=1, description="transformers: images per generate().")
-    model_cache_dir: str | None = None
+    model_cache_dir: str = Field(
+        default_factory=default_model_cache, description="Where the stand-in is built."
+    )
 
-    _backend: VLMBackend | None = PrivateAttr(default=None)
+    @model_validator(mode="after")
+    def _sglang_only_for_its_backend(self) -> "VLMResource":
+        # Checked at construction: a launch configured by mistake would otherwise start a server.
+        if self.backend == "transformers" and self.sglang is not None and self.sglang.configured:
+            raise ValueError("VLMResource: `sglang` is for backend='sglang', not 'transformers'")
+        return self
 
-    def get_backend(
-        self, sglang: SGLangServer, log: dg.DagsterLogManager | None = None
-    ) -> VLMBackend:
-        """The configured backend; `sglang` is the run's server resource (unused otherwise)."""
-        if self._backend is not None:
-            return self._backend
-        info = log.info if log else print
+    def open_backend(self, log: dg.DagsterLogManager | None = None) -> VLMBackend:
+        info, warn = _say(log)
         if self.backend == "sglang":
-            if not sglang.configured:
-                raise dg.Failure("VLM backend 'sglang' needs SGLangServer `url` or `launch`")
-            client = sglang.client(model_id=self.model_id)
-            client.check_ready()  # a clear error before any work is sent or written
-            info(f"VLM backend: SGLang at {client.base_url}, model {client.model_id}")
-            if client.model_id.startswith("standin/"):
-                (log.warning if log else print)(STANDIN_BANNER.format(model_id=client.model_id))
-            self._backend = client
-            return client
+            return self._sglang_client(info, warn)
         if self.standin:
             if not self.allow_standin:
                 raise dg.Failure("this deployment forbids the stand-in model; set a real model")
-            path = ensure_standin(Path(self.model_cache_dir) if self.model_cache_dir else None)
-            (log.warning if log else print)(STANDIN_BANNER.format(model_id=STANDIN_MODEL_ID))
-            self._backend = TransformersBackend(
+            path = ensure_standin(Path(self.model_cache_dir))
+            warn(STANDIN_BANNER.format(model_id=STANDIN_MODEL_ID))
+            return TransformersBackend(
                 path,
                 model_id=STANDIN_MODEL_ID,
                 device=self.device,
                 batch_size=self.batch_size,
                 log=info,
             )
-            return self._backend
         backend = TransformersBackend(
             self.model_path,
             model_id=self.model_id,
@@ -76,10 +131,20 @@ class VLMResource(dg.ConfigurableResource):
             log=info,
         )
         info(f"VLM backend: transformers in-process, {self.model_path} on {backend.device}")
-        self._backend = backend
         return backend
 
-    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        if self._backend is not None:
-            self._backend.close()
-            self._backend = None
+    def _sglang_client(
+        self, info: Callable[[str], None], warn: Callable[[str], None]
+    ) -> VLMBackend:
+        if self.sglang is None or not self.sglang.configured:
+            raise dg.Failure("VLM backend 'sglang' needs VLMResource.sglang with `url` or `launch`")
+        client = self.sglang.client(model_id=self.model_id)
+        try:
+            client.check_ready()  # a clear error before any work is sent or written
+        except BaseException:
+            client.close()
+            raise
+        info(f"VLM backend: SGLang at {client.base_url}, model {client.model_id}")
+        if client.model_id.startswith("standin/"):
+            warn(STANDIN_BANNER.format(model_id=client.model_id))
+        return client

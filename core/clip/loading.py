@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -134,8 +135,11 @@ def load_model(spec: ModelSpec) -> ClipModel:
     if spec.precision == "fp16" and device.type != "cuda":
         raise ValueError("precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
     if spec.model_name == standin.STANDIN_MODEL:  # our own architecture: register its config
+        # Its config lives beside the checkpoint (<cache>/<model>/seedN.pt); random init: temp.
         standin.register_standin_config(
-            Path(spec.pretrained).parent.parent if spec.pretrained else standin.DEFAULT_CACHE
+            Path(spec.pretrained).parent.parent
+            if spec.pretrained
+            else Path(tempfile.gettempdir()) / "image-pipeline-standin-clip"
         )
     if (
         spec.pretrained
@@ -174,7 +178,7 @@ def load_model(spec: ModelSpec) -> ClipModel:
 
 
 def standin_spec(
-    cache_dir: Path = standin.DEFAULT_CACHE,
+    cache_dir: Path,
     *,
     seed: int = 0,
     device: str = "auto",

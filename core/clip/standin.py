@@ -16,10 +16,7 @@ from pathlib import Path
 import open_clip
 import torch
 
-from orchestration.settings import REPO_ROOT
-
 STANDIN_MODEL = "standin-tiny-clip"
-DEFAULT_CACHE = REPO_ROOT / "data" / "models"
 
 # A ViT-style image tower (so S2 sees patch tokens) and a text tower that reuses open_clip's
 # bundled BPE tokenizer (vocab 49408), both a few layers deep and 64 wide: ~3.5M parameters.
@@ -39,7 +36,7 @@ STANDIN_CONFIG: dict = {
 _registered = threading.Lock()
 
 
-def register_standin_config(cache_dir: Path = DEFAULT_CACHE) -> str:
+def register_standin_config(cache_dir: Path) -> str:
     """Make `STANDIN_MODEL` a known open_clip architecture (a JSON config, like built-ins)."""
     with _registered:
         if STANDIN_MODEL not in open_clip.list_models():
@@ -51,7 +48,7 @@ def register_standin_config(cache_dir: Path = DEFAULT_CACHE) -> str:
     return STANDIN_MODEL
 
 
-def standin_checkpoint(cache_dir: Path = DEFAULT_CACHE, *, seed: int = 0) -> Path:
+def standin_checkpoint(cache_dir: Path, *, seed: int = 0) -> Path:
     """The stand-in's checkpoint for `seed`, built and saved on first use (atomically)."""
     register_standin_config(cache_dir)
     path = Path(cache_dir) / STANDIN_MODEL / f"seed{seed}.pt"

@@ -234,19 +234,27 @@ def export_all(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m core.quality.exports [--out DIR]`: export the configured warehouse."""
+    """`python -m core.quality.exports [--out DIR]`: export the configured warehouse.
+
+    Paths come from the arguments or the deployment's variables (IMAGE_PIPELINE_WAREHOUSE,
+    IMAGE_DROP_ROOT), relative to the working directory, as the other `core` commands do.
+    """
     import argparse
+    import os
 
-    from orchestration.settings import REPO_ROOT, Settings
-
-    settings = Settings.from_env()
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "data" / "exports")
-    parser.add_argument("--warehouse", type=Path, default=settings.warehouse_path)
+    parser.add_argument("--out", type=Path, default=Path("data") / "exports")
+    parser.add_argument(
+        "--warehouse",
+        type=Path,
+        default=Path(os.environ.get("IMAGE_PIPELINE_WAREHOUSE") or "data/warehouse.duckdb"),
+        help="DuckDB file (default: $IMAGE_PIPELINE_WAREHOUSE or data/warehouse.duckdb)",
+    )
     parser.add_argument(
         "--image-root",
-        default=str(settings.drop_root),
-        help="Prefix for image paths in the LLaVA files (default: the drop root).",
+        default=str(Path(os.environ.get("IMAGE_DROP_ROOT") or "data/drops").resolve()),
+        help="Prefix for image paths in the LLaVA files "
+        "(default: the drop root, $IMAGE_DROP_ROOT or data/drops).",
     )
     parser.add_argument(
         "--include-standin",

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import polars as pl
 
-from core.clip import standin
 from core.clip.loading import ModelUnavailable
 from core.search.filters import BadFilter
 from core.search.query import SearchError, search
@@ -49,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         help="DuckDB file (default: $IMAGE_PIPELINE_WAREHOUSE or data/warehouse.duckdb)",
     )
     parser.add_argument(
-        "--standin-cache", default=str(standin.DEFAULT_CACHE), help="where the stand-in lives"
+        "--standin-cache",
+        default=os.environ.get("IMAGE_PIPELINE_MODEL_CACHE", "data/models"),
+        help="where the stand-in lives (default: $IMAGE_PIPELINE_MODEL_CACHE or data/models)",
     )
     args = parser.parse_args(argv)
     try:

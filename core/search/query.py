@@ -92,7 +92,7 @@ def spec_for(
     model_id: str,
     *,
     pretrained: str | None = None,
-    standin_cache: Path = standin.DEFAULT_CACHE,
+    standin_cache: Path | None = None,
     device: str = "cpu",
 ) -> ModelSpec:
     """How to load the model that wrote `model_id` rows (`<model>/<tag>` or the stand-in).
@@ -103,6 +103,8 @@ def spec_for(
     if pretrained:
         return ModelSpec(model_name=name, pretrained=pretrained, device=device, model_id=model_id)
     if name == standin.STANDIN_MODEL and tag.startswith("seed") and tag[4:].isdigit():
+        if standin_cache is None:
+            raise SearchError(f"{model_id!r} is the offline stand-in: pass its standin_cache")
         return standin_spec(Path(standin_cache), seed=int(tag[4:]), device=device)
     if not tag or tag == "random-init":
         raise SearchError(f"cannot tell how to load {model_id!r}: pass its checkpoint path")
@@ -305,7 +307,7 @@ def search(
     kind: str = "global",
     method: Method = "auto",
     clip: ClipModel | None = None,
-    standin_cache: Path = standin.DEFAULT_CACHE,
+    standin_cache: Path | None = None,
 ) -> pl.DataFrame:
     """Rank stored images by cosine to a text or an example image: rank, image_id, path,
     score and labels, best first (a polars DataFrame).

@@ -4,7 +4,6 @@ and an atomic save, so each stand-in module holds only its own architecture and 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -12,12 +11,6 @@ from pathlib import Path
 from typing import Any
 
 MARKER = "STANDIN.json"  # written last: a folder without it is an incomplete build
-
-
-def default_cache_dir() -> Path:
-    from orchestration.settings import REPO_ROOT
-
-    return Path(os.environ.get("IMAGE_PIPELINE_MODEL_CACHE", REPO_ROOT / "data" / "models"))
 
 
 def chat_template(image_placeholder: str) -> str:

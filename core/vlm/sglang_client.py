@@ -29,12 +29,9 @@ import contextlib
 import functools
 import logging
 import random
-import re
 import ssl
 import time
 from collections.abc import Sequence
-from functools import lru_cache
-from pathlib import Path
 from typing import Any, Literal
 
 import httpx
@@ -43,7 +40,13 @@ from pydantic import BaseModel, Field
 from core.tasks.base import Task
 from core.vlm.metrics import parse_prometheus, summarize
 from core.vlm.prepare import data_url, jpeg_payload, prepare_images
-from core.vlm.prompt import chat_messages
+from core.vlm.sglang_request import (
+    compact_ebnf,
+    encode_image,
+    error_text,
+    request_body,
+    trim_server_message,
+)
 from core.vlm.types import ExtractionResult, ImageInput, PreparedImage, VLMBackend, judge
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -59,9 +62,6 @@ def _ssl_context() -> ssl.SSLContext:
 # asks us to wait, so they are retried until the image's deadline, not `max_attempts` times.
 BUSY_STATUS = frozenset({429, 503})
 AUTH_STATUS = frozenset({401, 403})
-MAX_ERROR_CHARS = 400
-# Server-side file paths (tracebacks, pydantic dumps): not for users, and they leak the layout.
-_SERVER_PATH = re.compile(r"(?:[A-Za-z]:)?(?:/[\w.+@-]+){2,}/?")
 
 _log = logging.getLogger(__name__)
 
@@ -111,75 +111,16 @@ class SGLangClientConfig(BaseModel):
     )
 
 
-def encode_image(
-    source: Path | bytes,
-    max_side: int = 1536,
-    quality: int = 90,
-    passthrough_max_bytes: int = 2_000_000,
-) -> bytes:
-    """The bytes sent for an image (a file's bytes, or a path): upright RGB (EXIF applied), at
-    most `max_side`, JPEG."""
-    data = source if isinstance(source, bytes) else source.read_bytes()
-    return jpeg_payload(data, max_side, quality, passthrough_max_bytes)
-
-
-__all__ = ["SGLangClient", "SGLangClientConfig", "SGLangUnavailable", "data_url", "encode_image"]
-
-
-@lru_cache(maxsize=64)
-def compact_ebnf(schema_json: str) -> str:
-    """The task's JSON schema as an EBNF grammar with no free whitespace (`,` and `:` only).
-
-    xgrammar (SGLang's default grammar backend) writes it; SGLang compiles the `ebnf` field of a
-    chat request with the same library, and caches compiled grammars by their text.
-    """
-    import xgrammar
-
-    grammar = xgrammar.Grammar.from_json_schema(
-        schema_json, any_whitespace=False, separators=(",", ":"), strict_mode=True
-    )
-    return str(grammar)
-
-
-def request_body(
-    task: Task,
-    image_url: str,
-    model: str,
-    max_tokens: int,
-    constraint: Literal["ebnf", "json_schema"] = "ebnf",
-) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "model": model,
-        "messages": chat_messages(task, image_url),
-        "temperature": 0,
-        "max_completion_tokens": max_tokens,
-    }
-    if constraint == "ebnf":
-        body["ebnf"] = compact_ebnf(task.schema_json)
-    else:
-        body["response_format"] = {
-            "type": "json_schema",
-            "json_schema": {"name": task.name, "schema": task.json_schema, "strict": True},
-        }
-    return body
-
-
-def trim_server_message(message: str) -> str:
-    """A server error message fit for a row: file paths replaced, bounded length."""
-    text = _SERVER_PATH.sub("<path>", message)
-    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
-
-
-def _error_text(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return f"HTTP {response.status_code}: {trim_server_message(response.text[:300])}"
-    message = body.get("message") if isinstance(body, dict) else None
-    if message is None and isinstance(body, dict):
-        error = body.get("error")
-        message = error.get("message") if isinstance(error, dict) else error
-    return f"HTTP {response.status_code}: {trim_server_message(str(message or body))}"
+__all__ = [
+    "SGLangClient",
+    "SGLangClientConfig",
+    "SGLangUnavailable",
+    "compact_ebnf",
+    "data_url",
+    "encode_image",
+    "request_body",
+    "trim_server_message",
+]
 
 
 class SGLangClient(VLMBackend):
@@ -206,17 +147,17 @@ class SGLangClient(VLMBackend):
                 if ready.status_code != 200:
                     raise SGLangUnavailable(
                         f"SGLang server at {self.base_url} is not ready: /ready answered "
-                        f"{_error_text(ready)}"
+                        f"{error_text(ready)}"
                     )
                 info = http.get(f"{self.base_url}/model_info")
                 if info.status_code in AUTH_STATUS:
                     raise SGLangAuthError(
                         f"SGLang server at {self.base_url} refused /model_info: "
-                        f"{_error_text(info)} (check the API key)"
+                        f"{error_text(info)} (check the API key)"
                     )
                 if info.status_code != 200:
                     raise SGLangUnavailable(
-                        f"SGLang server at {self.base_url} refused /model_info: {_error_text(info)}"
+                        f"SGLang server at {self.base_url} refused /model_info: {error_text(info)}"
                     )
                 if self.config.constraint == "json_schema":
                     self._check_whitespace_setting(http)
@@ -431,21 +372,21 @@ class SGLangClient(VLMBackend):
                 if status in AUTH_STATUS:
                     raise SGLangAuthError(
                         f"SGLang server at {self.base_url} refused the request: "
-                        f"{_error_text(response)} (check the API key)"
+                        f"{error_text(response)} (check the API key)"
                     )
                 if status in BUSY_STATUS:
                     busy_answers += 1
                     busy = True
-                    last_error = _error_text(response)
+                    last_error = error_text(response)
                 elif status in RETRYABLE_STATUS:
                     retry_transport = True
-                    last_error = _error_text(response)
+                    last_error = error_text(response)
                 elif status != 200:
                     if truncated is not None:  # the larger budget no longer fits the context
-                        note = f"{truncated.error}; larger budget refused: {_error_text(response)}"
+                        note = f"{truncated.error}; larger budget refused: {error_text(response)}"
                         return truncated.model_copy(update={"error": note}), True
                     failure = self._result(
-                        image, "rejected", started, attempts, error=_error_text(response)
+                        image, "rejected", started, attempts, error=error_text(response)
                     )
                     return failure, True
                 else:

@@ -18,7 +18,6 @@ from core.tasks.vocabulary import AGE_BINS, BASKETBALL_ACTIONS, GENDERS, SCENERY
 from core.vlm.model_cache import (
     MARKER,
     chat_template,
-    default_cache_dir,
     save_atomically,
     train_bpe,
 )
@@ -130,9 +129,9 @@ def build_standin(target: Path, *, seed: int = 0) -> Path:
     return save_atomically(target, write, marker)
 
 
-def ensure_standin(cache_dir: Path | None = None) -> Path:
-    """The stand-in's directory under the model cache, built on first use."""
-    target = Path(cache_dir or default_cache_dir()) / f"tiny-llava-v{STANDIN_VERSION}"
+def ensure_standin(cache_dir: Path) -> Path:
+    """The stand-in's directory under the model cache `cache_dir`, built on first use."""
+    target = Path(cache_dir) / f"tiny-llava-v{STANDIN_VERSION}"
     if not (target / MARKER).exists():
         build_standin(target)
     return target

@@ -24,7 +24,6 @@ from core.tasks.vocabulary import AGE_BINS, BASKETBALL_ACTIONS, GENDERS, SCENERY
 from core.vlm.model_cache import (
     MARKER,
     chat_template,
-    default_cache_dir,
     save_atomically,
     train_bpe,
 )
@@ -149,14 +148,15 @@ def build_tiny_qwen2_vl(target: Path, *, seed: int = 0) -> Path:
     return save_atomically(target, write, marker)
 
 
-def ensure_tiny_qwen2_vl(cache_dir: Path | None = None) -> Path:
-    """The checkpoint's directory under the model cache (data/models/), built on first use."""
-    target = Path(cache_dir or default_cache_dir()) / f"tiny-qwen2-vl-v{TINY_QWEN2_VL_VERSION}"
+def ensure_tiny_qwen2_vl(cache_dir: Path) -> Path:
+    """The checkpoint's directory under the model cache `cache_dir`, built on first use."""
+    target = Path(cache_dir) / f"tiny-qwen2-vl-v{TINY_QWEN2_VL_VERSION}"
     if not (target / MARKER).exists():
         build_tiny_qwen2_vl(target)
     return target
 
 
 if __name__ == "__main__":
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else None
-    print(ensure_tiny_qwen2_vl(out))
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: python -m core.vlm.tiny_models MODEL_CACHE_DIR")
+    print(ensure_tiny_qwen2_vl(Path(sys.argv[1])))

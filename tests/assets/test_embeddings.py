@@ -22,10 +22,9 @@ from assets.embeddings import (
 )
 from assets.ingestion import images
 from core.clip import checks
-from core.clip.standin import STANDIN_MODEL
 from core.tasks.label_sets import LABEL_SETS
 from core.warehouse import Warehouse
-from resources.clip_model import ClipModelResource
+from doubles.clip import StandinClip
 from resources.drop_folder import DropFolderResource
 from resources.warehouse import WarehouseResource
 from tests.conftest import SAMPLES, copy_samples
@@ -45,13 +44,7 @@ def run(
 ) -> dg.ExecuteInProcessResult:
     if not instance.has_dynamic_partition("image_drops", drop_id):
         instance.add_dynamic_partitions("image_drops", [drop_id])
-    clip = ClipModelResource(
-        model_name=STANDIN_MODEL,
-        pretrained=str(cache / STANDIN_MODEL / f"seed{seed}.pt"),
-        device="cpu",
-        batch_size=3,
-        **clip_settings,
-    )
+    clip = StandinClip(standin_cache_dir=str(cache), seed=seed, batch_size=3, **clip_settings)
     return dg.materialize(
         [images, clip_embeddings, clip_zero_shot],
         instance=instance,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -25,21 +26,20 @@ from core.tasks.base import Task
 from core.tasks.registry import TASKS
 from core.vlm.standin import STANDIN_MODEL_ID
 from core.vlm.types import ExtractionResult, ImageInput, VLMBackend
+from doubles.vlm import INVALID_ERROR, ScriptedVLM, requested_batches
 from orchestration.definitions import defs
 from orchestration.jobs import PIPELINE_JOB_NAME
 from resources.drop_folder import DropFolderResource
 from resources.sglang_server import SGLangServer
-from resources.vlm import VLMResource
+from resources.vlm import VLM, VLMResource
 from resources.warehouse import WarehouseResource
-from tests.fakes.sglang_server import standin_backend
 
 
-def _resources(warehouse, drop_root, vlm: VLMResource, sglang: SGLangServer | None = None):
+def _resources(warehouse, drop_root, vlm: VLM):
     return {
         "warehouse": WarehouseResource(path=str(warehouse.path)),
         "drop_folder": DropFolderResource(root=str(drop_root)),
         "vlm": vlm,
-        "sglang": sglang or SGLangServer(),
     }
 
 
@@ -87,40 +87,20 @@ def test_demo_chain_fills_extractions_and_typed_tables(instance, warehouse, drop
     )
 
 
-class _CrashAfter(VLMBackend):
-    """Wraps the stand-in, records what it is asked for, and can die after N batches."""
-
-    def __init__(self, crash_after: int | None) -> None:
-        self.inner = standin_backend()
-        self.crash_after = crash_after
-        self.batches: list[list[str]] = []
-
-    @property
-    def model_id(self) -> str:
-        return self.inner.model_id
-
-    def extract(self, images: Sequence[ImageInput], task: Task) -> list[ExtractionResult]:
-        if self.crash_after is not None and len(self.batches) >= self.crash_after:
-            raise KeyboardInterrupt("killed")  # like the run process being killed
-        self.batches.append([i.image_id for i in images])
-        return self.inner.extract(images, task)
-
-
 def test_a_run_killed_after_some_batches_resumes_with_only_the_missing_images(
-    instance, warehouse, drop_root, sample_drop, monkeypatch
+    instance, warehouse, drop_root, sample_drop, tmp_path: Path
 ):
     instance.add_dynamic_partitions("image_drops", ["samples"])
-    first = _CrashAfter(crash_after=2)
-    monkeypatch.setattr(VLMResource, "get_backend", lambda self, sglang, log=None: first)
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    crashing = ScriptedVLM(crash_after_batches=2, request_log=str(first))
     with pytest.raises(KeyboardInterrupt):
-        _run(instance, _resources(warehouse, drop_root, VLMResource()))
+        _run(instance, _resources(warehouse, drop_root, crashing))
     done = {r[0] for r in warehouse.rows("SELECT image_id FROM vlm_extractions")}
-    assert done == {i for batch in first.batches for i in batch} and len(done) == 4
+    assert done == {i for batch in requested_batches(first) for i in batch} and len(done) == 4
 
-    second = _CrashAfter(crash_after=None)
-    monkeypatch.setattr(VLMResource, "get_backend", lambda self, sglang, log=None: second)
-    assert _run(instance, _resources(warehouse, drop_root, VLMResource())).success
-    resent = {i for batch in second.batches for i in batch}
+    resumed = ScriptedVLM(request_log=str(second))
+    assert _run(instance, _resources(warehouse, drop_root, resumed)).success
+    resent = {i for batch in requested_batches(second) for i in batch}
     assert resent and not (resent & done)
     assert warehouse.rows("SELECT count(*) FROM vlm_extractions")[0][0] == 7
 
@@ -132,12 +112,14 @@ def test_sglang_down_at_start_fails_clearly_and_writes_nothing(
     resources = _resources(
         warehouse,
         drop_root,
-        VLMResource(backend="sglang"),
-        SGLangServer(url="http://127.0.0.1:9"),  # discard port: nothing listens
+        # discard port: nothing listens
+        VLMResource(backend="sglang", sglang=SGLangServer(url="http://127.0.0.1:9")),
     )
     result = _run(instance, resources, raise_on_error=False)
     assert not result.success
+    assert result.is_node_success("images")  # only the step that asks for the VLM fails
     (failure,) = [e for e in result.all_events if e.is_step_failure]
+    assert failure.step_key == "vlm_extractions"
     assert "http://127.0.0.1:9 is unreachable" in str(failure.step_failure_data.error)
     tables = {t for (t,) in warehouse.rows("SELECT table_name FROM information_schema.tables")}
     assert warehouse.rows("SELECT count(*) FROM vlm_extractions")[0][0] == 0
@@ -185,24 +167,12 @@ def test_quality_checks_pass_on_the_stand_in_and_fail_on_a_planted_enum_value(
     assert recorded == [("vlm_extractions", True), ("vlm_extractions", False)]
 
 
-class _AlwaysInvalid(VLMBackend):
-    """A model whose every answer breaks the schema."""
-
-    model_id = "broken-model"
-
-    def extract(self, images: Sequence[ImageInput], task: Task) -> list[ExtractionResult]:
-        return [
-            ExtractionResult(image_id=i.image_id, status="invalid", error="scenery: not allowed")
-            for i in images
-        ]
-
-
 def test_a_validity_rate_below_the_error_threshold_blocks_downstream_and_keeps_the_rows(
-    instance, warehouse, drop_root, sample_drop, monkeypatch
+    instance, warehouse, drop_root, sample_drop
 ):
     instance.add_dynamic_partitions("image_drops", ["samples"])
-    monkeypatch.setattr(VLMResource, "get_backend", lambda self, sglang, log=None: _AlwaysInvalid())
-    result = _run(instance, _resources(warehouse, drop_root, VLMResource()), raise_on_error=False)
+    broken = ScriptedVLM(answers="invalid", model_id="broken-model")
+    result = _run(instance, _resources(warehouse, drop_root, broken), raise_on_error=False)
 
     (validity,) = [
         c for c in result.get_asset_check_evaluations() if c.check_name == VALIDITY_CHECK
@@ -210,7 +180,7 @@ def test_a_validity_rate_below_the_error_threshold_blocks_downstream_and_keeps_t
     assert not validity.passed and validity.severity == dg.AssetCheckSeverity.ERROR
     assert not result.success  # blocking: label_agreement and evaluation would not start
     assert warehouse.rows("SELECT status, error, count(*) FROM vlm_extractions GROUP BY ALL") == [
-        ("invalid", "scenery: not allowed", 7)
+        ("invalid", INVALID_ERROR, 7)
     ]
 
 
@@ -228,14 +198,20 @@ class _SameAnswer(VLMBackend):
         ]
 
 
+class _StuckVLM(VLM):
+    """The `vlm` resource with a model stuck on one answer."""
+
+    def open_backend(self, log: dg.DagsterLogManager | None = None) -> VLMBackend:
+        return _SameAnswer()
+
+
 def test_a_model_that_answers_the_same_for_every_image_warns_without_blocking(
-    instance, warehouse, drop_root, sample_drop, monkeypatch
+    instance, warehouse, drop_root, sample_drop
 ):
     instance.add_dynamic_partitions("image_drops", ["samples"])
-    monkeypatch.setattr(VLMResource, "get_backend", lambda self, sglang, log=None: _SameAnswer())
     result = dg.materialize(
         [images, vlm_extractions],
-        resources=_resources(warehouse, drop_root, VLMResource()),
+        resources=_resources(warehouse, drop_root, _StuckVLM()),
         partition_key="samples",
         instance=instance,
         run_config={

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from benchmarks.extract_client import main
-from benchmarks.sglang_fleet import answer
 from core.tasks.registry import TASKS
+from doubles.sglang_server import schema_answer
 
 
 def test_benchmark_writes_its_table_as_json(tmp_path: Path):
@@ -30,7 +30,7 @@ def test_benchmark_writes_its_table_as_json(tmp_path: Path):
 
 def test_the_simulated_fleet_answers_every_task_validly_and_differently():
     for task in TASKS.values():
-        answers = {json.dumps(answer(task.json_schema, n)) for n in range(6)}
+        answers = {json.dumps(schema_answer(task.json_schema, n)) for n in range(6)}
         for text in answers:
             task.parse(text)  # raises if the schema would refuse it
         assert len(answers) > 1, task.name  # built per request, not one cached answer

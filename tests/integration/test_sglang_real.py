@@ -39,13 +39,13 @@ from core.vlm.sglang_client import (
 )
 from core.vlm.tiny_models import TINY_QWEN2_VL_ID
 from core.vlm.types import ImageInput
+from doubles.sglang_server import FakeSGLangConfig, FakeSGLangServer, standin_backend
 from orchestration.settings import REPO_ROOT
 from orchestration.sglang_cpu import tiny_vlm_launch
 from resources.drop_folder import DropFolderResource
 from resources.sglang_server import SGLangServer
 from resources.vlm import VLMResource
 from resources.warehouse import WarehouseResource
-from tests.fakes.sglang_server import FakeSGLangConfig, FakeSGLangServer, standin_backend
 from tests.integration.conftest import (
     READY_TIMEOUT_S,
     RealServer,
@@ -79,8 +79,7 @@ def _resources(warehouse, drop_root, sglang: SGLangServer) -> dict:
     return {
         "warehouse": WarehouseResource(path=str(warehouse.path)),
         "drop_folder": DropFolderResource(root=str(drop_root)),
-        "vlm": VLMResource(backend="sglang"),
-        "sglang": sglang,
+        "vlm": VLMResource(backend="sglang", sglang=sglang),
     }
 
 

@@ -57,3 +57,14 @@ def test_definitions_wire_the_fallback_by_environment(settings, monkeypatch):
     monkeypatch.setenv("IMAGE_PIPELINE_SGLANG_URL", "http://127.0.0.1:30000")
     prod = settings.model_copy(update={"environment": "prod"})
     assert build_resources(prod)["clip_model"].allow_standin_fallback is False
+
+
+def test_the_standin_test_implementation_loads_through_the_resource_path(standin_cache: Path):
+    from doubles.clip import StandinClip
+
+    resource = StandinClip(standin_cache_dir=str(standin_cache), seed=1)
+    clip = resource.load()
+    assert clip.model_id == "standin-tiny-clip/seed1" and clip.is_standin
+    assert resource.spec().pretrained == str(standin_cache / STANDIN_MODEL / "seed1.pt")
+    with pytest.raises(ValueError, match="precision"):
+        StandinClip(standin_cache_dir=str(standin_cache), precision="int8").spec()

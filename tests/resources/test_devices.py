@@ -11,19 +11,18 @@ import pytest
 import torch
 
 from orchestration.settings import REPO_ROOT
-from resources.sglang_server import SGLangServer
 from resources.vlm import VLMResource
 
 
 def test_the_transformers_vlm_runs_on_cuda_when_present(monkeypatch: pytest.MonkeyPatch):
     assert VLMResource().device == "auto"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    backend = VLMResource(model_path="some/model").get_backend(SGLangServer())
+    backend = VLMResource(model_path="some/model").open_backend()
     assert backend.device == "cuda"  # type: ignore[attr-defined]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    backend = VLMResource(model_path="some/model").get_backend(SGLangServer())
+    backend = VLMResource(model_path="some/model").open_backend()
     assert backend.device == "cpu"  # type: ignore[attr-defined]
-    pinned = VLMResource(model_path="some/model", device="cuda:1").get_backend(SGLangServer())
+    pinned = VLMResource(model_path="some/model", device="cuda:1").open_backend()
     assert pinned.device == "cuda:1"  # type: ignore[attr-defined]
 
 

@@ -12,9 +12,10 @@ import httpx
 import pytest
 
 from core.vlm.sglang_launcher import LaunchSettings, SGLangLaunchError, SGLangProcess
+from orchestration.settings import REPO_ROOT
 from resources.sglang_server import SGLangLaunch, SGLangServer
 
-FAKE = [sys.executable, str(Path(__file__).parents[1] / "fakes" / "sglang_launch_server.py")]
+FAKE = [sys.executable, str(REPO_ROOT / "doubles" / "sglang_launch_server.py")]
 SETTINGS = LaunchSettings(
     model_path="lmms-lab/llava-onevision-qwen2-7b-ov", chat_template="chatml-llava"
 )

@@ -19,8 +19,8 @@ from core.vlm.prepare import jpeg_payload, passes_through
 from core.vlm.run import extract_drop
 from core.vlm.sglang_client import SGLangClient, SGLangClientConfig
 from core.vlm.types import ImageInput
+from doubles.sglang_server import FakeSGLangConfig, FakeSGLangServer, standin_backend
 from tests.conftest import SAMPLES, copy_samples
-from tests.fakes.sglang_server import FakeSGLangConfig, FakeSGLangServer, standin_backend
 
 ALL_TASKS = list(TASKS.values())
 

@@ -18,13 +18,13 @@ from core.vlm.sglang_client import (
 )
 from core.vlm.standin import STANDIN_MODEL_ID
 from core.vlm.types import ImageInput
-from orchestration.settings import REPO_ROOT
-from tests.fakes.sglang_server import (
+from doubles.sglang_server import (
     FakeSGLangConfig,
     FakeSGLangServer,
     image_key,
     standin_backend,
 )
+from orchestration.settings import REPO_ROOT
 
 SAMPLES = sorted((REPO_ROOT / "data" / "samples").glob("*.jpg"))
 TASK = get_task("age_gender")

@@ -1,7 +1,7 @@
 """A test double of SGLang's HTTP API (0.5.23), served on 127.0.0.1 from a background thread.
 
 It speaks SGLang 0.5.23's wire format, checked against the released server (the contract test
-`tests/integration/test_sglang_contract.py` sends the same requests to both): `POST
+`tests/integration/test_sglang_real.py` sends the same requests to both): `POST
 /v1/chat/completions` with `image_url` data-URL parts and either an `ebnf` grammar or a
 `json_schema` response format (compiled with free whitespace unless `disable_any_whitespace`,
 as the real server without `--constrained-json-disable-any-whitespace`), `GET /ready` (503 until
@@ -19,23 +19,35 @@ injection for the benchmark only, 0 by default; the real server never sends them
 `image_key(jpeg bytes)`) a list of modes consumed one per request: `ok`, `503`, `500`, `400`,
 `drop`, and the constrained-output failure modes seen in SGLang/vLLM trackers: `unclosed` (JSON
 cut at the token limit), `whitespace` (newlines until the limit), `extra_key`, `bad_enum`.
+
+A fleet, for the client benchmark: `servers` (N servers of `capacity` slots each behind one URL,
+each request routed to the one with the fewest running plus waiting requests, as sglang-router's
+load-aware policy; the router hop is not a second HTTP request) and `answers="schema"`: no model,
+an answer built afresh per request from the task's schema (the enum value rotates), so the double
+costs little CPU and never caches. `GET /stats` reports slot-seconds used, requests served and
+this process's CPU seconds; `POST /stats/reset` zeroes them. `python -m doubles.sglang_server
+--servers 16 --capacity 8 --service-time 1.5 --port-file F` serves such a fleet in its own
+process (what `benchmarks/extract_client.py` runs).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import hashlib
 import io
 import json
 import random
+import re
 import socket
 import threading
 import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import uvicorn
 from PIL import Image
@@ -44,6 +56,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from core.tasks.registry import TASKS
+from core.vlm.sglang_request import compact_ebnf
 from core.vlm.transformers_backend import TransformersBackend
 
 FAULT_MODES = (
@@ -59,10 +73,49 @@ FAULT_MODES = (
 )
 AUTH_EXEMPT = ("/health", "/ready", "/metrics")  # prefixes, as sglang/srt/utils/auth.py
 IMAGE_TOKENS = 16  # the stand-in's image: (32 px / patch 8) ** 2 tokens
+FLEET_MODEL = "sim/llava-fleet"
+WORDS = ("red", "dark blue", "white", "green", "light grey")
 
 
 def image_key(image_bytes: bytes) -> str:
     return hashlib.sha256(image_bytes).hexdigest()
+
+
+def schema_answer(schema: dict[str, Any], n: int) -> Any:
+    """A value valid for `schema`, different from request to request (never a cached answer)."""
+    if "enum" in schema:
+        return schema["enum"][n % len(schema["enum"])]
+    kind = schema.get("type")
+    if kind == "object":
+        return {
+            key: schema_answer(sub, n + i)
+            for i, (key, sub) in enumerate(schema["properties"].items())
+        }
+    if kind == "array":
+        count = min(schema.get("maxItems", 2), n % 3)
+        return [schema_answer(schema["items"], n + i) for i in range(count)]
+    if kind == "string":
+        pattern = schema.get("pattern")
+        word = WORDS[n % len(WORDS)]
+        if pattern and not re.fullmatch(pattern, word):
+            raise ValueError(f"no canned string matches {pattern!r}")
+        return word
+    if kind in ("integer", "number"):
+        return schema.get("minimum", 0)
+    if kind == "boolean":
+        return n % 2 == 0
+    raise ValueError(f"unsupported schema {schema!r}")
+
+
+_TASK_SCHEMAS: dict[str, dict[str, Any]] = {}
+
+
+def schema_of_grammar(grammar: str) -> dict[str, Any] | None:
+    """The built-in task schema whose compact grammar the client sent (answered from the schema,
+    as a constrained model would), or None for a grammar of no built-in task."""
+    if not _TASK_SCHEMAS:
+        _TASK_SCHEMAS.update({compact_ebnf(t.schema_json): t.json_schema for t in TASKS.values()})
+    return _TASK_SCHEMAS.get(grammar)
 
 
 def _error(status: int, message: str, kind: str = "BadRequestError") -> JSONResponse:
@@ -80,6 +133,8 @@ class FakeSGLangConfig:
     served_model_name: str | None = None
     service_time_s: float = 0.0
     capacity: int = 8
+    servers: int = 1  # simulated servers behind one URL, `capacity` slots each
+    answers: Literal["model", "schema"] = "model"  # schema: no model, built per request
     max_queued: int | None = None
     error_rate: float = 0.0
     drop_rate: float = 0.0
@@ -96,9 +151,13 @@ class FakeSGLangConfig:
 class FakeSGLangServer:
     """Start with `with FakeSGLangServer(backend, config) as server: server.url`."""
 
-    def __init__(self, backend: TransformersBackend, config: FakeSGLangConfig | None = None):
-        self.backend = backend
+    def __init__(
+        self, backend: TransformersBackend | None, config: FakeSGLangConfig | None = None
+    ):
         self.config = config or FakeSGLangConfig()
+        if backend is None and self.config.answers == "model":
+            raise ValueError("answers='model' needs the stand-in backend")
+        self.backend: TransformersBackend = backend  # type: ignore[assignment]
         self.ready = True
         self.rng = random.Random(self.config.seed)
         self.requests_by_key: dict[str, int] = defaultdict(int)
@@ -110,7 +169,10 @@ class FakeSGLangServer:
         self._model_lock = threading.Lock()
         self._running = 0
         self._waiting = 0
-        self._slots: asyncio.Semaphore | None = None
+        self._slots: list[asyncio.Semaphore] | None = None
+        self._load = [0] * self.config.servers  # running + waiting, per simulated server
+        self._answered = 0
+        self._cpu_at_reset = time.process_time()
         self._thread: threading.Thread | None = None
         self._server: uvicorn.Server | None = None
         self.port = 0
@@ -219,6 +281,8 @@ class FakeSGLangServer:
             Route("/v1/models", self._models),
             Route("/metrics", self._metrics),
             Route("/v1/chat/completions", self._chat, methods=["POST"]),
+            Route("/stats", self._stats),
+            Route("/stats/reset", self._reset_stats, methods=["POST"]),
         ]
         app = Starlette(routes=routes)
 
@@ -234,6 +298,29 @@ class FakeSGLangServer:
             await app(scope, receive, send)
 
         return with_auth
+
+    def stats(self) -> dict[str, Any]:
+        """Load on the double: slot-seconds used, answers served, faults, this process's CPU."""
+        c = self.counters
+        return {
+            "servers": self.config.servers,
+            "capacity": self.config.capacity,
+            "service_time_s": self.config.service_time_s,
+            "served": int(c["served"]),
+            "rejected_503": int(c["rejected_503"]),
+            "dropped": int(c["dropped"]),
+            "slot_busy_s": c["busy_s"],
+            "cpu_s": time.process_time() - self._cpu_at_reset,
+        }
+
+    async def _stats(self, request: Request) -> Response:
+        return JSONResponse(self.stats())
+
+    async def _reset_stats(self, request: Request) -> Response:
+        for key in ("served", "rejected_503", "dropped", "busy_s"):
+            self.counters[key] = 0.0
+        self._cpu_at_reset = time.process_time()
+        return JSONResponse(self.stats())
 
     async def _ready(self, request: Request) -> Response:
         if not self.ready:
@@ -348,7 +435,18 @@ class FakeSGLangServer:
         grammar_spec = ("ebnf", body["ebnf"]) if body.get("ebnf") else None
         if grammar_spec is None and schema is not None:
             grammar_spec = ("json_schema", schema)
-        if grammar_spec is not None:
+        if self.config.answers == "schema":
+            answer_schema = (
+                schema_of_grammar(grammar_spec[1])
+                if grammar_spec and grammar_spec[0] == "ebnf"
+                else json.loads(schema) if schema is not None else None
+            )
+            if answer_schema is None:
+                return _error(
+                    400, "messages and an ebnf of a built-in task or a json_schema are required"
+                )
+            grammar_spec = ("schema", json.dumps(answer_schema))
+        elif grammar_spec is not None:
             try:
                 await asyncio.to_thread(self._grammar, *grammar_spec)
             except Exception as error:
@@ -379,14 +477,21 @@ class FakeSGLangServer:
                 "/opt/venv/lib/python3.11/site-packages/sglang/srt/managers/io_struct.py:812",
             )
         if self._slots is None:
-            self._slots = asyncio.Semaphore(self.config.capacity)
+            self._slots = [asyncio.Semaphore(self.config.capacity) for _ in self._load]
         if self.config.max_queued is not None and self._waiting >= self.config.max_queued:
+            self.counters["rejected_503"] += 1
             return _error(503, "The request queue is full.", "503")
         if mode == "503":
+            self.counters["rejected_503"] += 1
             return _error(503, "The request queue is full.", "503")
+        server = min(range(len(self._load)), key=self._load.__getitem__)  # least loaded
+        self._load[server] += 1
         self._waiting += 1
         try:
-            await self._slots.acquire()
+            await self._slots[server].acquire()
+        except BaseException:
+            self._load[server] -= 1
+            raise
         finally:
             self._waiting -= 1
         self._running += 1
@@ -395,8 +500,9 @@ class FakeSGLangServer:
             return await self._serve(body, mode, messages, image_bytes, grammar_spec, started)
         finally:
             self._running -= 1
+            self._load[server] -= 1
             self.counters["busy_s"] += time.monotonic() - started
-            self._slots.release()
+            self._slots[server].release()
 
     async def _serve(
         self,
@@ -408,6 +514,12 @@ class FakeSGLangServer:
         started: float,
     ) -> Response:
         max_tokens = int(body.get("max_completion_tokens") or body.get("max_tokens") or 1024)
+        if grammar_spec is not None and grammar_spec[0] == "schema":
+            self._answered += 1
+            text = json.dumps(schema_answer(json.loads(grammar_spec[1]), self._answered))
+            return await self._answer(
+                body, mode, text, "stop", 1000, 12, 100, len(image_bytes), started, max_tokens
+            )
         prompt = await asyncio.to_thread(self._prompt, messages)
         length = await asyncio.to_thread(self._prompt_length, prompt, len(image_bytes))
         if length > self.config.context_length:  # the real server's message, word for word
@@ -420,6 +532,25 @@ class FakeSGLangServer:
             self._generate, image_bytes[0] if image_bytes else b"", prompt, grammar_spec, max_tokens
         )
         cached = await asyncio.to_thread(self._cached_tokens, prompt)
+        return await self._answer(
+            body, mode, text, finish, prompt_tokens, completion_tokens, cached,
+            len(image_bytes), started, max_tokens,
+        )  # fmt: skip
+
+    async def _answer(
+        self,
+        body: dict[str, Any],
+        mode: str,
+        text: str,
+        finish: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached: int,
+        images: int,
+        started: float,
+        max_tokens: int = 1024,
+    ) -> Response:
+        """The chat completion as the real server words it, after the service time."""
         text, finish, completion_tokens = self._apply_mode(
             mode, text, finish, completion_tokens, max_tokens
         )
@@ -429,6 +560,7 @@ class FakeSGLangServer:
         if mode == "500":
             return _error(500, "Internal server error", "InternalServerError")
         self.counters["requests"] += 1
+        self.counters["served"] += 1
         self.counters["prompt_tokens"] += prompt_tokens
         self.counters["completion_tokens"] += completion_tokens
         self.counters["cached_tokens"] += cached
@@ -443,9 +575,7 @@ class FakeSGLangServer:
         # As the real server: the details are null for a text-only prompt, and cached_tokens
         # is reported with or without --enable-cache-report.
         usage["prompt_tokens_details"] = (
-            {"cached_tokens": cached, "image_tokens": IMAGE_TOKENS * len(image_bytes)}
-            if image_bytes
-            else None
+            {"cached_tokens": cached, "image_tokens": IMAGE_TOKENS * images} if images else None
         )
         payload = {
             "id": uuid.uuid4().hex,
@@ -468,6 +598,7 @@ class FakeSGLangServer:
             },
         }
         if mode == "drop":
+            self.counters["dropped"] += 1
             return _DroppingResponse(payload)
         return JSONResponse(payload)
 
@@ -523,6 +654,43 @@ def standin_backend() -> TransformersBackend:
     global _STANDIN
     if _STANDIN is None:
         from core.vlm.standin import STANDIN_MODEL_ID, ensure_standin
+        from resources.model_cache import default_model_cache
 
-        _STANDIN = TransformersBackend(ensure_standin(), model_id=STANDIN_MODEL_ID, threads=1)
+        _STANDIN = TransformersBackend(
+            ensure_standin(Path(default_model_cache())), model_id=STANDIN_MODEL_ID, threads=1
+        )
     return _STANDIN
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve a schema-answering fleet in this process until it is terminated (the benchmark's)."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--servers", type=int, default=16)
+    parser.add_argument("--capacity", type=int, default=8)
+    parser.add_argument("--service-time", type=float, default=1.5)
+    parser.add_argument("--error-rate", type=float, default=0.0)
+    parser.add_argument("--drop-rate", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--port-file", type=Path, required=True)
+    args = parser.parse_args(argv)
+    config = FakeSGLangConfig(
+        model_path=FLEET_MODEL,
+        answers="schema",
+        servers=args.servers,
+        capacity=args.capacity,
+        service_time_s=args.service_time,
+        error_rate=args.error_rate,
+        drop_rate=args.drop_rate,
+        seed=args.seed,
+    )
+    server = FakeSGLangServer(None, config)
+    server.start()
+    staging = args.port_file.with_suffix(".tmp")
+    staging.write_text(str(server.port))
+    staging.rename(args.port_file)
+    assert server._thread is not None
+    server._thread.join()
+
+
+if __name__ == "__main__":
+    main()

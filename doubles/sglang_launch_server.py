@@ -2,7 +2,8 @@
 
 Parses the flags SGLang would, logs its arguments the way SGLang logs `server_args` (API key
 included, so the tests can prove the resource masks it), starts a child process (as SGLang
-starts its scheduler), and serves `/ready` on --host:--port after FAKE_SGLANG_READY_AFTER_S.
+starts its scheduler), and serves `/ready` and `/model_info` on --host:--port after
+FAKE_SGLANG_READY_AFTER_S.
 FAKE_SGLANG_EXIT: exit with that code before ready. FAKE_SGLANG_IGNORE_TERM=1: ignore SIGTERM.
 FAKE_SGLANG_PIDFILE: write "<own pid> <child pid>" there.
 """
@@ -51,9 +52,20 @@ def main() -> None:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             up = time.monotonic() - started >= ready_after
-            code = 200 if self.path == "/ready" and up else (503 if self.path == "/ready" else 404)
+            body = b""
+            if self.path not in ("/ready", "/model_info"):
+                code = 404
+            elif not up:
+                code = 503
+            else:
+                code = 200
+                if self.path == "/model_info":
+                    info = {"model_path": args.model_path, "served_model_name": args.model_path}
+                    body = json.dumps(info).encode()
             self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
+            self.wfile.write(body)
 
         def log_message(self, *a: object) -> None:
             pass

@@ -1,1 +1,0 @@
-"""Test doubles of external systems (named as such); production clients talk to them unchanged."""
