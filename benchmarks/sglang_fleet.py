@@ -211,6 +211,7 @@ class Fleet:
             routes=[
                 Route("/ready", ready),
                 Route("/model_info", model_info),
+                Route("/get_model_info", model_info),
                 Route("/stats", stats),
                 Route("/stats/reset", reset, methods=["POST"]),
                 Route("/v1/chat/completions", self.chat, methods=["POST"]),
