@@ -13,6 +13,7 @@ router (its own group); `stop()` stops the router, then every server, also when 
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
@@ -42,6 +43,13 @@ RESERVED_ROUTER_FLAGS = (
     "--api-key",
     "--control-plane-api-keys",
 )
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def plain(line: str) -> str:
+    """The router's log line without its terminal colours (it ignores NO_COLOR)."""
+    return _ANSI.sub("", line)
 
 
 def check_router_args(extra_args: list[str]) -> list[str]:
@@ -112,6 +120,9 @@ class RouterProcess(SGLangProcess):
             *("--worker-startup-check-interval", "1", "--health-check-interval-secs", "10"),
             *settings.extra_args,
         ]
+
+    def _mask(self, line: str) -> str:
+        return plain(super()._mask(line))
 
     def ready(self) -> tuple[bool, str]:
         """`/readiness` 200 with every worker healthy (it is 200 from the first healthy one)."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from core.vlm.sglang_launcher import LaunchSettings, SGLangLaunchError
-from core.vlm.sglang_router import RouterSettings, SGLangFleet, check_router_args
+from core.vlm.sglang_router import RouterSettings, SGLangFleet, check_router_args, plain
 from resources.sglang_server import SGLangLaunch
 
 FAKE = [sys.executable, str(Path(__file__).parents[2] / "fakes" / "sglang_launch_server.py")]
@@ -75,3 +75,10 @@ def test_a_router_that_cannot_start_stops_every_server_it_was_for():
     assert all(_group_gone(group) for group in groups)
     assert any("[0] SGLang ready" in line for line in lines)
     assert any("[1] SGLang ready" in line for line in lines)
+
+
+def test_router_log_lines_reach_the_log_without_terminal_colours():
+    line = (
+        "\x1b[2m2026-12-02 00:03:17\x1b[0m \x1b[33m WARN\x1b[0m \x1b[2msmg::workflow\x1b[0m: failed"
+    )
+    assert plain(line) == "2026-12-02 00:03:17  WARN smg::workflow: failed"
