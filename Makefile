@@ -36,15 +36,17 @@ $(LS_STAMP):
 	$(LS_VENV)/bin/pip install --quiet "label-studio==$(LABEL_STUDIO_VERSION)"
 	touch $(LS_STAMP)
 
-$(SGLANG_STAMP): requirements/sglang-cpu.txt requirements/sglang-server.txt tools/sglang_cpu/install_pth.py
+$(SGLANG_STAMP): requirements/sglang-cpu.txt requirements/sglang-server.txt requirements/sglang-router.txt \
+		tools/sglang_cpu/install_pth.py
 	$(PYTHON) -m venv $(SGLANG_VENV)
 	$(SGLANG_VENV)/bin/pip install --quiet --upgrade pip
 	$(SGLANG_VENV)/bin/pip install --quiet -r requirements/sglang-cpu.txt
 	$(SGLANG_VENV)/bin/pip install --quiet --no-deps -r requirements/sglang-server.txt
+	$(SGLANG_VENV)/bin/pip install --quiet -r requirements/sglang-router.txt
 	$(SGLANG_VENV)/bin/python tools/sglang_cpu/install_pth.py
 	touch $(SGLANG_STAMP)
 
-## Create .venv-sglang: released sglang 0.5.23 with its CPU engine (no GPU needed).
+## Create .venv-sglang: released sglang 0.5.23 with its CPU engine (no GPU needed) and sglang-router.
 sglang-env: $(SGLANG_STAMP)
 
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml

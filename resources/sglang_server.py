@@ -14,6 +14,7 @@ from core.vlm.sglang_launcher import (
     SGLangProcess,
     check_extra_args,
 )
+from core.vlm.sglang_router import RouterSettings, SGLangFleet
 
 
 class SGLangLaunch(dg.Config):
@@ -30,6 +31,14 @@ class SGLangLaunch(dg.Config):
     tokenizer_path: str | None = None
     tp_size: int = Field(default=1, ge=1, description="Tensor parallel over this node's GPUs.")
     dp_size: int = Field(default=1, ge=1, description="Data-parallel replicas inside the server.")
+    data_parallel: int = Field(
+        default=1,
+        ge=1,
+        description="Servers launched on this host behind sglang-router (docs/extraction.md).",
+    )
+    router_policy: str = Field(
+        default="cache_aware", description="sglang-router --policy (data_parallel > 1)."
+    )
     port: int = Field(default=0, ge=0, description="0: a free port.")
     mem_fraction_static: float | None = None
     context_length: int | None = None
@@ -53,6 +62,12 @@ class SGLangLaunch(dg.Config):
     stop_grace_s: float = Field(default=30.0, ge=0)
 
     _check_extra = field_validator("extra_args")(check_extra_args)
+
+    @field_validator("router_policy")
+    @classmethod
+    def _check_policy(cls, policy: str) -> str:
+        RouterSettings(policy=policy)  # type: ignore[arg-type]  # a clear error at config time
+        return policy
 
     def settings(self) -> LaunchSettings:
         """What the launcher needs (the resource and the real-server tests share this)."""
@@ -111,6 +126,7 @@ class SGLangServer(dg.ConfigurableResource):
     backoff_max_s: float = Field(default=30.0, ge=0, description="Longest pause between tries.")
 
     _process: SGLangProcess | None = PrivateAttr(default=None)
+    _fleet: SGLangFleet | None = PrivateAttr(default=None)
 
     @property
     def configured(self) -> bool:
@@ -126,6 +142,20 @@ class SGLangServer(dg.ConfigurableResource):
         launch = self.launch
         settings = launch.settings()
         logger = context.log
+        if launch.data_parallel > 1:
+            fleet = SGLangFleet(
+                settings,
+                launch.data_parallel,
+                command=launch.command,
+                router=RouterSettings(policy=launch.router_policy),  # type: ignore[arg-type]
+                api_key=self.api_key,
+                ready_timeout_s=launch.ready_timeout_s,
+                stop_grace_s=launch.stop_grace_s,
+                log=logger.info if logger else print,
+            )
+            fleet.start()  # stops every process it started if any never becomes ready
+            self._fleet = fleet
+            return
         process = SGLangProcess(
             settings,
             command=launch.command,
@@ -138,12 +168,17 @@ class SGLangServer(dg.ConfigurableResource):
         self._process = process
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._fleet is not None:
+            self._fleet.stop()
+            self._fleet = None
         if self._process is not None:
             self._process.stop()
             self._process = None
 
     @property
     def base_url(self) -> str:
+        if self._fleet is not None:
+            return self._fleet.url
         if self._process is not None:
             return self._process.url
         if self.url:
@@ -168,6 +203,11 @@ class SGLangServer(dg.ConfigurableResource):
     def process(self) -> SGLangProcess | None:
         """The launched server (launch mode, inside a step), for its pid and start-up time."""
         return self._process
+
+    @property
+    def fleet(self) -> SGLangFleet | None:
+        """The launched servers and router (launch mode with data_parallel > 1, inside a step)."""
+        return self._fleet
 
     def metrics(self) -> dict[str, float]:
         """Prefix-cache hit rate, throughput, queue depth from /metrics; {} if not enabled."""

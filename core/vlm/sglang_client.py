@@ -137,27 +137,33 @@ class SGLangClient(VLMBackend):
     # -- server facts -----------------------------------------------------------------------
 
     def check_ready(self, timeout_s: float = 10.0) -> dict[str, Any]:
-        """`/ready`, `/model_info` and, for `json_schema`, the server's whitespace setting.
+        """`/ready`, `/get_model_info` and, for `json_schema`, the server's whitespace setting.
+
+        Through sglang-router (no `/ready`, no `/model_info` alias) `/readiness` stands in for
+        `/ready`; both names below are the ones the server and the router serve.
 
         Raises `SGLangUnavailable` (or `SGLangAuthError`) naming the URL and the cause.
         """
         try:
             with httpx.Client(timeout=timeout_s, headers=self._headers()) as http:
                 ready = http.get(f"{self.base_url}/ready")
+                if ready.status_code == 404:  # sglang-router: 200 once a worker is healthy
+                    ready = http.get(f"{self.base_url}/readiness")
                 if ready.status_code != 200:
                     raise SGLangUnavailable(
                         f"SGLang server at {self.base_url} is not ready: /ready answered "
                         f"{error_text(ready)}"
                     )
-                info = http.get(f"{self.base_url}/model_info")
+                info = http.get(f"{self.base_url}/get_model_info")
                 if info.status_code in AUTH_STATUS:
                     raise SGLangAuthError(
-                        f"SGLang server at {self.base_url} refused /model_info: "
+                        f"SGLang server at {self.base_url} refused /get_model_info: "
                         f"{error_text(info)} (check the API key)"
                     )
                 if info.status_code != 200:
                     raise SGLangUnavailable(
-                        f"SGLang server at {self.base_url} refused /model_info: {error_text(info)}"
+                        f"SGLang server at {self.base_url} refused /get_model_info: "
+                        f"{error_text(info)}"
                     )
                 if self.config.constraint == "json_schema":
                     self._check_whitespace_setting(http)

@@ -140,6 +140,8 @@ def _group_alive(group: int) -> bool:
 class SGLangProcess:
     """One launched server. `start()` returns once `/ready` answers 200, or raises and cleans up."""
 
+    name = "SGLang"  # in log lines and errors (the router subclass says which process it is)
+
     def __init__(
         self,
         settings: LaunchSettings,
@@ -198,11 +200,11 @@ class SGLangProcess:
         for line in self.process.stdout:
             line = self._mask(line.rstrip())
             self.tail.append(line)
-            self.log(f"[sglang] {line}")
+            self.log(f"[{self.name.lower()}] {line}")
 
     def start(self) -> None:
         self._write_secrets()
-        self.log(f"starting SGLang: {self.printable_argv()}")
+        self.log(f"starting {self.name}: {self.printable_argv()}")
         spawned = time.monotonic()
         try:
             self.process = subprocess.Popen(
@@ -231,7 +233,7 @@ class SGLangProcess:
         finally:
             self._remove_secrets()  # read once at start-up: it need not outlive it
         self.started_s = time.monotonic() - spawned
-        self.log(f"SGLang ready at {self.url} after {self.started_s:.0f}s")
+        self.log(f"{self.name} ready at {self.url} after {self.started_s:.0f}s")
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout_s
@@ -241,22 +243,26 @@ class SGLangProcess:
             code = self.process.poll()
             if code is not None:
                 raise SGLangLaunchError(
-                    f"SGLang exited with code {code} before it was ready; last log lines:\n"
+                    f"{self.name} exited with code {code} before it was ready; last log lines:\n"
                     + "\n".join(self.tail)
                 )
             try:
-                response = httpx.get(f"{self.url}/ready", timeout=5.0)
-                if response.status_code == 200:
+                ready, last = self.ready()
+                if ready:
                     return
-                last = f"/ready answered {response.status_code}"
             except httpx.HTTPError as error:
-                last = f"{type(error).__name__} on /ready"
+                last = f"{type(error).__name__} on {self.url}"
             if time.monotonic() > deadline:
                 raise SGLangLaunchError(
-                    f"SGLang at {self.url} not ready after {self.ready_timeout_s:.0f}s "
+                    f"{self.name} at {self.url} not ready after {self.ready_timeout_s:.0f}s "
                     f"({last}); last log lines:\n" + "\n".join(self.tail)
                 )
             time.sleep(0.5)
+
+    def ready(self) -> tuple[bool, str]:
+        """Whether it is ready, and if not what it answered (for the timeout's message)."""
+        response = httpx.get(f"{self.url}/ready", timeout=5.0)
+        return response.status_code == 200, f"/ready answered {response.status_code}"
 
     def stop(self) -> None:
         """SIGTERM to the process group, SIGKILL after the grace period. Safe to call twice.
@@ -270,14 +276,14 @@ class SGLangProcess:
             return
         group = process.pid  # start_new_session: the leader's pid is the group id
         if process.poll() is None:
-            self.log(f"stopping SGLang (pid {process.pid})")
+            self.log(f"stopping {self.name} (pid {process.pid})")
         with contextlib.suppress(ProcessLookupError):
             os.killpg(group, signal.SIGTERM)
         deadline = time.monotonic() + self.stop_grace_s
         while time.monotonic() < deadline and (process.poll() is None or _group_alive(group)):
             time.sleep(0.05)
         if process.poll() is None or _group_alive(group):
-            self.log("SGLang did not stop on SIGTERM; sending SIGKILL")
+            self.log(f"{self.name} did not stop on SIGTERM; sending SIGKILL")
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(group, signal.SIGKILL)
             process.wait(timeout=10)

@@ -41,7 +41,7 @@ from core.vlm.tiny_models import TINY_QWEN2_VL_ID
 from core.vlm.types import ImageInput
 from doubles.sglang_server import FakeSGLangConfig, FakeSGLangServer, standin_backend
 from orchestration.settings import REPO_ROOT
-from orchestration.sglang_cpu import tiny_vlm_launch
+from orchestration.sglang_cpu import SGLANG_PYTHON, tiny_vlm_launch
 from resources.drop_folder import DropFolderResource
 from resources.sglang_server import SGLangServer
 from resources.vlm import VLMResource
@@ -99,13 +99,15 @@ def _materialize(instance, resources, **kwargs) -> dg.ExecuteInProcessResult:
 def _launched_servers() -> set[int]:
     """Pids of SGLang servers started from this checkout's .venv-sglang."""
     found = set()
+    ours = str(SGLANG_PYTHON).encode() + b"\0"
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 cmdline = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-            if b".venv-sglang" in cmdline and b"sglang.launch_server" in cmdline:
+            # This checkout's venv only: other checkouts' servers on the host are not ours.
+            if cmdline.startswith(ours) and b"sglang.launch_server" in cmdline:
                 found.add(int(entry.name))
     return found
 
@@ -341,7 +343,7 @@ def test_kill_9_mid_run_fails_bounded_writes_no_half_batch_and_a_rerun_extracts_
     worker.start()
     deadline = time.monotonic() + 600
     while warehouse.rows("SELECT count(*) FROM vlm_extractions")[0][0] < 4:
-        assert time.monotonic() < deadline and worker.is_alive()
+        assert time.monotonic() < deadline and worker.is_alive(), outcome
         time.sleep(0.2)
     killed = time.monotonic()
     os.kill(real_server.group, signal.SIGKILL)  # the server process itself, not its children
