@@ -16,7 +16,7 @@ from core.vlm.sglang_launcher import LaunchSettings, SGLangLaunchError
 from core.vlm.sglang_router import RouterSettings, SGLangFleet, check_router_args, plain
 from resources.sglang_server import SGLangLaunch
 
-FAKE = [sys.executable, str(Path(__file__).parents[2] / "fakes" / "sglang_launch_server.py")]
+FAKE = [sys.executable, str(Path(__file__).parents[3] / "doubles" / "sglang_launch_server.py")]
 
 
 def _group_gone(group: int, timeout_s: float = 10.0) -> bool:
