@@ -2,7 +2,7 @@
 
 Parses the flags SGLang would, logs its arguments the way SGLang logs `server_args` (API key
 included, so the tests can prove the resource masks it), starts a child process (as SGLang
-starts its scheduler), and serves `/ready` and `/model_info` on --host:--port after
+starts its scheduler), and serves `/ready`, `/model_info` and `/get_model_info` on --host:--port after
 FAKE_SGLANG_READY_AFTER_S.
 FAKE_SGLANG_EXIT: exit with that code before ready. FAKE_SGLANG_IGNORE_TERM=1: ignore SIGTERM.
 FAKE_SGLANG_PIDFILE: write "<own pid> <child pid>" there.
@@ -53,13 +53,13 @@ def main() -> None:
         def do_GET(self) -> None:
             up = time.monotonic() - started >= ready_after
             body = b""
-            if self.path not in ("/ready", "/model_info"):
+            if self.path not in ("/ready", "/model_info", "/get_model_info"):
                 code = 404
             elif not up:
                 code = 503
             else:
                 code = 200
-                if self.path == "/model_info":
+                if self.path in ("/model_info", "/get_model_info"):
                     info = {"model_path": args.model_path, "served_model_name": args.model_path}
                     body = json.dumps(info).encode()
             self.send_response(code)
