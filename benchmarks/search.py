@@ -448,6 +448,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         for n in args.sizes:
             results["results"].append(run_size(n, args, workdir))
             gc.collect()
+            if args.out:  # after each size: a long run that stops later keeps what it measured
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(results, indent=2))
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
