@@ -315,3 +315,21 @@ class VectorIndex:
         return [
             [self._ids[r] for r in rows[limits[i] : limits[i + 1]]] for i in range(len(queries))
         ]
+
+
+_OPEN: dict[tuple[str, str, str, int], VectorIndex] = {}
+OPEN_MAX = 4  # indexes kept loaded per process (one 1M x 512 SQ8 index is about 0.5 GB)
+
+
+def open_index(warehouse: Warehouse, model_id: str, kind: str, dim: int) -> VectorIndex:
+    """The process's loaded index of (warehouse, model, kind, dim): repeated searches from one
+    process (a notebook, a service) skip re-reading the files, which `_load` still re-reads
+    whenever another process has written a newer generation."""
+    key = (str(warehouse.path), model_id, kind, dim)
+    index = _OPEN.pop(key, None)
+    if index is None:
+        index = VectorIndex(warehouse, model_id, kind, dim)
+        while len(_OPEN) >= OPEN_MAX:
+            _OPEN.pop(next(iter(_OPEN)))  # the least recently used
+    _OPEN[key] = index
+    return index

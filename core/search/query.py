@@ -29,7 +29,7 @@ from core.clip.loading import ClipModel, ModelSpec, load_model, standin_spec
 from core.clip.store import has_table, read_embeddings, table_for
 from core.ingest.decode import load_rgb
 from core.search.filters import Filter, parse_where
-from core.search.index import SEARCH_NPROBE, VectorIndex
+from core.search.index import SEARCH_NPROBE, open_index
 from core.tasks.registry import TASKS
 from core.warehouse import Warehouse
 from core.warehouse.queries import first_paths
@@ -229,7 +229,7 @@ def index_search(
     nprobe: int = SEARCH_NPROBE,
 ) -> list[tuple[str, float]]:
     """The index proposes OVERSAMPLE x k candidates; exact cosines from the warehouse rank them."""
-    index = VectorIndex(warehouse, model.model_id, kind, model.dim)
+    index = open_index(warehouse, model.model_id, kind, model.dim)
     index.refresh()
     candidates, _ = index.search(query.vector[None, :], OVERSAMPLE * k + 1, nprobe=nprobe)
     wanted = [i for i in candidates[0] if i != query.exclude_image_id]

@@ -138,3 +138,32 @@ def test_auto_picks_the_index_above_the_pair_budget(warehouse, monkeypatch) -> N
     monkeypatch.setattr(near_duplicates, "SQL_MAX_PAIRS", 100)
     near_duplicate_pairs(warehouse, "new", model_id=MODEL, dim=DIM)
     assert VectorIndex(warehouse, MODEL, "global", DIM).ready()  # built and current
+
+
+def test_repeated_searches_reuse_the_loaded_index_and_see_new_drops(warehouse, monkeypatch) -> None:
+    monkeypatch.setattr(query_module, "EXACT_MAX", 100)
+    rng = np.random.default_rng(7)
+    first = clustered(rng, 400)
+    plant(warehouse, "d1", names(400, "a"), first)
+    search(warehouse, like="a00003", k=5)  # builds the index and loads it
+    reads: list[str] = []
+    real_read = index_module.faiss.read_index
+
+    def counting_read(path: str, *args):
+        reads.append(path)
+        return real_read(path, *args)
+
+    monkeypatch.setattr(index_module.faiss, "read_index", counting_read)
+    again = search(warehouse, like="a00003", k=5)
+    assert reads == []  # the process's loaded index, not the files again
+    assert (
+        again["image_id"].to_list()
+        == search(warehouse, like="a00003", k=5, method="exact")["image_id"].to_list()
+    )
+    # Another process updates the index with a new drop: the loaded one re-reads the new files.
+    copy = unit(first[3] + 0.001 * rng.standard_normal(DIM))[None, :]
+    plant(warehouse, "d2", ["b00000"], copy)
+    VectorIndex(warehouse, MODEL, "global", DIM).sync()  # reads the files once itself
+    before = len(reads)
+    hits = search(warehouse, like="a00003", k=5)
+    assert len(reads) == before + 1 and hits["image_id"][0] == "b00000"
