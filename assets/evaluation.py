@@ -6,6 +6,7 @@ from pydantic import Field
 
 from assets.embeddings import clip_zero_shot
 from assets.extraction import vlm_extractions
+from assets.metadata import definition_schema
 from assets.quality import record_and_report
 from core.quality import checks
 from core.quality.checks import CheckOutcome, LabelSource
@@ -116,6 +117,7 @@ def label_agreement(
     deps=[clip_zero_shot, vlm_extractions],
     group_name="quality",
     kinds={"duckdb", "python"},
+    metadata=definition_schema("evaluations"),
     check_specs=[
         dg.AssetCheckSpec(
             LABELLED_INGESTED_CHECK,
