@@ -4,7 +4,7 @@ import dagster as dg
 import numpy as np
 from pydantic import Field
 
-from assets.metadata import column_schema, preview_table
+from assets.metadata import column_schema, definition_schema, preview_table, records_table
 from assets.quality import record_and_report
 from core.clip import checks, store
 from core.clip.loading import device_pool
@@ -71,24 +71,54 @@ def _embedding_metadata(report: EmbedReport, warehouse: Warehouse) -> dict[str, 
     preview, total = store.embedding_preview(
         warehouse, report.drop_id, report.model_id, report.dims["global"], rows=PREVIEW_ROWS
     )
-    return {
+    metadata: dict[str, object] = {
         "dagster/row_count": total,
         "dagster/table_name": table,
         "dagster/column_schema": column_schema(warehouse, table),
         "model_id": report.model_id,
         "dimension": report.dims["global"],
-        "dimensions_by_kind": dg.MetadataValue.json(report.dims),
         "images_in_drop": report.images_in_drop,
-        "embedded_this_run": dg.MetadataValue.json(report.written),
-        "already_embedded": dg.MetadataValue.json(report.already_embedded),
+        "per_kind": records_table(
+            [
+                {
+                    "kind": kind,
+                    "dim": dim,
+                    "embedded_this_run": report.written.get(kind, 0),
+                    "already_embedded": report.already_embedded.get(kind, 0),
+                }
+                for kind, dim in report.dims.items()
+            ],
+            {
+                "kind": "global: the whole image; s2: multi-scale tiles, pooled",
+                "dim": "vector length",
+                "embedded_this_run": "images given a vector of this kind by this run",
+                "already_embedded": "images of the drop that had one before",
+            },
+        ),
         "decode_failures": len(report.failures),
-        "unavailable_this_run": dg.MetadataValue.json(report.unreadable),
+        "unavailable_this_run": len(report.unreadable),
         "skipped_unavailable": report.skipped_unreadable,
-        "decode_failures_preview": dg.MetadataValue.json(report.failures[:20]),
         "images_per_s": dg.MetadataValue.float(round(report.images_per_s, 2)),
         "seconds": dg.MetadataValue.float(round(report.seconds, 3)),
         "preview": preview_table(preview),
     }
+    problems = [
+        {"image": path, "status": "decode_failure", "error": error}
+        for path, error in report.failures[:PREVIEW_ROWS]
+    ] + [
+        {"image": image_id[:12], "status": status, "error": ""}
+        for image_id, status in list(report.unreadable.items())[:PREVIEW_ROWS]
+    ]
+    if problems:  # an empty table is noise: the counts above say there are none
+        metadata["unreadable_preview"] = records_table(
+            problems,
+            {
+                "image": "the file's path (decode failures) or the image id's start (unavailable)",
+                "status": "decode_failure, unavailable or changed_since_ingest",
+                "error": "the error text",
+            },
+        )
+    return metadata
 
 
 @dg.asset(
@@ -97,6 +127,7 @@ def _embedding_metadata(report: EmbedReport, warehouse: Warehouse) -> dict[str, 
     group_name="clip",
     kinds={"duckdb", "pytorch"},
     pool=CLIP_POOL,
+    metadata=definition_schema("clip_embeddings"),
     check_specs=[
         dg.AssetCheckSpec(
             checks.EMBEDDING_ONE_PER_IMAGE,
@@ -197,6 +228,7 @@ def clip_embeddings(
     group_name="clip",
     kinds={"duckdb", "pytorch"},
     pool=CLIP_POOL,
+    metadata=definition_schema("clip_zero_shot"),
     check_specs=[
         dg.AssetCheckSpec(
             checks.ZERO_SHOT_ONE_PER_IMAGE,
@@ -294,7 +326,13 @@ def clip_zero_shot(
             "dagster/table_name": "clip_zero_shot",
             "dagster/column_schema": column_schema(store_, "clip_zero_shot"),
             "model_id": clip.model_id,
-            "labelled_this_run": dg.MetadataValue.json(report.written),
+            "labelled_this_run": records_table(
+                [{"label_set": name, "images_labelled": count} for name, count in report.written.items()],
+                {
+                    "label_set": "the label set scored (core/tasks/label_sets.py)",
+                    "images_labelled": "images of the drop given labels by this run",
+                },
+            ),
             "top_labels": preview_table(distribution),
             "preview": preview_table(preview),
             "mean_top_probability": dg.MetadataValue.float(

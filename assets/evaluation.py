@@ -7,6 +7,7 @@ from pydantic import Field
 
 from assets.embeddings import clip_zero_shot
 from assets.extraction import vlm_extractions
+from assets.metadata import definition_schema
 from assets.quality import record_and_report
 from core.quality import cross_stage as checks
 from core.quality.agreement import FieldAgreement, drop_agreement, write_agreement
@@ -199,6 +200,7 @@ def _results_metadata(store: Warehouse, run_id: str, sets: list[LabelledSet]) ->
     deps=[clip_zero_shot, vlm_extractions],
     group_name="quality",
     kinds={"duckdb", "python"},
+    metadata=definition_schema("evaluations"),
     check_specs=[
         dg.AssetCheckSpec(
             LABELLED_INGESTED_CHECK,

@@ -9,7 +9,13 @@ import dagster as dg
 from pydantic import Field
 
 from assets.ingestion import images
-from assets.metadata import column_schema, counts_markdown, preview_table
+from assets.metadata import (
+    column_schema,
+    counts_markdown,
+    definition_schema,
+    preview_table,
+    records_table,
+)
 from assets.quality import record_and_report
 from core.quality import cross_stage
 from core.quality.cross_stage import LabelSource
@@ -133,16 +139,40 @@ def _round(value: float | None, digits: int = 3) -> float | None:
     return None if value is None else round(value, digits)
 
 
-def _task_metadata(report: TaskReport) -> dict[str, object]:
-    return {
-        "images": report.done,
-        "images_per_s": _round(report.images_per_s, 2),
-        "p50_latency_ms": _round(report.latency_percentile(50), 1),
-        "p95_latency_ms": _round(report.latency_percentile(95), 1),
-        "validity_rate": _round(report.validity_rate),
-        "cached_token_ratio": _round(report.cached_token_ratio),
-        "statuses": dict(report.statuses),
+# Columns of the per-task table on the Events page: one row per task, not one key per number.
+TASK_COLUMNS = {
+    "task": "the extraction task (core/tasks/registry.py)",
+    "table": "the typed table its `ok` results are flattened into",
+    "rows": "rows of that table (all drops)",
+    "fingerprint": "the task's version: hash of instruction + schema + token budget",
+    "images_this_run": "images this run sent to the model for the task",
+    "images_per_s": "this run's throughput for the task",
+    "p50_latency_ms": "median latency per image, this run",
+    "p95_latency_ms": "95th percentile latency per image, this run",
+    "validity_rate": "share of this run's results that are `ok`",
+    "cached_token_ratio": "share of prompt tokens served from the prefix cache",
+    "statuses": "this run's results by status",
+}
+
+
+def _task_row(task: Task, report: TaskReport | None, rows: int) -> dict[str, object]:
+    row: dict[str, object] = {
+        "task": task.name,
+        "table": task.tables.table,
+        "rows": rows,
+        "fingerprint": task.fingerprint,
     }
+    if report is not None and report.done:
+        row |= {
+            "images_this_run": report.done,
+            "images_per_s": _round(report.images_per_s, 2),
+            "p50_latency_ms": _round(report.latency_percentile(50), 1),
+            "p95_latency_ms": _round(report.latency_percentile(95), 1),
+            "validity_rate": _round(report.validity_rate),
+            "cached_token_ratio": _round(report.cached_token_ratio),
+            "statuses": ", ".join(f"{k}: {v}" for k, v in sorted(report.statuses.items())),
+        }
+    return row
 
 
 @dg.asset(
@@ -151,6 +181,7 @@ def _task_metadata(report: TaskReport) -> dict[str, object]:
     group_name="extraction",
     kinds={"duckdb", "python"},
     pool="gpu",
+    metadata=definition_schema("vlm_extractions"),
     check_specs=[
         dg.AssetCheckSpec(
             ALL_ANSWERED_CHECK,
@@ -251,7 +282,6 @@ def vlm_extractions(
         "dagster/column_schema": column_schema(store, "vlm_extractions"),
         "dagster/table_name": "vlm_extractions",
         "model_id": model_id,
-        "tasks": dg.MetadataValue.json({t.name: t.fingerprint for t in tasks}),
         "statuses": counts_markdown(statuses, key="status", value="rows"),
         "validity_rate": dg.MetadataValue.float(round(validity, 4)),
         "preview": preview_table(preview),
@@ -270,12 +300,24 @@ def vlm_extractions(
             "cached_token_ratio": dg.MetadataValue.float(
                 round(merged.cached_token_ratio or 0.0, 4)
             ),
-            "per_task": dg.MetadataValue.json({r.task: _task_metadata(r) for r in this_run}),
         }
+    by_task = {r.task: r for r in this_run}
+    metadata["tasks"] = records_table(
+        [
+            _task_row(
+                task,
+                by_task.get(task.name),
+                task_rows.get(task.tables.table, 0),
+            )
+            for task in tasks
+        ],
+        TASK_COLUMNS,
+    )
     server = backend.server_metrics()
     if server:
-        metadata["server_metrics"] = dg.MetadataValue.json(server)
-    for table, rows in task_rows.items():
-        metadata[f"rows/{table}"] = rows
+        metadata["server_metrics"] = records_table(
+            [{"metric": name, "value": value} for name, value in sorted(server.items())],
+            {"metric": "SGLang /metrics summary", "value": "its value"},
+        )
     results = record_and_report(context, store, outcomes, asset="vlm_extractions")
     return dg.MaterializeResult(metadata=metadata, check_results=results)

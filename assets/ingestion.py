@@ -3,7 +3,7 @@
 import dagster as dg
 from pydantic import Field
 
-from assets.metadata import column_schema, counts_markdown, preview_table
+from assets.metadata import column_schema, counts_markdown, definition_schema, preview_table
 from assets.quality import record_and_report
 from core.ingest import checks
 from core.ingest.accounting import account_for_drop
@@ -95,6 +95,7 @@ def _metadata(report: IngestReport, warehouse: Warehouse) -> dict[str, object]:
     partitions_def=image_drops,
     group_name="ingestion",
     kinds={"duckdb", "python"},
+    metadata=definition_schema("images"),
     check_specs=[
         dg.AssetCheckSpec(
             NOTHING_LOST_CHECK,

@@ -1,22 +1,48 @@
-"""Shared builders for the metadata every asset shows in the Dagster UI."""
+"""Shared builders for the metadata every asset shows in the Dagster UI.
+
+Dagster renders a `MetadataValue.table` as a table inline on the asset's Events page, while a
+dict as `MetadataValue.json` shows as raw JSON: per-kind, per-task and per-label-set numbers go
+into tables with `kind`, `task`, `label_set` ... as columns, never into path-like keys.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import dagster as dg
 import polars as pl
 
 from core.warehouse import Warehouse
+from core.warehouse.columns import describe, table_columns
 
 _SCALARS = (str, int, float, bool)
+# Column types for `records_table`, as Dagster's TableColumn names them.
+_TYPES = {bool: "bool", int: "int", float: "float", str: "string"}
 
 
 def column_schema(warehouse: Warehouse, table: str) -> dg.TableSchema:
+    """The table's columns as the warehouse has them now, each with its documented meaning."""
     return dg.TableSchema(
-        columns=[dg.TableColumn(name=name, type=kind) for name, kind in warehouse.columns(table)]
+        columns=[
+            dg.TableColumn(name=name, type=kind, description=describe(table, name))
+            for name, kind in warehouse.columns(table)
+        ]
     )
+
+
+def definition_schema(table: str) -> dict[str, object]:
+    """Definition metadata naming the table and its described columns: the asset's Overview
+    shows them before anything was materialized."""
+    return {
+        "dagster/table_name": table,
+        "dagster/column_schema": dg.TableSchema(
+            columns=[
+                dg.TableColumn(name=name, type=kind, description=description)
+                for name, kind, description in table_columns(table)
+            ]
+        ),
+    }
 
 
 def _cell(value: Any) -> str | int | float | bool | None:
@@ -36,6 +62,22 @@ def preview_table(frame: pl.DataFrame) -> dg.MetadataValue:
         columns=[dg.TableColumn(name=name, type=str(dtype)) for name, dtype in frame.schema.items()]
     )
     return dg.MetadataValue.table(records=records, schema=schema)
+
+
+def records_table(
+    rows: Sequence[Mapping[str, Any]], descriptions: Mapping[str, str]
+) -> dg.MetadataValue:
+    """A small table from dicts: one column per `descriptions` key, in that order, typed from
+    the first non-null value; `descriptions` are what `Show schema` says about each column."""
+    columns = []
+    for name, description in descriptions.items():
+        sample = next((row[name] for row in rows if row.get(name) is not None), "")
+        kind = next((t for py, t in _TYPES.items() if type(sample) is py), "string")
+        columns.append(dg.TableColumn(name=name, type=kind, description=description))
+    records = [
+        dg.TableRecord({name: _cell(row.get(name)) for name in descriptions}) for row in rows
+    ]
+    return dg.MetadataValue.table(records=records, schema=dg.TableSchema(columns=columns))
 
 
 def counts_markdown(

@@ -6,7 +6,7 @@ import dagster as dg
 from pydantic import Field
 
 from assets.evaluation import label_agreement
-from assets.metadata import column_schema, preview_table
+from assets.metadata import column_schema, counts_markdown, definition_schema, preview_table
 from assets.quality import record_and_report
 from core.clip.near_duplicates import DEFAULT_THRESHOLD
 from core.quality.outcome import CheckOutcome
@@ -53,6 +53,7 @@ class ReviewQueueConfig(dg.Config):
     deps=[label_agreement],
     group_name="review",
     kinds={"duckdb", "python"},
+    metadata=definition_schema("review_queue"),
     check_specs=[
         dg.AssetCheckSpec(
             QUEUE_CONSISTENT_CHECK,
@@ -92,7 +93,7 @@ def review_queue(
         "images_in_drop": report.images,
         "flagged": report.flagged,
         "queue_cap": report.size,
-        "reasons": dg.MetadataValue.json(report.reason_counts),
+        "reasons": counts_markdown(report.reason_counts, key="reason", value="images"),
         "clip_model_id": report.clip_model_id or "none",
         "vlm_model_id": report.vlm_model_id or "none",
     }

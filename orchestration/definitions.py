@@ -8,7 +8,7 @@ from typing import Any
 
 import dagster as dg
 
-from orchestration.jobs import PIPELINE_ASSETS, image_pipeline_job
+from orchestration.jobs import PIPELINE_ASSETS, PIPELINE_EXECUTOR, image_pipeline_job
 from orchestration.resources import build_resources
 from orchestration.settings import Settings
 from sensors.drop_sensor import build_drop_sensor
@@ -27,6 +27,9 @@ def build_definitions(
         jobs=[image_pipeline_job],
         sensors=[build_drop_sensor(settings, clock)],
         resources=build_resources(settings) | (resources or {}),
+        # Materialize on an asset page launches Dagster's implicit `__ASSET_JOB` (the UI picks
+        # the first job name, and it sorts first); it runs like the pipeline job this way.
+        executor=PIPELINE_EXECUTOR,
     )
 
 

@@ -23,17 +23,28 @@ PIPELINE_ASSETS = [
 ]
 pipeline_assets = dg.AssetSelection.assets(*PIPELINE_ASSETS)
 
+# One process runs every step in order. Only clip_embeddings and vlm_extractions could
+# overlap, and they compete for the same GPU or cores; the multiprocess default paid a
+# process start plus a torch import per step (6 per run), most of a no-op run's time.
+# Definitions give Dagster's implicit asset job the same executor.
+PIPELINE_EXECUTOR = dg.in_process_executor
+
 # Dagster's run retries (enabled in dagster.yaml, `run_retries`): a failed run is re-executed
 # from its failed steps up to twice; the sensor takes over once these are exhausted.
 RETRY_TAGS = {"dagster/max_retries": "2", "dagster/retry_strategy": "FROM_FAILURE"}
 
+JOB_DESCRIPTION = """One drop (a partition of `image_drops`) through the whole chain, in one process:
+`images` (hash, decode, deduplicate) → `clip_embeddings` → `clip_zero_shot`, and
+`vlm_extractions` (structured labels into the task tables) → `label_agreement` →
+`review_queue` → `drop_page`, with `evaluation` against the labelled set. Blocking checks
+stop the steps after a failure. The drop sensor launches it per drop; Materialize on this
+job's page launches it too, while Materialize on an asset page launches Dagster's implicit
+`__ASSET_JOB` for the selected assets, with the same executor, resources and run retries."""
+
 image_pipeline_job = dg.define_asset_job(
     PIPELINE_JOB_NAME,
     selection=pipeline_assets,
-    description="Ingest a drop and run every downstream stage on it.",
+    description=JOB_DESCRIPTION,
     tags=RETRY_TAGS,
-    # One process runs every step in order. Only clip_embeddings and vlm_extractions could
-    # overlap, and they compete for the same GPU or cores; the multiprocess default paid a
-    # process start plus a torch import per step (6 per run), most of a no-op run's time.
-    executor_def=dg.in_process_executor,
+    executor_def=PIPELINE_EXECUTOR,
 )

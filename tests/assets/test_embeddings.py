@@ -28,6 +28,7 @@ from doubles.clip import StandinClip
 from resources.drop_folder import DropFolderResource
 from resources.warehouse import WarehouseResource
 from tests.conftest import SAMPLES, copy_samples
+from tests.fixtures.metadata import column_of
 
 SEED0 = "standin-tiny-clip/seed0"
 
@@ -59,11 +60,8 @@ def run(
 
 
 def written(result: dg.ExecuteInProcessResult) -> dict[str, int]:
-    return (
-        result.asset_materializations_for_node("clip_embeddings")[0]
-        .metadata["embedded_this_run"]
-        .value
-    )
+    metadata = result.asset_materializations_for_node("clip_embeddings")[0].metadata
+    return column_of(metadata["per_kind"].value, "kind", "embedded_this_run")
 
 
 def check(result: dg.ExecuteInProcessResult, name: str) -> dg.AssetCheckEvaluation:
@@ -82,11 +80,14 @@ def test_samples_get_embeddings_and_zero_shot_labels(
     assert result.success
     metadata = result.asset_materializations_for_node("clip_embeddings")[0].metadata
     assert metadata["model_id"].value == SEED0 and metadata["dimension"].value == 64
-    assert metadata["embedded_this_run"].value == {"global": 7}
+    assert column_of(metadata["per_kind"].value, "kind", "embedded_this_run") == {"global": 7}
+    assert column_of(metadata["per_kind"].value, "kind", "dim") == {"global": 64}
     assert metadata["images_per_s"].value > 0
     assert len(metadata["preview"].value.records) == 7
     schema = {c.name: c.type for c in metadata["dagster/column_schema"].value.columns}
     assert schema["embedding"] == "FLOAT[64]"
+    # the per-dimension table clip_embeddings_d64 gets the documented columns' descriptions
+    assert all(c.description for c in metadata["dagster/column_schema"].value.columns)
     rows = warehouse.rows(
         "SELECT model_id, kind, dim, len(embedding), abs(list_dot_product(embedding, embedding) - 1)"
         " FROM clip_embeddings"
@@ -139,7 +140,8 @@ def test_reruns_embed_nothing_new(instance, warehouse, drop_root, sample_drop, s
     assert again.success and written(again) == {"global": 0}
     assert warehouse.rows("SELECT image_id, created_at FROM clip_embeddings ORDER BY 1") == before
     labelled = again.asset_materializations_for_node("clip_zero_shot")[0].metadata
-    assert set(labelled["labelled_this_run"].value.values()) == {0}
+    labelled_now = column_of(labelled["labelled_this_run"].value, "label_set", "images_labelled")
+    assert set(labelled_now) == set(LABEL_SETS) and set(labelled_now.values()) == {0}
 
 
 def test_an_image_in_two_drops_is_embedded_once(instance, warehouse, drop_root, standin_cache):

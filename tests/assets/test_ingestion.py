@@ -48,6 +48,7 @@ def test_materializing_a_drop_reports_counts_schema_preview_and_throughput(
     assert metadata["files_per_s"].value > 0
     columns = [c.name for c in metadata["dagster/column_schema"].value.columns]
     assert columns[:3] == ["image_id", "byte_size", "format"]
+    assert all(c.description for c in metadata["dagster/column_schema"].value.columns)
     assert len(metadata["preview"].value.records) == 7
     evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert evaluations.keys() == {NOTHING_LOST_CHECK, UNIQUE_IMAGE_ID_CHECK, REJECTION_RATE_CHECK}

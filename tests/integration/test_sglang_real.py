@@ -46,6 +46,7 @@ from resources.drop_folder import DropFolderResource
 from resources.sglang_server import SGLangServer
 from resources.vlm import VLMResource
 from resources.warehouse import WarehouseResource
+from tests.fixtures.metadata import column_of, rows_by
 from tests.integration.conftest import (
     READY_TIMEOUT_S,
     RealServer,
@@ -165,7 +166,7 @@ def test_every_task_on_a_drop_of_21_images_under_load_with_auth_and_metrics(
     assert real_server.log_text().count('" 503') > first_503
 
     (materialization,) = result.asset_materializations_for_node("vlm_extractions")
-    server_metrics = materialization.metadata["server_metrics"].value
+    server_metrics = column_of(materialization.metadata["server_metrics"].value, "metric", "value")
     documented = _documented_server_metrics()
     assert documented and documented <= set(server_metrics)
     assert server_metrics["requests_total"] >= 3 * count
@@ -382,7 +383,7 @@ def test_kill_9_mid_run_fails_bounded_writes_no_half_batch_and_a_rerun_extracts_
     assert len(after) == count and len({image_id for image_id, _ in after}) == count
     assert set(written) <= set(after)  # the committed batches were not redone
     (materialization,) = result.asset_materializations_for_node("vlm_extractions")
-    per_task = materialization.metadata["per_task"].value
-    assert per_task[task.name]["images"] == count - len(written)
+    per_task = rows_by(materialization.metadata["tasks"].value, "task")
+    assert per_task[task.name]["images_this_run"] == count - len(written)
     # The resource stopped its server with the step: no launched server process is left.
     assert not wait_group_gone_all(_launched_servers() - servers_before)
