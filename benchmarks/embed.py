@@ -30,6 +30,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from queue import Empty
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -93,7 +94,15 @@ def measure_ours(
         args=(str(work), drop, options, model, precision, str(checkpoint), queue),
     )
     child.start()
-    result = queue.get()
+    while True:  # a child that dies never puts its result: say so instead of waiting for ever
+        try:
+            result = queue.get(timeout=1.0)
+            break
+        except Empty:
+            if not child.is_alive():
+                raise RuntimeError(
+                    f"the embed_drop child exited {child.exitcode} before reporting"
+                ) from None
     child.join()
     return result
 

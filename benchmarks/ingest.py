@@ -51,7 +51,7 @@ def _base_jpeg(width: int, height: int, seed: int) -> bytes:
     return buffer.getvalue()
 
 
-def _with_comment(jpeg: bytes, text: str) -> bytes:
+def with_comment(jpeg: bytes, text: str) -> bytes:
     """The same picture under different bytes: a COM segment right after SOI."""
     payload = text.encode()
     return jpeg[:2] + b"\xff\xfe" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
@@ -64,7 +64,7 @@ def generate(folder: Path, files: int, large_fraction: float) -> dict[str, int]:
     counts = {"small": 0, "large": 0}
     for index in range(files):
         kind = "large" if large_every and index % large_every == 0 else "small"
-        data = _with_comment(bases[kind][index % 4], f"benchmark file {index}")
+        data = with_comment(bases[kind][index % 4], f"benchmark file {index}")
         (folder / f"{index:06d}_{kind}.jpg").write_bytes(data)
         counts[kind] += 1
     return counts

@@ -64,3 +64,13 @@ def test_flop_count_of_vit_b_32_matches_its_architecture():
     patch = 2 * 49 * (3 * 32 * 32) * width
     expected = layers * per_block + patch + 2 * width * 512
     assert abs(flops - expected) / expected < 0.02
+
+
+def test_a_child_that_dies_fails_the_measurement_instead_of_hanging(tmp_path: Path):
+    """The child's error must reach the caller: it used to wait on the queue for ever."""
+    import pytest
+
+    from benchmarks.embed import measure_ours
+
+    with pytest.raises(RuntimeError, match="exited 1"):
+        measure_ours(tmp_path, "bench", {}, STANDIN_MODEL, "fp16", tmp_path / "none.pt")
