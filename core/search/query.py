@@ -7,18 +7,21 @@ images land in the same space the pipeline wrote. Ranking is by cosine similarit
 - `exact`: one SQL query, `array_cosine_similarity` over every stored vector that passes the
   filters (DuckDB, vectorised); always used when a drop or `--where` filter is given;
 - `index`: the approximate index beside the warehouse (`core.search.index`) proposes
-  `OVERSAMPLE` x k candidates, which are re-scored exactly from the warehouse;
+  `OVERSAMPLE` x k candidates, which are re-scored exactly from the full-precision vectors
+  kept beside the index (the warehouse's own float32 values, memory-mapped: k rows read);
 - `auto` (default): `exact` up to `EXACT_MAX` stored vectors, `index` above (see
   benchmarks/search.py for the latencies behind that bound).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import duckdb
 import numpy as np
 import polars as pl
 import pyarrow as pa
@@ -43,6 +46,34 @@ RESULT_SCHEMA = {
     "score": pl.Float64,
     "labels": pl.String,
 }
+
+
+class _OneConnection(Warehouse):
+    """The warehouse seen through one read connection that the caller holds open: helpers that
+    take a Warehouse run their queries on it instead of opening the file again (each open costs
+    tens of milliseconds, more than the point queries a search makes)."""
+
+    def __init__(self, warehouse: Warehouse, conn: duckdb.DuckDBPyConnection) -> None:
+        super().__init__(warehouse.path, lock_timeout_s=warehouse.lock_timeout_s)
+        self._conn = conn
+
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        yield self._conn
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        raise RuntimeError("a search holds a read connection: it never writes")
+        yield self._conn  # pragma: no cover
+
+    def rows(self, sql: str, params=None) -> list[tuple]:
+        return self._conn.execute(sql, params).fetchall()
+
+
+@contextlib.contextmanager
+def _held(warehouse: Warehouse) -> Iterator[Warehouse]:
+    with warehouse.reader() as conn:
+        yield _OneConnection(warehouse, conn)
 
 
 class SearchError(ValueError):
@@ -225,14 +256,20 @@ def index_search(
     kind: str = "global",
     nprobe: int = SEARCH_NPROBE,
 ) -> list[tuple[str, float]]:
-    """The index proposes OVERSAMPLE x k candidates; exact cosines from the warehouse rank them."""
+    """The index proposes OVERSAMPLE x k candidates; their exact cosines rank them.
+
+    The candidates' vectors come from the float32 copy kept beside the index, row-aligned with
+    its ids (the same values as the warehouse's rows), so the cost is the index probe plus k
+    rows, not a join over the embedding table."""
     index = open_index(warehouse, model.model_id, kind, model.dim)
     index.refresh()
-    candidates, _ = index.search(query.vector[None, :], OVERSAMPLE * k + 1, nprobe=nprobe)
-    wanted = [i for i in candidates[0] if i != query.exclude_image_id]
-    ids, vectors = read_embeddings(warehouse, model.dim, model.model_id, kind, wanted)
-    if not ids:
+    rows, _ = index.search_rows(query.vector[None, :], OVERSAMPLE * k + 1, nprobe=nprobe)
+    pairs = [(index.id_of(r), r) for r in rows[0]]
+    pairs = [(image_id, r) for image_id, r in pairs if image_id != query.exclude_image_id]
+    if not pairs:
         return []
+    ids = [image_id for image_id, _ in pairs]
+    vectors = index.vectors([r for _, r in pairs])
     q = query.vector.astype(np.float64)
     scores = vectors.astype(np.float64) @ q / (np.linalg.norm(vectors, axis=1) * np.linalg.norm(q))
     ranked = sorted(zip(ids, scores.tolist(), strict=True), key=lambda p: (-p[1], p[0]))
@@ -321,7 +358,15 @@ def search(
     if method not in ("auto", "exact", "index"):
         raise SearchError(f"method must be auto, exact or index, not {method!r}")
     filters = [parse_where(condition) for condition in where]
-    model = pick_model(warehouse, model_id, kind)
+    if not warehouse.path.exists():
+        raise SearchError(f"no warehouse at {warehouse.path}: run `make demo` first")
+    with _held(warehouse) as held:  # one connection for the model, the example and the table
+        model = pick_model(held, model_id, kind)
+        stored = _stored_image(held, str(like)) if like is not None else None
+        example = (
+            read_embeddings(held, model.dim, model.model_id, kind, [stored]) if stored else None
+        )
+        table_exists = has_table(held, model.dim)
     loaded: list[ClipModel] = [clip] if clip is not None else []
 
     def clip_loader() -> ClipModel:
@@ -337,12 +382,16 @@ def search(
             )
         return loaded[0]
 
-    query = (
-        text_query(text, clip_loader)
-        if text is not None
-        else like_query(warehouse, str(like), model, clip_loader, kind)
-    )
-    if not has_table(warehouse, model.dim):
+    if example is not None:
+        ids, vectors = example
+        if not ids:
+            raise SearchError(f"image {stored} has no {model.model_id} embedding")
+        query = Query(vectors[0], stored, f"like {str(stored)[:12]}")
+    elif text is not None:
+        query = text_query(text, clip_loader)
+    else:
+        query = like_query(warehouse, str(like), model, clip_loader, kind)
+    if not table_exists:
         return pl.DataFrame(schema=RESULT_SCHEMA)
     use_index = method == "index" or (
         method == "auto" and not drops and not filters and model.vectors > EXACT_MAX
@@ -357,12 +406,18 @@ def search(
     if not hits:
         return pl.DataFrame(schema=RESULT_SCHEMA)
     ids = [image_id for image_id, _ in hits]
-    paths = dict(
-        warehouse.rows(
-            "SELECT image_id, first_path FROM images WHERE list_contains(?, image_id)", [ids]
-        )
-    )
-    labels = labels_of(warehouse, ids, model.model_id)
+    with _held(warehouse) as held:  # one connection for the k paths and labels
+        with held.reader() as conn:
+            conn.register("hit_ids", pa.table({"image_id": pa.array(ids, pa.string())}))
+            try:
+                paths = dict(
+                    conn.execute(
+                        "SELECT i.image_id, i.first_path FROM images i JOIN hit_ids USING (image_id)"
+                    ).fetchall()
+                )
+            finally:
+                conn.unregister("hit_ids")
+        labels = labels_of(held, ids, model.model_id)
     return pl.DataFrame(
         {
             "rank": list(range(1, len(hits) + 1)),
