@@ -183,6 +183,14 @@ def like_query(
     return Query(embed_image_tensors(clip, pixels)[0], None, f"like {path.name}")
 
 
+def _vector_query(vector: np.ndarray | Sequence[float], dim: int) -> Query:
+    values = np.asarray(vector, dtype=np.float32).reshape(-1)
+    norm = float(np.linalg.norm(values)) if values.size else 0.0
+    if values.shape != (dim,) or not np.isfinite(values).all() or norm == 0:
+        raise SearchError(f"the query vector must hold {dim} finite values, not all zero")
+    return Query(values / norm, None, "a vector")
+
+
 def text_query(text: str, clip_loader) -> Query:
     if not text.strip():
         raise SearchError("the text query is empty")
@@ -333,6 +341,7 @@ def search(
     text: str | None = None,
     *,
     like: str | None = None,
+    vector: np.ndarray | Sequence[float] | None = None,
     k: int = 20,
     drops: Sequence[str] = (),
     where: Sequence[str] = (),
@@ -347,12 +356,13 @@ def search(
     score and labels, best first (a polars DataFrame).
 
     `where` holds `column op value` filters (see `core.search.filters`), all of which must hold;
-    `drops` keeps images seen in any of those drops. `clip` skips loading the model.
+    `drops` keeps images seen in any of those drops. `clip` skips loading the model; `vector`,
+    instead of text or `like`, is a query already embedded by the stored model (normalised here).
     """
     if not isinstance(warehouse, Warehouse):
         warehouse = Warehouse(warehouse)
-    if (text is None) == (like is None):
-        raise SearchError("give either a text query or --like, not both or neither")
+    if sum(given is not None for given in (text, like, vector)) != 1:
+        raise SearchError("give one of a text query, --like or a vector, not several or none")
     if k < 1:
         raise SearchError(f"k must be at least 1, not {k}")
     if method not in ("auto", "exact", "index"):
@@ -382,7 +392,9 @@ def search(
             )
         return loaded[0]
 
-    if example is not None:
+    if vector is not None:
+        query = _vector_query(vector, model.dim)
+    elif example is not None:
         ids, vectors = example
         if not ids:
             raise SearchError(f"image {stored} has no {model.model_id} embedding")
