@@ -19,7 +19,7 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import duckdb
 import numpy as np
@@ -66,8 +66,11 @@ class _OneConnection(Warehouse):
         raise RuntimeError("a search holds a read connection: it never writes")
         yield self._conn  # pragma: no cover
 
-    def rows(self, sql: str, params=None) -> list[tuple]:
+    def rows(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> list[tuple]:
         return self._conn.execute(sql, params).fetchall()
+
+    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> pl.DataFrame:
+        return self._conn.sql(sql, params=params).pl()
 
 
 @contextlib.contextmanager
