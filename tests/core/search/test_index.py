@@ -3,6 +3,7 @@ near-duplicate check answered from it (the same pairs as the exact SQL join)."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -271,3 +272,18 @@ def test_freshness_skips_the_count_only_while_the_warehouse_files_are_unchanged(
     stale.refresh()
     found, _ = stale.search(first[3][None, :], 2)
     assert "b00000" in found[0]
+
+
+def test_an_index_written_without_vector_segments_is_rebuilt_once(warehouse) -> None:
+    rng = np.random.default_rng(12)
+    plant(warehouse, "d1", names(120, "a"), clustered(rng, 120))
+    index = VectorIndex(warehouse, MODEL, "global", DIM)
+    index.sync()
+    manifest = json.loads(index.manifest_path.read_text())
+    del manifest["segments"]  # as the index was written before the re-score vectors
+    index.manifest_path.write_text(json.dumps(manifest))
+    older = VectorIndex(warehouse, MODEL, "global", DIM)
+    assert not older.ready()
+    report = older.sync()
+    assert report.rebuilt and report.total == 120
+    assert older.sync().added == 0 and VectorIndex(warehouse, MODEL, "global", DIM).ready()
