@@ -287,3 +287,19 @@ def test_an_index_written_without_vector_segments_is_rebuilt_once(warehouse) -> 
     report = older.sync()
     assert report.rebuilt and report.total == 120
     assert older.sync().added == 0 and VectorIndex(warehouse, MODEL, "global", DIM).ready()
+
+
+def test_a_process_that_loaded_the_mapped_ivf_index_can_add_a_drop(warehouse, monkeypatch) -> None:
+    monkeypatch.setattr(index_module, "IVF_FROM", 500)
+    rng = np.random.default_rng(13)
+    first = clustered(rng, 800)
+    plant(warehouse, "d1", names(800, "a"), first)
+    VectorIndex(warehouse, MODEL, "global", DIM).sync()
+    reader = VectorIndex(warehouse, MODEL, "global", DIM)  # loads the files memory-mapped
+    assert reader.ready() and reader.search(first[:1], 3)[0][0][0] == "a00000"
+    copy = unit(first[5] + 0.001 * rng.standard_normal(DIM))[None, :]
+    plant(warehouse, "d2", ["b00000"], copy)
+    report = reader.sync()  # adds to a full copy, never to the mapped one
+    assert (report.added, report.rebuilt, report.total) == (1, False, 801)
+    assert reader.search(copy, 2, nprobe=64)[0][0][0] == "b00000"
+    assert VectorIndex(warehouse, MODEL, "global", DIM).ready()
