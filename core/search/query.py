@@ -7,18 +7,21 @@ images land in the same space the pipeline wrote. Ranking is by cosine similarit
 - `exact`: one SQL query, `array_cosine_similarity` over every stored vector that passes the
   filters (DuckDB, vectorised); always used when a drop or `--where` filter is given;
 - `index`: the approximate index beside the warehouse (`core.search.index`) proposes
-  `OVERSAMPLE` x k candidates, which are re-scored exactly from the warehouse;
+  `OVERSAMPLE` x k candidates, which are re-scored exactly from the full-precision vectors
+  kept beside the index (the warehouse's own float32 values, memory-mapped: k rows read);
 - `auto` (default): `exact` up to `EXACT_MAX` stored vectors, `index` above (see
   benchmarks/search.py for the latencies behind that bound).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import duckdb
 import numpy as np
 import polars as pl
 import pyarrow as pa
@@ -44,6 +47,37 @@ RESULT_SCHEMA = {
     "score": pl.Float64,
     "labels": pl.String,
 }
+
+
+class _OneConnection(Warehouse):
+    """The warehouse seen through one read connection that the caller holds open: helpers that
+    take a Warehouse run their queries on it instead of opening the file again (each open costs
+    tens of milliseconds, more than the point queries a search makes)."""
+
+    def __init__(self, warehouse: Warehouse, conn: duckdb.DuckDBPyConnection) -> None:
+        super().__init__(warehouse.path, lock_timeout_s=warehouse.lock_timeout_s)
+        self._conn = conn
+
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        yield self._conn
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        raise RuntimeError("a search holds a read connection: it never writes")
+        yield self._conn  # pragma: no cover
+
+    def rows(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> list[tuple]:
+        return self._conn.execute(sql, params).fetchall()
+
+    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> pl.DataFrame:
+        return self._conn.sql(sql, params=params).pl()
+
+
+@contextlib.contextmanager
+def _held(warehouse: Warehouse) -> Iterator[Warehouse]:
+    with warehouse.reader() as conn:
+        yield _OneConnection(warehouse, conn)
 
 
 class SearchError(ValueError):
@@ -155,6 +189,14 @@ def like_query(
     return Query(embed_image_tensors(clip, pixels)[0], None, f"like {path.name}")
 
 
+def _vector_query(vector: np.ndarray | Sequence[float], dim: int) -> Query:
+    values = np.asarray(vector, dtype=np.float32).reshape(-1)
+    norm = float(np.linalg.norm(values)) if values.size else 0.0
+    if values.shape != (dim,) or not np.isfinite(values).all() or norm == 0:
+        raise SearchError(f"the query vector must hold {dim} finite values, not all zero")
+    return Query(values / norm, None, "a vector")
+
+
 def text_query(text: str, clip_loader) -> Query:
     if not text.strip():
         raise SearchError("the text query is empty")
@@ -228,14 +270,20 @@ def index_search(
     kind: str = "global",
     nprobe: int = SEARCH_NPROBE,
 ) -> list[tuple[str, float]]:
-    """The index proposes OVERSAMPLE x k candidates; exact cosines from the warehouse rank them."""
+    """The index proposes OVERSAMPLE x k candidates; their exact cosines rank them.
+
+    The candidates' vectors come from the float32 copy kept beside the index, row-aligned with
+    its ids (the same values as the warehouse's rows), so the cost is the index probe plus k
+    rows, not a join over the embedding table."""
     index = open_index(warehouse, model.model_id, kind, model.dim)
     index.refresh()
-    candidates, _ = index.search(query.vector[None, :], OVERSAMPLE * k + 1, nprobe=nprobe)
-    wanted = [i for i in candidates[0] if i != query.exclude_image_id]
-    ids, vectors = read_embeddings(warehouse, model.dim, model.model_id, kind, wanted)
-    if not ids:
+    rows, _ = index.search_rows(query.vector[None, :], OVERSAMPLE * k + 1, nprobe=nprobe)
+    pairs = [(index.id_of(r), r) for r in rows[0]]
+    pairs = [(image_id, r) for image_id, r in pairs if image_id != query.exclude_image_id]
+    if not pairs:
         return []
+    ids = [image_id for image_id, _ in pairs]
+    vectors = index.vectors([r for _, r in pairs])
     q = query.vector.astype(np.float64)
     scores = vectors.astype(np.float64) @ q / (np.linalg.norm(vectors, axis=1) * np.linalg.norm(q))
     ranked = sorted(zip(ids, scores.tolist(), strict=True), key=lambda p: (-p[1], p[0]))
@@ -299,6 +347,7 @@ def search(
     text: str | None = None,
     *,
     like: str | None = None,
+    vector: np.ndarray | Sequence[float] | None = None,
     k: int = 20,
     drops: Sequence[str] = (),
     where: Sequence[str] = (),
@@ -313,18 +362,27 @@ def search(
     score and labels, best first (a polars DataFrame).
 
     `where` holds `column op value` filters (see `core.search.filters`), all of which must hold;
-    `drops` keeps images seen in any of those drops. `clip` skips loading the model.
+    `drops` keeps images seen in any of those drops. `clip` skips loading the model; `vector`,
+    instead of text or `like`, is a query already embedded by the stored model (normalised here).
     """
     if not isinstance(warehouse, Warehouse):
         warehouse = Warehouse(warehouse)
-    if (text is None) == (like is None):
-        raise SearchError("give either a text query or --like, not both or neither")
+    if sum(given is not None for given in (text, like, vector)) != 1:
+        raise SearchError("give one of a text query, --like or a vector, not several or none")
     if k < 1:
         raise SearchError(f"k must be at least 1, not {k}")
     if method not in ("auto", "exact", "index"):
         raise SearchError(f"method must be auto, exact or index, not {method!r}")
     filters = [parse_where(condition) for condition in where]
-    model = pick_model(warehouse, model_id, kind)
+    if not warehouse.path.exists():
+        raise SearchError(f"no warehouse at {warehouse.path}: run `make demo` first")
+    with _held(warehouse) as held:  # one connection for the model, the example and the table
+        model = pick_model(held, model_id, kind)
+        stored = _stored_image(held, str(like)) if like is not None else None
+        example = (
+            read_embeddings(held, model.dim, model.model_id, kind, [stored]) if stored else None
+        )
+        table_exists = has_table(held, model.dim)
     loaded: list[ClipModel] = [clip] if clip is not None else []
 
     def clip_loader() -> ClipModel:
@@ -340,12 +398,18 @@ def search(
             )
         return loaded[0]
 
-    query = (
-        text_query(text, clip_loader)
-        if text is not None
-        else like_query(warehouse, str(like), model, clip_loader, kind)
-    )
-    if not has_table(warehouse, model.dim):
+    if vector is not None:
+        query = _vector_query(vector, model.dim)
+    elif example is not None:
+        ids, vectors = example
+        if not ids:
+            raise SearchError(f"image {stored} has no {model.model_id} embedding")
+        query = Query(vectors[0], stored, f"like {str(stored)[:12]}")
+    elif text is not None:
+        query = text_query(text, clip_loader)
+    else:
+        query = like_query(warehouse, str(like), model, clip_loader, kind)
+    if not table_exists:
         return pl.DataFrame(schema=RESULT_SCHEMA)
     use_index = method == "index" or (
         method == "auto" and not drops and not filters and model.vectors > EXACT_MAX
@@ -360,8 +424,9 @@ def search(
     if not hits:
         return pl.DataFrame(schema=RESULT_SCHEMA)
     ids = [image_id for image_id, _ in hits]
-    paths = first_paths(warehouse, ids)
-    labels = labels_of(warehouse, ids, model.model_id)
+    with _held(warehouse) as held:  # one connection for the k paths and labels
+        paths = first_paths(held, ids)
+        labels = labels_of(held, ids, model.model_id)
     return pl.DataFrame(
         {
             "rank": list(range(1, len(hits) + 1)),

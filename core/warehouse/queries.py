@@ -58,7 +58,7 @@ def first_paths(db: Source, image_ids: Sequence[str]) -> dict[str, str]:
         return {}
     rows = _rows(
         db,
-        "SELECT image_id, first_path FROM images WHERE list_contains(?, image_id)",
+        "SELECT image_id, first_path FROM images WHERE image_id IN (SELECT unnest(?::VARCHAR[]))",
         [list(image_ids)],
     )
     return {str(i): str(p) for i, p in rows}

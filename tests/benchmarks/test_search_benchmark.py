@@ -21,6 +21,11 @@ def test_benchmark_writes_its_table_as_json(tmp_path: Path) -> None:
     sql = by_method["sql exact (core.search exact_search)"]
     assert sql["kind"] == "baseline" and sql["recall_at_10"] == 1.0
     assert sql["query_median_ms"] > 0
+    end_to_end = by_method[
+        "search() end to end, method=index (query vector given: no text embedding)"
+    ]
+    assert end_to_end["recall_at_10"] == 1.0  # a flat index's candidates, re-scored exactly
+    assert size["index_open_ms"] > 0 and size["rescore_vectors_bytes"] == 2000 * 512 * 4
     for row in size["search"]:
         assert 0 <= row["recall_at_10"] <= 1 and row["query_median_ms"] > 0
     near = size["near_duplicates"]

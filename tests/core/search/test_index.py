@@ -3,11 +3,16 @@ near-duplicate check answered from it (the same pairs as the exact SQL join)."""
 
 from __future__ import annotations
 
+import json
+import os
+import time
+
 import numpy as np
 import pytest
 
 from core.clip import near_duplicates
 from core.clip.near_duplicates import near_duplicate_pairs
+from core.clip.store import read_embeddings
 from core.search import index as index_module
 from core.search import query as query_module
 from core.search.index import VectorIndex
@@ -167,3 +172,134 @@ def test_repeated_searches_reuse_the_loaded_index_and_see_new_drops(warehouse, m
     before = len(reads)
     hits = search(warehouse, like="a00003", k=5)
     assert len(reads) == before + 1 and hits["image_id"][0] == "b00000"
+
+
+def _settle(warehouse: Warehouse) -> None:
+    """Date the warehouse files 10 s back, as if the last write were that long ago: only then
+    may their stamp stand for "nothing committed since" (see `warehouse_stamp`)."""
+    past = time.time_ns() - 10_000_000_000
+    for path in (warehouse.path, warehouse.path.with_name(warehouse.path.name + ".wal")):
+        if path.exists():
+            os.utime(path, ns=(past, past))
+
+
+def test_index_search_scores_are_exact_cosines_not_the_quantised_ones(
+    warehouse, monkeypatch
+) -> None:
+    monkeypatch.setattr(index_module, "IVF_FROM", 500)  # IVF SQ8: approximate codes
+    rng = np.random.default_rng(8)
+    plant(warehouse, "d1", names(800, "s"), clustered(rng, 800))
+    ids, stored = read_embeddings(warehouse, DIM, MODEL, "global", names(800, "s"))  # as held
+    index = VectorIndex(warehouse, MODEL, "global", DIM)
+    assert index.sync().factory.endswith("SQ8")
+    query = unit(clustered(rng, 1))[0]
+    model = query_module.StoredModel(MODEL, DIM, 800)
+    hits = query_module.index_search(warehouse, model, query_module.Query(query), 10)
+    q = query.astype(np.float64)
+    exact = stored.astype(np.float64) @ q / (np.linalg.norm(stored, axis=1) * np.linalg.norm(q))
+    row = {image_id: i for i, image_id in enumerate(ids)}
+    np.testing.assert_allclose(
+        [score for _, score in hits], [exact[row[i]] for i, _ in hits], rtol=0, atol=1e-12
+    )
+    # The quantised scores differ from these by far more than the tolerance above.
+    _, approximate = index.search(query[None, :], 10, nprobe=index_module.SEARCH_NPROBE)
+    assert np.abs(np.sort(approximate[0]) - np.sort([s for _, s in hits])).max() > 1e-6
+    # All cells probed at this size: the ranking is the exact top 10.
+    assert [i for i, _ in hits] == [ids[j] for j in np.argsort(-exact, kind="stable")[:10]]
+
+
+def test_vectors_beside_the_index_stay_row_aligned_through_updates_and_merges(
+    warehouse, monkeypatch
+) -> None:
+    monkeypatch.setattr(index_module, "MAX_SEGMENTS", 2)
+    rng = np.random.default_rng(9)
+    index = VectorIndex(warehouse, MODEL, "global", DIM)
+    for number, count in enumerate([40, 25, 30, 5]):  # the fourth update merges three segments
+        plant(warehouse, f"d{number}", names(count, f"x{number}"), clustered(rng, count))
+        index.sync()
+        segments = sorted(p.name for p in index.folder.glob("*.f32"))
+        assert len(segments) == (number + 1 if number < 2 else number - 1)
+    reopened = VectorIndex(warehouse, MODEL, "global", DIM)  # another process, from the files
+    assert reopened.ready() and reopened.count == 100
+    ids = [reopened.id_of(r) for r in range(100)]
+    stored_ids, stored = read_embeddings(warehouse, DIM, MODEL, "global", ids)
+    by_id = dict(zip(stored_ids, stored, strict=True))
+    kept = reopened.vectors(list(range(100)))
+    np.testing.assert_array_equal(kept, np.stack([by_id[i] for i in ids]))  # bit for bit
+
+
+def test_a_damaged_vector_file_is_not_used_the_index_is_rebuilt(warehouse, monkeypatch) -> None:
+    monkeypatch.setattr(query_module, "EXACT_MAX", 100)
+    rng = np.random.default_rng(10)
+    plant(warehouse, "d1", names(300, "a"), clustered(rng, 300))
+    index = VectorIndex(warehouse, MODEL, "global", DIM)
+    index.sync()
+    (segment,) = index.folder.glob("*.f32")
+    with open(segment, "r+b") as handle:
+        handle.truncate(segment.stat().st_size - 4 * DIM)  # one row short
+    assert not VectorIndex(warehouse, MODEL, "global", DIM).ready()
+    index_module._OPEN.clear()  # a new process: nothing loaded
+    hits = search(warehouse, like="a00004", k=5)
+    assert (
+        hits["image_id"].to_list()
+        == search(warehouse, like="a00004", k=5, method="exact")["image_id"].to_list()
+    )
+    assert VectorIndex(warehouse, MODEL, "global", DIM).ready()  # rebuilt with whole files
+
+
+def test_freshness_skips_the_count_only_while_the_warehouse_files_are_unchanged(
+    warehouse, monkeypatch
+) -> None:
+    rng = np.random.default_rng(11)
+    first = clustered(rng, 200)
+    plant(warehouse, "d1", names(200, "a"), first)
+    VectorIndex(warehouse, MODEL, "global", DIM).sync()  # files just written: no stamp kept
+    counts: list[int] = []
+    real_count = VectorIndex.stored_count
+
+    def counting(self) -> int:
+        counts.append(1)
+        return real_count(self)
+
+    monkeypatch.setattr(VectorIndex, "stored_count", counting)
+    _settle(warehouse)
+    assert VectorIndex(warehouse, MODEL, "global", DIM).ready() and len(counts) == 1
+    assert VectorIndex(warehouse, MODEL, "global", DIM).ready() and len(counts) == 1  # stamped
+    plant(warehouse, "d2", ["b00000"], unit(first[3] + 0.001 * rng.standard_normal(DIM))[None])
+    _settle(warehouse)  # even dated back, the new write changed the stamp
+    stale = VectorIndex(warehouse, MODEL, "global", DIM)
+    assert not stale.ready() and len(counts) == 2
+    stale.refresh()
+    found, _ = stale.search(first[3][None, :], 2)
+    assert "b00000" in found[0]
+
+
+def test_an_index_written_without_vector_segments_is_rebuilt_once(warehouse) -> None:
+    rng = np.random.default_rng(12)
+    plant(warehouse, "d1", names(120, "a"), clustered(rng, 120))
+    index = VectorIndex(warehouse, MODEL, "global", DIM)
+    index.sync()
+    manifest = json.loads(index.manifest_path.read_text())
+    del manifest["segments"]  # as the index was written before the re-score vectors
+    index.manifest_path.write_text(json.dumps(manifest))
+    older = VectorIndex(warehouse, MODEL, "global", DIM)
+    assert not older.ready()
+    report = older.sync()
+    assert report.rebuilt and report.total == 120
+    assert older.sync().added == 0 and VectorIndex(warehouse, MODEL, "global", DIM).ready()
+
+
+def test_a_process_that_loaded_the_mapped_ivf_index_can_add_a_drop(warehouse, monkeypatch) -> None:
+    monkeypatch.setattr(index_module, "IVF_FROM", 500)
+    rng = np.random.default_rng(13)
+    first = clustered(rng, 800)
+    plant(warehouse, "d1", names(800, "a"), first)
+    VectorIndex(warehouse, MODEL, "global", DIM).sync()
+    reader = VectorIndex(warehouse, MODEL, "global", DIM)  # loads the files memory-mapped
+    assert reader.ready() and reader.search(first[:1], 3)[0][0][0] == "a00000"
+    copy = unit(first[5] + 0.001 * rng.standard_normal(DIM))[None, :]
+    plant(warehouse, "d2", ["b00000"], copy)
+    report = reader.sync()  # adds to a full copy, never to the mapped one
+    assert (report.added, report.rebuilt, report.total) == (1, False, 801)
+    assert reader.search(copy, 2, nprobe=64)[0][0][0] == "b00000"
+    assert VectorIndex(warehouse, MODEL, "global", DIM).ready()

@@ -56,6 +56,16 @@ def test_text_query_ranks_exactly_by_cosine(planted, standin_clip) -> None:
     assert frame["path"][0] == "d1/img000.jpg"
 
 
+def test_a_vector_query_ranks_like_the_text_it_embeds(planted, standin_clip) -> None:
+    warehouse, names, vectors = planted
+    text = embed_texts(standin_clip, [TEXT])[0]
+    by_vector = search(warehouse, vector=3.0 * text, k=10)  # any length: normalised
+    assert by_vector["image_id"].to_list() == expected(vectors, names, text)[:10]
+    by_text = search(warehouse, TEXT, k=10, clip=standin_clip)
+    assert by_vector.drop("score").equals(by_text.drop("score"))
+    np.testing.assert_allclose(by_vector["score"], by_text["score"], atol=1e-6)
+
+
 def test_model_is_loaded_from_the_stored_model_id(planted, standin_cache: Path, standin_clip):
     warehouse, _, _ = planted
     frame = search(warehouse, TEXT, k=3, standin_cache=standin_cache)  # no model passed in
@@ -138,8 +148,12 @@ def test_unusable_queries_fail_clearly(planted, tmp_path: Path) -> None:
     warehouse, _, _ = planted
     with pytest.raises(SearchError, match="neither a file"):
         search(warehouse, like="no-such-image")
-    with pytest.raises(SearchError, match="either a text"):
+    with pytest.raises(SearchError, match="give one of"):
         search(warehouse)
+    with pytest.raises(SearchError, match="give one of"):
+        search(warehouse, "x", vector=[1.0])
+    with pytest.raises(SearchError, match="must hold"):
+        search(warehouse, vector=[1.0, 2.0])  # not the stored dimension
     with pytest.raises(SearchError, match="no global embeddings"):
         search(warehouse, "x", model_id="ViT-B-32/openai")
     with pytest.raises(SearchError, match="no warehouse"):
