@@ -327,7 +327,10 @@ def clip_zero_shot(
             "dagster/column_schema": column_schema(store_, "clip_zero_shot"),
             "model_id": clip.model_id,
             "labelled_this_run": records_table(
-                [{"label_set": name, "images_labelled": count} for name, count in report.written.items()],
+                [
+                    {"label_set": name, "images_labelled": count}
+                    for name, count in report.written.items()
+                ],
                 {
                     "label_set": "the label set scored (core/tasks/label_sets.py)",
                     "images_labelled": "images of the drop given labels by this run",

@@ -165,8 +165,12 @@ def _results_metadata(store: Warehouse, run_id: str, sets: list[LabelledSet]) ->
         metadata["warning"] = dg.MetadataValue.text(f"stand-in models: {STANDIN_NOTE}")
     metadata["labelled images"] = _table(
         [
-            {"labelled set": labelled.source, "field": field, "labels": len(counts),
-             "images": sum(counts.values())}
+            {
+                "labelled set": labelled.source,
+                "field": field,
+                "labels": len(counts),
+                "images": sum(counts.values()),
+            }
             for labelled in sets
             for field, counts in sorted(count_by_field(labelled).items())
         ],

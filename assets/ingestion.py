@@ -138,17 +138,5 @@ def images(
         checks.unique_image_ids(store, drop.drop_id),
         checks.rejection_rate(store, drop.drop_id, max_rate=config.max_rejection_rate),
     ]
-    results = record_and_report(
-        context,
-        store,
-        outcomes,
-        asset="images",
-        extra_metadata={
-            NOTHING_LOST_CHECK: {
-                "missing": dg.MetadataValue.json(accounting.missing[:50]),
-                "counted_twice": dg.MetadataValue.json(accounting.in_both[:50]),
-                "shared_keys": dg.MetadataValue.json(accounting.shared_keys[:50]),
-            }
-        },
-    )
+    results = record_and_report(context, store, outcomes, asset="images")
     return dg.MaterializeResult(metadata=_metadata(report, store), check_results=results)

@@ -151,9 +151,7 @@ class FakeSGLangConfig:
 class FakeSGLangServer:
     """Start with `with FakeSGLangServer(backend, config) as server: server.url`."""
 
-    def __init__(
-        self, backend: TransformersBackend | None, config: FakeSGLangConfig | None = None
-    ):
+    def __init__(self, backend: TransformersBackend | None, config: FakeSGLangConfig | None = None):
         self.config = config or FakeSGLangConfig()
         if backend is None and self.config.answers == "model":
             raise ValueError("answers='model' needs the stand-in backend")
@@ -439,7 +437,9 @@ class FakeSGLangServer:
             answer_schema = (
                 schema_of_grammar(grammar_spec[1])
                 if grammar_spec and grammar_spec[0] == "ebnf"
-                else json.loads(schema) if schema is not None else None
+                else json.loads(schema)
+                if schema is not None
+                else None
             )
             if answer_schema is None:
                 return _error(

@@ -58,8 +58,8 @@ def vlm_hashes(warehouse: Warehouse, table: str, column: str, ids: Sequence[str]
         return []
     return _query_labelled(
         warehouse,
-        f'SELECT model_id, count(DISTINCT image_id), md5(string_agg(task_fingerprint || \'|\''
-        f' || image_id || \'|\' || coalesce(CAST("{column}" AS VARCHAR), \'\'), \',\''
+        f"SELECT model_id, count(DISTINCT image_id), md5(string_agg(task_fingerprint || '|'"
+        f" || image_id || '|' || coalesce(CAST(\"{column}\" AS VARCHAR), ''), ','"
         f' ORDER BY task_fingerprint, image_id)) FROM "{table}" JOIN labelled USING (image_id)'
         " GROUP BY model_id ORDER BY model_id",
         ids,

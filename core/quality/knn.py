@@ -40,7 +40,9 @@ def knn_scores(
     `images` (N, D) and `classes` (C, D) are unit rows; `class_labels[c]` labels row c (a label
     may label several rows: its rows' votes add up)."""
     if classes.ndim != 2 or len(classes) != len(class_labels):
-        raise ValueError(f"{len(class_labels)} labels for class embeddings of shape {classes.shape}")
+        raise ValueError(
+            f"{len(class_labels)} labels for class embeddings of shape {classes.shape}"
+        )
     if k < 1:
         raise ValueError("k must be at least 1")
     if images.size == 0:

@@ -130,7 +130,10 @@ def confusion_thumbnail_png(matrix: ConfusionMatrix, *, cell: int = THUMBNAIL_CE
 
 
 def confusion_inline_markdown(
-    matrix: ConfusionMatrix, *, caption: str, true_axis: str = "labelled",
+    matrix: ConfusionMatrix,
+    *,
+    caption: str,
+    true_axis: str = "labelled",
     predicted_axis: str = "predicted",
 ) -> str:
     """The thumbnail, a caption, and the count table when it still fits inline (else the

@@ -58,6 +58,7 @@ def _ssl_context() -> ssl.SSLContext:
     """One TLS context per process: building one loads the CA bundle (a tenth of a second)."""
     return httpx.create_ssl_context()
 
+
 # "Busy" answers (SGLang's 503 "The request queue is full.", 429): the server is healthy and
 # asks us to wait, so they are retried until the image's deadline, not `max_attempts` times.
 BUSY_STATUS = frozenset({429, 503})

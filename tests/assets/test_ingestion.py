@@ -84,7 +84,9 @@ def test_a_lost_file_fails_the_blocking_check(
         e for e in result.get_asset_check_evaluations() if e.check_name == NOTHING_LOST_CHECK
     ]
     assert not evaluation.passed
-    assert evaluation.metadata["missing"].value == ["samples/rocket.jpg"]
+    assert evaluation.metadata["missing"].value == 1  # a count, as every check reports them
+    sample = evaluation.metadata["offending_sample"].value
+    assert sample == [{"path": "samples/rocket.jpg", "problem": "missing"}]
     assert not result.success  # blocking: downstream stages of the run would not start
 
 

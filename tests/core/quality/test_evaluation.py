@@ -154,7 +154,12 @@ def test_new_predictions_evaluate_only_the_units_they_touch(warehouse, labelled_
     ids = labelled_ages.image_ids()
     for iid in ids[:2]:
         add_extraction(
-            warehouse, iid, "age_gender", "llava-next", "ok", {"age_group": "31-40", "gender": "male"}
+            warehouse,
+            iid,
+            "age_gender",
+            "llava-next",
+            "ok",
+            {"age_group": "31-40", "gender": "male"},
         )
     run = evaluate_changed(warehouse, labelled_ages, run_id="r2")
     assert [u.describe() for u in run.evaluated] == ["age_group / vlm / llava-next"]

@@ -24,7 +24,10 @@ def test_the_nearest_class_texts_vote_with_weight_one_over_cosine_distance():
     image = unit(20)
     # distances 1 - cos: 20 deg, 40 deg, 100 deg from the image; k=3 leaves out 180 deg
     (scores,) = knn_scores(image, classes, ["a", "b", "c", "d"], k=3)
-    d = {name: 1 - math.cos(math.radians(angle)) for name, angle in (("a", 20), ("b", 40), ("c", 100))}
+    d = {
+        name: 1 - math.cos(math.radians(angle))
+        for name, angle in (("a", 20), ("b", 40), ("c", 100))
+    }
     total = sum(1 / v for v in d.values())
     assert scores == pytest.approx({name: (1 / v) / total for name, v in d.items()})
     assert ranking(scores) == ["a", "b", "c"]
@@ -104,7 +107,10 @@ def test_the_many_class_unit_loads_the_model_only_when_its_inputs_changed(
     ids = imagenet_labelled.image_ids()
     vectors = rng.normal(size=(len(ids), standin_clip.embed_dim))
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    add_embeddings(warehouse, [(i, standin_clip.model_id, v.tolist()) for i, v in zip(ids, vectors, strict=True)])
+    add_embeddings(
+        warehouse,
+        [(i, standin_clip.model_id, v.tolist()) for i, v in zip(ids, vectors, strict=True)],
+    )
     add_embeddings(warehouse, [(ids[0], "other-clip", vectors[0].tolist())])
     loads = []
 
