@@ -8,13 +8,13 @@ weights take. Its `model_id` says `standin`, so its rows are never mistaken for 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import threading
 from pathlib import Path
 
 import open_clip
 import torch
+
+from core.atomic import atomic_write
 
 STANDIN_MODEL = "standin-tiny-clip"
 
@@ -57,11 +57,5 @@ def standin_checkpoint(cache_dir: Path, *, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     model = open_clip.create_model(STANDIN_MODEL, pretrained=None, device="cpu")
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save({"state_dict": model.state_dict()}, temporary)
-        os.replace(temporary, path)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
+    atomic_write(path, lambda temporary: torch.save({"state_dict": model.state_dict()}, temporary))
     return path

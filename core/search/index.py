@@ -17,7 +17,7 @@ otherwise by counting the rows of the model (see `VectorIndex.ready`).
 Small collections use an exact flat index. From `IVF_FROM` vectors on it is faiss IVF with 8-bit
 scalar quantisation (`IVF<nlist>,SQ8`): a query scans only `nprobe` of the `nlist` cells, and
 each vector costs 1 byte per dimension (1M x 512 = 0.5 GB instead of 2 GB). Scores from the
-quantised codes are approximate, so callers re-score the candidates exactly from the warehouse.
+quantised codes are approximate, so queries re-score the candidates exactly (above).
 Embeddings are only ever inserted, so `sync` adds the rows the index lacks; it retrains (a full
 rebuild) when the collection has grown `RETRAIN_GROWTH` times past what the cells were trained
 on, or when the index holds an id the warehouse no longer has.
@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +37,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from core.atomic import atomic_write
 from core.clip.store import has_table, table_for
 from core.warehouse import Warehouse, locking
+from core.warehouse.stamp import warehouse_stamp
 
 IVF_FROM = 50_000  # below this many vectors, an exact flat index
 RETRAIN_GROWTH = 4.0
@@ -49,7 +50,6 @@ READ_CHUNK = 50_000  # rows per batch when (re)building from the warehouse
 DEFAULT_NPROBE = 32  # near-duplicate range search
 SEARCH_NPROBE = 128  # top-k search: about 10 ms a query at 1M (benchmarks/search.py)
 MAX_SEGMENTS = 8  # vector segments before an update merges them into one
-STAMP_SETTLE_NS = 2_000_000_000  # a warehouse file written this recently: its stamp is not trusted
 
 
 def nlist_for(count: int) -> int:
@@ -70,35 +70,6 @@ class SyncReport:
     rebuilt: bool
     seconds: float
     factory: str
-
-
-def warehouse_stamp(warehouse: Warehouse) -> list | None:
-    """(inode, size, mtime) of the warehouse file and its WAL, or None when one was written
-    within STAMP_SETTLE_NS: a write in the same clock tick could leave a stamp unchanged (the
-    "racily clean" case), so only settled files prove that nothing was committed since."""
-    parts: list = []
-    newest = 0
-    for path in (warehouse.path, warehouse.path.with_name(warehouse.path.name + ".wal")):
-        try:
-            info = path.stat()
-        except FileNotFoundError:
-            parts.append(None)
-            continue
-        parts.append([info.st_ino, info.st_size, info.st_mtime_ns])
-        newest = max(newest, info.st_mtime_ns)
-    if parts[0] is None or time.time_ns() - newest < STAMP_SETTLE_NS:
-        return None
-    return parts
-
-
-def _atomic_write(path: Path, write) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
 
 
 class VectorIndex:
@@ -217,8 +188,8 @@ class VectorIndex:
         self.folder.mkdir(parents=True, exist_ok=True)
         stamp = f"{time.time_ns()}"
         index_file, ids_file = f"vectors-{stamp}.faiss", f"ids-{stamp}.parquet"
-        _atomic_write(self.folder / index_file, lambda tmp: faiss.write_index(index, tmp))
-        _atomic_write(
+        atomic_write(self.folder / index_file, lambda tmp: faiss.write_index(index, tmp))
+        atomic_write(
             self.folder / ids_file,
             lambda tmp: pq.write_table(pa.table({"image_id": pa.array(ids, pa.string())}), tmp),
         )
@@ -235,7 +206,7 @@ class VectorIndex:
             "written_at": stamp,
             "warehouse_files": warehouse_files,
         }
-        _atomic_write(self.manifest_path, lambda tmp: Path(tmp).write_text(json.dumps(manifest)))
+        atomic_write(self.manifest_path, lambda tmp: Path(tmp).write_text(json.dumps(manifest)))
         current = {index_file, ids_file, *(entry["file"] for entry in segments)}
         for old in self.folder.iterdir():  # earlier generations nobody points at any more
             if old.suffix in {".faiss", ".parquet", ".f32"} and old.name not in current:
@@ -264,7 +235,7 @@ class VectorIndex:
                 out.flush()
                 os.fsync(out.fileno())
 
-        _atomic_write(self.folder / name, write)
+        atomic_write(self.folder / name, write)
         return {"file": name, "rows": rows}, ids
 
     def _merged_segment(self) -> dict:
@@ -397,7 +368,7 @@ class VectorIndex:
         if files is None or not self._manifest or self._manifest.get("warehouse_files") == files:
             return
         manifest = {**self._manifest, "warehouse_files": files}
-        _atomic_write(self.manifest_path, lambda tmp: Path(tmp).write_text(json.dumps(manifest)))
+        atomic_write(self.manifest_path, lambda tmp: Path(tmp).write_text(json.dumps(manifest)))
         self._manifest = manifest
 
     def _count_known(self, ids: list[str]) -> int:

@@ -1,0 +1,28 @@
+"""Whether a warehouse's files changed since a moment, without opening the database."""
+
+from __future__ import annotations
+
+import time
+
+from core.warehouse.connection import Warehouse
+
+STAMP_SETTLE_NS = 2_000_000_000  # a warehouse file written this recently: its stamp is not trusted
+
+
+def warehouse_stamp(warehouse: Warehouse) -> list | None:
+    """(inode, size, mtime) of the warehouse file and its WAL, or None when one was written
+    within STAMP_SETTLE_NS: a write in the same clock tick could leave a stamp unchanged (the
+    "racily clean" case), so only settled files prove that nothing was committed since."""
+    parts: list = []
+    newest = 0
+    for path in (warehouse.path, warehouse.path.with_name(warehouse.path.name + ".wal")):
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            parts.append(None)
+            continue
+        parts.append([info.st_ino, info.st_size, info.st_mtime_ns])
+        newest = max(newest, info.st_mtime_ns)
+    if parts[0] is None or time.time_ns() - newest < STAMP_SETTLE_NS:
+        return None
+    return parts
