@@ -270,7 +270,7 @@ def embedding_preview(
     with warehouse.reader() as conn:
         preview = conn.sql(
             f"""
-            SELECT f.path, e.kind, e.dim, e.embedding[1:4]::VARCHAR AS first_values, e.created_at
+            SELECT f.path, e.kind, e.dim, list_transform(e.embedding[1:4], lambda v: round(v, 3))::VARCHAR AS first_values, e.created_at
             FROM {table_for(dim)} e JOIN ({DROP_IMAGE_PATHS}) f USING (image_id)
             WHERE e.model_id = $model ORDER BY f.path, e.kind LIMIT $rows
             """,
@@ -302,7 +302,8 @@ def zero_shot_preview(
         preview = conn.sql(
             f"""
             SELECT i.first_path AS path, z.label_set, z.top_label,
-                   round(z.top_probability, 3) AS p, z.probabilities::VARCHAR AS probabilities
+                   round(z.top_probability, 3) AS p, array_to_string(list_transform(map_entries(z.probabilities),
+                       lambda e: e.key || '=' || round(e.value, 3)::VARCHAR), ', ') AS probabilities
             FROM clip_zero_shot z JOIN images i USING (image_id)
             JOIN ({DROP_IMAGES}) USING (image_id)
             WHERE z.model_id = $model

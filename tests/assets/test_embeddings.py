@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import shutil
 from pathlib import Path
 
@@ -84,6 +85,15 @@ def test_samples_get_embeddings_and_zero_shot_labels(
     assert column_of(metadata["per_kind"].value, "kind", "dim") == {"global": 64}
     assert metadata["images_per_s"].value > 0
     assert len(metadata["preview"].value.records) == 7
+    # short cells: vector values and probabilities are shown to 3 decimals
+    short_number = r"-?\d+\.\d{1,3}|-?\d+|-?\d(\.\d+)?e-?\d+"
+    for record in metadata["preview"].value.records:
+        values = record.data["first_values"].strip("[]").split(", ")
+        assert len(values) == 4 and all(re.fullmatch(short_number, v) for v in values), values
+    zero_shot_preview = result.asset_materializations_for_node("clip_zero_shot")[0].metadata
+    for record in zero_shot_preview["preview"].value.records:
+        for item in record.data["probabilities"].split(", "):
+            assert re.fullmatch(rf"[\w-]+=({short_number})", item), item
     schema = {c.name: c.type for c in metadata["dagster/column_schema"].value.columns}
     assert schema["embedding"] == "FLOAT[64]"
     # the per-dimension table clip_embeddings_d64 gets the documented columns' descriptions
