@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
-.PHONY: demo test ui lint validate bench bench-peer-venv export clean-data label-studio export-reviews import-reviews search \
+.PHONY: demo test chromium ui lint validate bench bench-peer-venv export clean-data label-studio export-reviews import-reviews search \
 	sglang-env sglang-demo
 
 # The real SGLang server (CPU engine) lives in its own venv: its pins (torch CUDA build,
@@ -63,13 +63,22 @@ sglang-demo: $(STAMP) $(SGLANG_STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/python -m orchestration.sglang_demo
 
 ## Run the test suite (what CI runs), the real SGLang server tests included.
-## Label Studio is installed first when it can be; without it the round-trip test against a real
-## Label Studio server skips and says why.
+## Label Studio and Chromium are installed first when they can be; without them the round-trip
+## test against a real Label Studio server and the browser tests skip and say why.
 test: $(STAMP) $(SGLANG_STAMP)
 	-$(MAKE) label-studio
+	-$(MAKE) chromium
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	IMAGE_PIPELINE_REQUIRE_SGLANG=1 $(BIN)/python -m pytest
+
+## Chromium for the browser tests: Debian's package, installed when missing and apt-get can
+## (as root); otherwise say so and go on.
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || \
+	  echo "no chromium and no way to install it here: the browser tests will skip"
 
 ## Install Label Studio into .venv-label-studio and migrate its template database (~7 min once).
 label-studio: $(STAMP) $(LS_STAMP)
