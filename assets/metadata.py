@@ -46,6 +46,10 @@ def definition_schema(table: str) -> dict[str, object]:
 
 
 def _cell(value: Any) -> str | int | float | bool | None:
+    """A table cell as the UI shows it: floats to 4 significant digits (the full value is
+    in the warehouse), lists joined."""
+    if isinstance(value, float):
+        return float(f"{value:.4g}")
     if value is None or isinstance(value, _SCALARS):
         return value
     if isinstance(value, list | tuple):
