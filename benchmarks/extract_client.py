@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--distinct", type=int, default=4, help="Generated files per size.")
     parser.add_argument("--cpu-images", type=int, default=64, help="Images per size, step 1.")
     parser.add_argument("--server-images", type=int, default=120)
-    parser.add_argument("--fanout-images", type=int, default=300)
+    parser.add_argument("--fanout-images", type=int, default=600)
     parser.add_argument("--servers", type=int, default=16)
     parser.add_argument("--capacity", type=int, default=8)
     parser.add_argument("--service-time", type=float, default=1.5, help="Fan-out, per request.")

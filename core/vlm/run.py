@@ -1,9 +1,9 @@
 """One extraction pass over a drop: pending images only, batch by batch, one transaction each.
 
 The loop is image-major: each batch of images is read and prepared once and then asked every
-task, so a run with three tasks decodes each image once, not three times. While one batch is with
-the model, the next is already being prepared and sent (`depth` batches at once), so neither the
-client's CPU nor a large server fleet waits for the slowest request of a batch. Results are
+task, so a run with three tasks decodes each image once, not three times. While batches are with
+the model (`depth` at once), the next is already being prepared and is sent the moment it is
+ready, so neither the client's CPU nor a large server fleet waits for the other. Results are
 written in batch order, one transaction per batch and task.
 """
 
@@ -109,10 +109,10 @@ def run_batches(
             images.setdefault(image.image_id, image)
     ordered = list(images.values())
 
-    def one(
-        batch: list[ImageInput], failures: list[ExtractionResult]
+    def ask(
+        prepared_future: Future, failures: list[ExtractionResult]
     ) -> list[tuple[Task, list[ExtractionResult]]]:
-        prepared = backend.prepare(batch) if batch else []
+        prepared = prepared_future.result()
         jobs = [(task, [p for p in prepared if p.image.image_id in ids]) for task, ids in wanted]
         jobs = [(task, items) for task, items in jobs if items]
         outputs = backend.extract_tasks(jobs) if jobs else []
@@ -132,22 +132,39 @@ def run_batches(
         if on_batch is not None:
             on_batch(size)
 
-    in_flight: deque[tuple[Future, int]] = deque()
-    with ThreadPoolExecutor(max_workers=max(1, depth), thread_name_prefix="extract") as pool:
+    # One preparer runs batch after batch (each on all cores: `prepare` uses threads) while
+    # up to `depth` earlier batches are with the model; a batch is sent the moment it is
+    # prepared. Preparing inside each batch's own worker made the batches move in lockstep:
+    # all preparing (the fleet idle), then all waiting on the fleet (the CPU idle).
+    in_flight: deque[tuple[Future, Future, int]] = deque()
+    with (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare") as preparer,
+        ThreadPoolExecutor(max_workers=max(1, depth), thread_name_prefix="extract") as pool,
+    ):
         try:
             for start in range(0, len(ordered), batch_size):
                 batch = ordered[start : start + batch_size]
                 # Reading touches the warehouse, so it stays on this thread (DuckDB connections
-                # are not used across threads); decoding and the requests run in the pool.
+                # are not used across threads); decoding and the requests run in the pools.
                 readable, failures = read(batch) if read is not None else (batch, [])
-                in_flight.append((pool.submit(one, readable, failures), len(batch)))
-                if len(in_flight) >= depth:
-                    drain(*in_flight.popleft())
+                prepared = preparer.submit(backend.prepare, readable) if readable else _done([])
+                in_flight.append((prepared, pool.submit(ask, prepared, failures), len(batch)))
+                if len(in_flight) > depth:  # `depth` with the model, one being prepared
+                    _, asked, size = in_flight.popleft()
+                    drain(asked, size)
             while in_flight:
-                drain(*in_flight.popleft())
+                _, asked, size = in_flight.popleft()
+                drain(asked, size)
         finally:
-            for future, _ in in_flight:
-                future.cancel()
+            for prepared, asked, _ in in_flight:
+                prepared.cancel()
+                asked.cancel()
+
+
+def _done(value: object) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future
 
 
 def extract_drop(

@@ -1,8 +1,10 @@
 import dataclasses
+import threading
+from pathlib import Path
 
 from core.tasks.registry import get_task
-from core.vlm.run import TaskReport, extract_drop
-from core.vlm.types import ExtractionResult, VLMBackend
+from core.vlm.run import TaskReport, extract_drop, run_batches
+from core.vlm.types import ExtractionResult, ImageInput, VLMBackend
 
 
 def _result(image_id: str, status: str, latency_ms: float, prompt: int, cached: int):
@@ -73,3 +75,43 @@ def test_raising_the_token_budget_re_extracts_truncated_rows(ingested_samples, d
     extract_drop(ingested_samples, backend, "samples", drop_root, [raised], log=lambda _: None)
     assert len(backend.asked) == 2 * first
     assert {budget for _, budget in backend.asked[first:]} == {raised.max_completion_tokens}
+
+
+class _GatedBackend(VLMBackend):
+    """Holds every batch at the 'model' until batch `release_after` has been prepared."""
+
+    def __init__(self, release_after: int) -> None:
+        self.prepared_batches = 0
+        self.release_after = release_after
+        self.released = threading.Event()
+
+    @property
+    def model_id(self) -> str:
+        return "gated"
+
+    def prepare(self, images):
+        self.prepared_batches += 1
+        if self.prepared_batches >= self.release_after:
+            self.released.set()
+        return super().prepare(images)
+
+    def extract(self, images, task):
+        if not self.released.wait(timeout=20):
+            raise TimeoutError(f"only {self.prepared_batches} batches were prepared")
+        return [ExtractionResult(image_id=image.image_id, status="ok") for image in images]
+
+
+def test_the_next_batch_is_prepared_while_depth_batches_are_with_the_model():
+    """Batches 1 and 2 at the model, batch 3 prepared meanwhile: preparing inside each batch's
+    own worker made batches move in lockstep (all preparing, then all waiting on the model)."""
+    backend = _GatedBackend(release_after=3)
+    images = [ImageInput(image_id=f"i{n}", path=Path(f"i{n}.jpg")) for n in range(8)]
+    written: list[str] = []
+    run_batches(
+        backend,
+        [(get_task("scenery_people"), images)],
+        lambda _, results: written.extend(r.image_id for r in results),
+        batch_size=2,
+        depth=2,
+    )
+    assert written == [image.image_id for image in images]  # in batch order, none lost
