@@ -121,8 +121,8 @@ $(PEER_STAMP): $(STAMP)
 ## The embedding benchmark's peer (clip-retrieval) in its own venv, .venv-clip-retrieval/.
 bench-peer-venv: $(PEER_STAMP)
 
-## Run the speed benchmarks (under 10 minutes on 2 cores, but the search benchmark's 1M size
-## takes longer); JSON lands in data/bench/. SEARCH_SIZES: e.g. make bench SEARCH_SIZES=100000
+## Run the speed benchmarks (about 7 minutes on a quiet 2-core machine, the search benchmark's
+## 1M size included); JSON lands in data/bench/. SEARCH_SIZES: e.g. make bench SEARCH_SIZES=100000
 SEARCH_SIZES ?= 100000 1000000
 bench: $(STAMP) $(PEER_STAMP)
 	$(BIN)/python benchmarks/ingest.py --out data/bench/ingest.json

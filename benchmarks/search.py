@@ -472,8 +472,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="search-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     results: dict = {
-        "note": "one run per number on a shared 2-core machine (other processes running): times"
-        " are noisy, see load_average_before/after per size",
+        "note": "one run per number: times move with the machine's load, see"
+        " load_average_before/after per size",
         "cpu_count": os.cpu_count(),
         "faiss_threads": faiss.omp_get_max_threads(),
         "results": [],
