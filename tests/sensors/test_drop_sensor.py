@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from dagster._core.storage.defs_state.base import DefsStateStorage
 
 from core.ingest.ingest import DropIngestor, IngestReport
 from core.ingest.scan import DropRef
@@ -45,7 +47,11 @@ class Daemon:
 
     def tick(self, *, after_s: float = 0.0) -> dg.SensorResult:
         self.clock.now += after_s
-        context = dg.build_sensor_context(
+        # Entered and exited like the daemon's: the context opens an instance from the ref, and
+        # that instance's state storage stays the process's current one until the context exits
+        # (left open, a later definitions load found it collected: "undefined DagsterInstance
+        # weakref", once in CI).
+        with dg.build_sensor_context(
             instance_ref=self.instance.get_ref(),
             definitions=self.defs,
             cursor=self.cursor,
@@ -53,8 +59,8 @@ class Daemon:
                 "drop_folder": self.resources["drop_folder"],
                 "warehouse": self.resources["warehouse"],
             },
-        )
-        data = self.sensor.evaluate_tick(context)
+        ) as context:
+            data = self.sensor.evaluate_tick(context)
         self.cursor = data.cursor
         for request in data.dynamic_partitions_requests:
             self.instance.add_dynamic_partitions(
@@ -142,14 +148,23 @@ def test_loose_files_are_grouped_into_one_time_named_drop(daemon: Daemon, drop_r
     assert later.partition_key != request.partition_key
 
 
+def test_a_tick_leaves_the_instance_state_storage_current(daemon: Daemon, instance, drop_root):
+    copy_samples(drop_root, "done", names=["rocket.jpg"])
+    daemon.tick()
+    assert DefsStateStorage.get() is instance.defs_state_storage
+
+
 def test_a_restarted_daemon_keeps_its_cursor_and_does_not_retrigger(
     settings, instance, clock, drop_root: Path
 ):
     copy_samples(drop_root, "done", names=["rocket.jpg"])
     first = Daemon(settings, instance, clock)
     assert len(first.tick().run_requests) == 1
+    cursor = first.cursor  # what the daemon stored in the instance
+    del first
+    gc.collect()  # the first daemon and what its ticks made are gone, as after a restart
     restarted = Daemon(settings, instance, clock)
-    restarted.cursor = first.cursor  # what the daemon stored in the instance
+    restarted.cursor = cursor
     data = restarted.tick(after_s=3600)
     assert data.run_requests == []
     assert json.loads(restarted.cursor or "{}")["folders"].keys() == {"done"}
