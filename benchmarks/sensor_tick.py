@@ -93,7 +93,10 @@ def main(argv: list[str] | None = None) -> dict:
             (f"first tick ({n}, all requested)", f"{results['first_tick_s']:.4g} s"),
             ("unchanged tick (median)", f"{results['unchanged_tick_s']:.4g} s"),
             ("  folders walked", str(results["unchanged_tick_folders_walked"])),
-            ("unchanged tick, every folder walked (re-walk)", f"{results['full_walk_tick_s']:.4g} s"),
+            (
+                "unchanged tick, every folder walked (re-walk)",
+                f"{results['full_walk_tick_s']:.4g} s",
+            ),
             ("cursor size", f"{results['cursor_bytes'] / 1024:.1f} KB"),
         ]
     )
