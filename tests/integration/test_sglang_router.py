@@ -189,9 +189,11 @@ def test_kill_9_of_one_server_mid_run_loses_no_image_the_other_finishes(
     survivor_served = answered()[1] - survivor_before
     print(f"\n{written_at_kill} rows at the kill; the survivor then served {survivor_served}")
     # Rows lag answers (a batch is written when all its images are back), so what was left at
-    # the kill is what neither server had answered: the survivor answered all of that.
+    # the kill is what neither server had answered, by their own counters; those counters are
+    # read a moment apart from the kill and from each other, so they show that work was left
+    # and that the survivor took some, not an exact count (the rows below are the exact proof).
     unanswered = count - victim_before - survivor_before
-    assert unanswered >= 1 and survivor_served >= unanswered
+    assert unanswered >= 1 and survivor_served >= 1
     rows = warehouse.rows(
         "SELECT status, coalesce(error, ''), count(*), count(DISTINCT image_id)"
         " FROM vlm_extractions GROUP BY ALL"
