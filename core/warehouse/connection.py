@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -22,6 +23,19 @@ from core.warehouse.locking import LockTimeout
 from core.warehouse.schema import migrate
 
 __all__ = ["LockTimeout", "Warehouse", "WarehouseNotFound"]
+
+
+# DuckDB's Python client shares one database instance between the connections of a process
+# and registers its Python scans (`python_arrow_scan`) on that instance as it opens it: a thread
+# that connects while another is opening or closing the instance can find them missing
+# ("Table Function with name python_arrow_scan does not exist"). Opening and closing are
+# serialised here; queries still run in parallel.
+_OPEN_CLOSE = threading.Lock()
+
+
+def _close(conn: duckdb.DuckDBPyConnection) -> None:
+    with _OPEN_CLOSE:
+        conn.close()
 
 
 class WarehouseNotFound(FileNotFoundError):
@@ -50,7 +64,8 @@ class Warehouse:
         delay = 0.01
         while True:
             try:
-                return duckdb.connect(str(self.path), read_only=read_only)
+                with _OPEN_CLOSE:
+                    return duckdb.connect(str(self.path), read_only=read_only)
             except duckdb.IOException as error:
                 if not _is_lock_conflict(error) or time.monotonic() >= deadline:
                     raise
@@ -74,7 +89,7 @@ class Warehouse:
                     raise
                 conn.execute("COMMIT")
             finally:
-                conn.close()
+                _close(conn)
 
     @contextlib.contextmanager
     def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -89,7 +104,7 @@ class Warehouse:
             try:
                 yield conn
             finally:
-                conn.close()
+                _close(conn)
 
     def query(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> pl.DataFrame:
         """Run one parameterized read query and return the result as a polars DataFrame.

@@ -122,3 +122,31 @@ def test_an_unopenable_path_with_lock_in_its_name_fails_at_once(tmp_path, monkey
     ):
         pass
     assert len(opens) == 1
+
+
+def test_threads_opening_and_closing_readers_always_find_the_python_scans(warehouse: Warehouse):
+    """Three threads open short readers that scan an Arrow table, as a run's reads and a
+    watcher's polls do (failed once in CI's kill test: "Table Function with name
+    python_arrow_scan does not exist"; without the open/close lock this fails within seconds)."""
+    import pyarrow as pa
+
+    warehouse.ensure_schema()
+    table = pa.table({"x": list(range(10))})
+    errors: list[str] = []
+    stop = time.monotonic() + 8.0
+
+    def loop() -> None:
+        while time.monotonic() < stop and not errors:
+            try:
+                with warehouse.reader() as conn:
+                    conn.register("t", table)
+                    assert conn.execute("SELECT count(*) FROM t").fetchone() == (10,)
+            except Exception as error:  # the outcome under test
+                errors.append(repr(error))
+
+    threads = [threading.Thread(target=loop) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
