@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import duckdb
 import polars as pl
 
 from core.clip.near_duplicates import near_duplicate_pairs
@@ -50,6 +51,14 @@ def embedding_checks(
     names = (EMBEDDING_ONE_PER_IMAGE, EMBEDDING_DIMENSION, EMBEDDING_FINITE, EMBEDDING_UNIT_NORM)
     params = {"drop": drop_id, "model": model_id, "kind": kind}
     with warehouse.reader() as conn:
+        # No image of the drop reached the model (all rejected, or every file gone before CLIP
+        # read it): nothing to check, and no vector table need exist yet.
+        images, unavailable = _images_and_unavailable(conn, params)
+        if images == unavailable:
+            return [
+                _nothing_to_check(name, f"{model_id} ({kind})", images, unavailable)
+                for name in names
+            ]
         if not table_exists(conn, table):
             return [missing_table(name, table) for name in names]
         rows = f"""
@@ -138,6 +147,38 @@ def embedding_checks(
             counts={**counts, "off_norm": len(off_norm)},
         ),
     ]
+
+
+def _images_and_unavailable(
+    conn: duckdb.DuckDBPyConnection, params: dict[str, object]
+) -> tuple[int, int]:
+    """The drop's images, and how many of them the model found no readable file for."""
+    images = scalar(conn, f"SELECT count(*) FROM ({DROP_IMAGES})", params)
+    if not images or not table_exists(conn, "clip_failures"):
+        return int(images or 0), 0
+    unavailable = scalar(
+        conn,
+        f"SELECT count(*) FROM ({DROP_IMAGES}) d JOIN clip_failures c"
+        " ON c.image_id = d.image_id AND c.model_id = $model",
+        params,
+    )
+    return int(images), int(unavailable)
+
+
+def _nothing_to_check(name: str, subject: str, images: int, unavailable: int) -> CheckOutcome:
+    """Passed, and says why: no image of the drop reached the model."""
+    why = (
+        "the drop has no images (every file was rejected)"
+        if not images
+        else f"all {images} images are unavailable (no file holds their bytes)"
+    )
+    return CheckOutcome(
+        check_name=name,
+        passed=True,
+        severity="ERROR",
+        summary=f"{subject}: nothing to check: {why}",
+        counts={"images": images, "unavailable": unavailable},
+    )
 
 
 def embedding_checks_by_kind(

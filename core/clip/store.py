@@ -266,8 +266,11 @@ def write_zero_shot(
 def embedding_preview(
     warehouse: Warehouse, drop_id: str, model_id: str, dim: int, *, rows: int = 20
 ) -> tuple[pl.DataFrame, int]:
-    """The drop's first vectors by path (four values each) and the model's rows in all drops."""
+    """The drop's first vectors by path (four values each) and the model's rows in all drops;
+    empty before any vector of this size was written (every image of the drop unavailable)."""
     with warehouse.reader() as conn:
+        if not table_exists(conn, table_for(dim)):
+            return pl.DataFrame(), 0
         preview = conn.sql(
             f"""
             SELECT f.path, e.kind, e.dim, list_transform(e.embedding[1:4], lambda v: round(v, 3))::VARCHAR AS first_values, e.created_at

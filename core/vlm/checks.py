@@ -73,6 +73,11 @@ def _status_counts(warehouse: Warehouse, drop_id: str, scope: ExtractionScope) -
     return {str(status): int(count) for status, count in rows}
 
 
+def _drop_images(warehouse: Warehouse, drop_id: str) -> int:
+    with warehouse.reader() as conn:
+        return int(scalar(conn, f"SELECT count(*) FROM ({DROP_IMAGES})", {"drop": drop_id}))
+
+
 def extraction_coverage(warehouse: Warehouse, drop_id: str, scope: ExtractionScope) -> CheckOutcome:
     """Every image of the drop has a vlm_extractions row (of any status) for the task and model."""
     params = scope.params(drop_id)
@@ -348,6 +353,25 @@ def extraction_checks(
     """All extraction checks of one task and model, constraints derived from the task's model
     (`core.tasks.registry`: pass `task.model`)."""
     constraints = task_constraints(scope.task, model)
+    if not _drop_images(warehouse, drop_id):
+        # Every file of the drop was rejected: no image was sent, no task table need exist.
+        return [
+            CheckOutcome(
+                check_name=name,
+                passed=True,
+                severity="ERROR",
+                summary=f"{scope.task}/{scope.model_id}: nothing to check: the drop has no "
+                "images (every file was rejected)",
+                counts={"images": 0},
+            )
+            for name in (
+                EXTRACTION_COVERAGE,
+                EXTRACTION_VALIDITY,
+                EXTRACTION_TRUNCATION,
+                EXTRACTION_ENUMS,
+                EXTRACTION_ENTITY_COUNTS,
+            )
+        ]
     return [
         extraction_coverage(warehouse, drop_id, scope),
         extraction_validity(

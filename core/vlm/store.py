@@ -24,7 +24,7 @@ from core.copies import UNREADABLE_STATUSES, USABLE_COPY
 from core.tasks.base import Task
 from core.vlm.types import ExtractionResult, ImageInput
 from core.warehouse import Warehouse
-from core.warehouse.queries import DROP_IMAGE_PATHS
+from core.warehouse.queries import DROP_IMAGE_PATHS, table_exists
 
 RETRYABLE_STATUSES = ("error",)
 
@@ -161,6 +161,9 @@ def extraction_preview(
         total = conn.execute("SELECT count(*) FROM vlm_extractions").fetchone()
         per_table = {}
         for table in tables:
+            if not table_exists(conn, table):  # created with a task's first result
+                per_table[table] = 0
+                continue
             found = conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()
             per_table[table] = int(found[0]) if found else 0
     return preview, int(total[0]) if total else 0, per_table
