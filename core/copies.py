@@ -11,13 +11,14 @@ recorded a usable file for it again (`USABLE_COPY`), not on every run.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import duckdb
 import pyarrow as pa
 
-from core.files import ImageUnreadable
+from core.files import FileCopy, ImageUnreadable
 from core.warehouse import Warehouse
 
 UNREADABLE_STATUSES = ("unavailable", "changed_since_ingest")
@@ -31,8 +32,9 @@ USABLE_COPY = (
 
 def image_copies(
     warehouse: Warehouse, drop_id: str, image_ids: Sequence[str]
-) -> dict[str, list[str]]:
-    """Every recorded path of each image, in the order a stage should try them."""
+) -> dict[str, list[FileCopy]]:
+    """Every recorded file of each image (key and real name), in the order a stage should try
+    them."""
     if not image_ids:
         return {}
     with warehouse.reader() as conn:
@@ -42,7 +44,8 @@ def image_copies(
         try:
             rows = conn.execute(
                 """
-                SELECT f.image_id, f.path FROM image_files f JOIN wanted_copies USING (image_id)
+                SELECT f.image_id, f.path, any_value(f.os_path)
+                FROM image_files f JOIN wanted_copies USING (image_id)
                 GROUP BY f.image_id, f.path
                 ORDER BY f.image_id,
                          bool_or(f.vanished_at IS NOT NULL OR f.changed_at IS NOT NULL),
@@ -52,9 +55,10 @@ def image_copies(
             ).fetchall()
         finally:
             conn.unregister("wanted_copies")
-    copies: dict[str, list[str]] = {image_id: [] for image_id in image_ids}
-    for image_id, path in rows:
-        copies[image_id].append(path)
+    copies: dict[str, list[FileCopy]] = {image_id: [] for image_id in image_ids}
+    for image_id, path, raw in rows:
+        relative = path if raw is None else os.fsdecode(bytes(raw))
+        copies[image_id].append(FileCopy(path, relative))
     return copies
 
 

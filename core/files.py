@@ -18,6 +18,7 @@ import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 MAX_LINKS = 40  # as the kernel's own limit on links followed in one lookup
 _READ_CHUNK = 1 << 20
@@ -247,19 +248,35 @@ class ImageUnreadable(Exception):
         super().__init__(f"{status}: " + "; ".join(details))
 
 
-def read_image_copy(drop_root: Path, image_id: str, paths: Iterable[str]) -> tuple[str, bytes]:
-    """(path, bytes) of the first of `paths` that still exists and hashes to `image_id`.
+class FileCopy(NamedTuple):
+    """One recorded file of an image: its row key, and its name as the OS spells it.
 
-    Raises `ImageUnreadable` when none does: `changed_since_ingest` if some copy was read and
-    hashed differently, else `unavailable` (gone, or no regular file inside the root).
+    They differ for a name with a backslash or a byte that is not UTF-8: the key is escaped
+    (`core.ingest.scan.display_path`), and opening the key would find no file, or a sibling
+    whose real name happens to be that key.
+    """
+
+    key: str
+    relative: str
+
+
+def read_image_copy(
+    drop_root: Path, image_id: str, paths: Iterable[str | FileCopy]
+) -> tuple[str, bytes]:
+    """(key, bytes) of the first of `paths` that still exists and hashes to `image_id`.
+
+    A plain string is both the key and the name. Raises `ImageUnreadable` when none does:
+    `changed_since_ingest` if some copy was read and hashed differently, else `unavailable`
+    (gone, or no regular file inside the root); its lists name the copies by key.
     """
     details: list[str] = []
     changed: list[str] = []
     missing: list[str] = []
     hash_changed = False
-    for path in paths:
+    for copy in paths:
+        path, relative = (copy, copy) if isinstance(copy, str) else copy
         try:
-            data = read_drop_file(drop_root, path).data
+            data = read_drop_file(drop_root, relative).data
         except FileMissingError:
             missing.append(path)
             details.append(f"{path}: missing")

@@ -66,6 +66,7 @@ _FILES = pa.schema(
         ("image_id", pa.string()),
         ("byte_size", pa.int64()),
         ("mtime_ns", pa.int64()),
+        ("os_path", pa.binary()),
     ]
 )
 _REJECTED = pa.schema(
@@ -77,6 +78,7 @@ _REJECTED = pa.schema(
         ("mtime_ns", pa.int64()),
         ("sha256", pa.string()),
         ("limits", pa.string()),
+        ("os_path", pa.binary()),
     ]
 )
 
@@ -140,12 +142,20 @@ def _is_unchanged(seen: SeenFile, known: Known | None, limits: str) -> bool:
     return reason is None or reason in CONTENT_REASONS
 
 
+def os_path(seen: SeenFile) -> bytes | None:
+    """The real name as bytes when the row key is escaped (`display_path`), else None."""
+    return None if seen.path == seen.relative else os.fsencode(seen.relative)
+
+
 def _known_rows(warehouse: Warehouse, drop_id: str) -> dict[str, Known]:
     """The drop's rows; a file a model stage found changed (`changed_at`) has no size or mtime
-    here, so it is re-hashed however its stat looks."""
+    here, so it is re-hashed however its stat looks, and so has an escaped key recorded before
+    real names were kept (`os_path`), so its row gains the name the models open it by."""
     with warehouse.transaction() as conn:
         rows = conn.execute(
-            "SELECT path, CASE WHEN changed_at IS NULL THEN byte_size END, mtime_ns, NULL, NULL"
+            "SELECT path, CASE WHEN changed_at IS NULL"
+            " AND (os_path IS NOT NULL OR NOT contains(path, '\\')) THEN byte_size END,"
+            " mtime_ns, NULL, NULL"
             " FROM image_files WHERE drop_id = ?"
             " UNION ALL SELECT path, byte_size, mtime_ns, reason, limits"
             " FROM rejected_files WHERE drop_id = ?",
@@ -301,6 +311,7 @@ class DropIngestor:
                         "mtime_ns": o.seen.mtime_ns,
                         "sha256": o.sha256,
                         "limits": limits_text(self.options.limits),
+                        "os_path": os_path(o.seen),
                     }
                 )
                 report.rejected[o.problem.reason.value] += 1
@@ -313,6 +324,7 @@ class DropIngestor:
                     "image_id": o.sha256,
                     "byte_size": o.seen.size,
                     "mtime_ns": o.seen.mtime_ns,
+                    "os_path": os_path(o.seen),
                 }
             )
             if o.info is not None:
@@ -357,7 +369,7 @@ class DropIngestor:
                             THEN NOT (i.first_drop_id = ? AND i.first_path = f.path)
                             ELSE row_number() OVER (PARTITION BY f.image_id ORDER BY f.path) > 1
                        END AS is_duplicate,
-                       f.byte_size, f.mtime_ns
+                       f.byte_size, f.mtime_ns, f.os_path
                 FROM incoming_files f LEFT JOIN images i USING (image_id)
                 """,
                 [drop_id, drop_id],
@@ -378,12 +390,14 @@ class DropIngestor:
             conn.execute(
                 """
                 INSERT INTO image_files
-                    (drop_id, path, image_id, is_duplicate, byte_size, mtime_ns, ingested_at)
-                SELECT drop_id, path, image_id, is_duplicate, byte_size, mtime_ns, ?
+                    (drop_id, path, image_id, is_duplicate, byte_size, mtime_ns, ingested_at,
+                     os_path)
+                SELECT drop_id, path, image_id, is_duplicate, byte_size, mtime_ns, ?, os_path
                 FROM staged_files
                 ON CONFLICT (drop_id, path) DO UPDATE SET
                     image_id = excluded.image_id, is_duplicate = excluded.is_duplicate,
                     byte_size = excluded.byte_size, mtime_ns = excluded.mtime_ns,
+                    os_path = excluded.os_path,
                     ingested_at = excluded.ingested_at, vanished_at = NULL, changed_at = NULL
                 """,
                 [now],
@@ -394,8 +408,9 @@ class DropIngestor:
             conn.execute(
                 """
                 INSERT INTO rejected_files
-                    (drop_id, path, reason, error, byte_size, mtime_ns, sha256, rejected_at, limits)
-                SELECT ?, path, reason, error, byte_size, mtime_ns, sha256, ?, limits
+                    (drop_id, path, reason, error, byte_size, mtime_ns, sha256, rejected_at, limits,
+                     os_path)
+                SELECT ?, path, reason, error, byte_size, mtime_ns, sha256, ?, limits, os_path
                 FROM incoming_rejected
                 ON CONFLICT (drop_id, path) DO UPDATE SET
                     rejected_at = CASE
@@ -406,7 +421,8 @@ class DropIngestor:
                         THEN rejected_files.rejected_at ELSE excluded.rejected_at END,
                     reason = excluded.reason, error = excluded.error,
                     byte_size = excluded.byte_size, mtime_ns = excluded.mtime_ns,
-                    sha256 = excluded.sha256, limits = excluded.limits, vanished_at = NULL
+                    sha256 = excluded.sha256, limits = excluded.limits, vanished_at = NULL,
+                    os_path = excluded.os_path
                 """,
                 [drop_id, now],
             )
@@ -469,14 +485,13 @@ class DropIngestor:
 
 
 def recorded_paths(warehouse: Warehouse, drop_id: str) -> list[str]:
-    """Paths an earlier run recorded for `drop_id`: the file list of a loose drop re-run by hand."""
+    """Paths an earlier run recorded for `drop_id`, as the OS spells them (the real name of an
+    escaped key): the file list of a loose drop re-run by hand."""
     if not warehouse.path.exists():
         return []
-    return [
-        row[0]
-        for row in warehouse.rows(
-            "SELECT path FROM image_files WHERE drop_id = $d"
-            " UNION SELECT path FROM rejected_files WHERE drop_id = $d ORDER BY 1",
-            {"d": drop_id},
-        )
-    ]
+    rows = warehouse.rows(
+        "SELECT path, os_path FROM image_files WHERE drop_id = $d"
+        " UNION SELECT path, os_path FROM rejected_files WHERE drop_id = $d ORDER BY 1",
+        {"d": drop_id},
+    )
+    return [path if raw is None else os.fsdecode(bytes(raw)) for path, raw in rows]

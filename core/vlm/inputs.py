@@ -27,11 +27,13 @@ def read_inputs(
     failed: list[ImageUnreadable] = []
     for image in images:
         try:
-            path, data = read_image_copy(drop_root, image.image_id, copies[image.image_id])
+            key, data = read_image_copy(drop_root, image.image_id, copies[image.image_id])
         except ImageUnreadable as failure:
             failed.append(failure)
             continue
-        readable.append(ImageInput(image_id=image.image_id, path=drop_root / path, data=data))
+        # The file as the OS names it (its key is escaped when the name is not plain text).
+        relative = next(c.relative for c in copies[image.image_id] if c.key == key)
+        readable.append(ImageInput(image_id=image.image_id, path=drop_root / relative, data=data))
     if failed:
         with warehouse.transaction() as conn:
             record_unreadable(conn, failed)

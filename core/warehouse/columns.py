@@ -15,6 +15,10 @@ import duckdb
 from core.warehouse.schema import migrate
 
 _DROP = "drop id: the drop folder's name, the Dagster partition key"
+_OS_PATH = (
+    "the real name as bytes, when `path` is escaped (a backslash or a non-UTF-8 byte); NULL"
+    " otherwise"
+)
 _IMAGE = "SHA-256 of the file bytes, hex: the image's identity"
 _CREATED = "when the row was written (UTC)"
 _MODEL = "the model that produced the row (open_clip / checkpoint name; `standin-...` offline)"
@@ -56,6 +60,7 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "ingested_at": "when the file was ingested",
         "vanished_at": "set when the latest ingestion found the file gone; the row is kept",
         "changed_at": "set when a model stage read bytes here that no longer hash to image_id",
+        "os_path": _OS_PATH,
     },
     "rejected_files": {
         "drop_id": _DROP,
@@ -66,8 +71,9 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "mtime_ns": "file modification time (ns since the epoch), when it could be read",
         "sha256": "SHA-256 of the bytes, when they could be read",
         "rejected_at": "when the file was rejected",
-        "limits": "the size limits in force ('max_bytes=N;max_pixels=N')",
+        "limits": "the limits in force ('max_bytes=N;max_pixels=N;max_aspect_ratio=N')",
         "vanished_at": "set when the latest ingestion found the file gone; the row is kept",
+        "os_path": _OS_PATH,
     },
     "clip_embeddings": {
         "image_id": _IMAGE,

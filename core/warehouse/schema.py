@@ -326,6 +326,19 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    # Issue 21 item 12. Numbered 2112 so migrations of other issue-21 items cannot collide.
+    (
+        2112,
+        "the real name of a file beside its escaped key",
+        """
+        -- The path relative to the drop root as the OS spells it (bytes), when it differs from
+        -- `path`: a name with a backslash or a byte that is not UTF-8, whose `path` is escaped
+        -- (core/ingest/scan.py display_path). Model stages open the file by this name. NULL for
+        -- every plain name, whose `path` is its real name.
+        ALTER TABLE image_files ADD COLUMN os_path BLOB;
+        ALTER TABLE rejected_files ADD COLUMN os_path BLOB;
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = max(number for number, _, _ in MIGRATIONS)
