@@ -26,6 +26,7 @@ NOTHING_LOST_CHECK = checks.NOTHING_LOST
 UNIQUE_IMAGE_ID_CHECK = checks.UNIQUE_IMAGE_ID
 REJECTION_RATE_CHECK = checks.REJECTION_RATE
 PREVIEW_ROWS = 20
+REJECTED_ROWS = 100  # rejected files named in the metadata, each with its reason and message
 
 
 class IngestConfig(dg.Config):
@@ -68,7 +69,9 @@ def resolve_drop(drop_id: str, files: list[str] | None, warehouse: Warehouse) ->
 
 
 def _metadata(report: IngestReport, warehouse: Warehouse) -> dict[str, object]:
-    rows = drop_rows(warehouse, report.drop_id, preview_rows=PREVIEW_ROWS)
+    rows = drop_rows(
+        warehouse, report.drop_id, preview_rows=PREVIEW_ROWS, rejected_rows=REJECTED_ROWS
+    )
     mb_per_s = report.bytes_read / 1e6 / report.seconds if report.seconds else 0.0
     return {
         "dagster/row_count": rows.images_total,
@@ -88,6 +91,7 @@ def _metadata(report: IngestReport, warehouse: Warehouse) -> dict[str, object]:
         "seconds": dg.MetadataValue.float(round(report.seconds, 3)),
         "preview": preview_table(rows.preview),
         "rejected_preview": preview_table(rows.rejected_preview),
+        "rejected_not_shown": max(0, rows.rejected_files - rows.rejected_preview.height),
     }
 
 

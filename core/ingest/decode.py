@@ -69,7 +69,7 @@ def _open(path: Path | bytes, limits: DecodeLimits) -> Image.Image:
         raise Rejected(RejectReason.TOO_LARGE, str(error)) from error
     except UnidentifiedImageError as error:
         raise Rejected(
-            RejectReason.NOT_AN_IMAGE, f"no decoder recognises the file: {error}"
+            RejectReason.NOT_AN_IMAGE, "no image decoder recognises the file's bytes"
         ) from error
     except (PermissionError, FileNotFoundError, IsADirectoryError) as error:
         raise Rejected(RejectReason.UNREADABLE, str(error)) from error

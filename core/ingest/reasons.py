@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from enum import Enum
+
+# Python object text that error messages carry along: "<_io.BytesIO object at 0x7f...>".
+_OBJECT_TEXT = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 
 class RejectReason(str, Enum):  # noqa: UP042 - str() and format() keep their behaviour
@@ -20,10 +24,17 @@ class RejectReason(str, Enum):  # noqa: UP042 - str() and format() keep their be
         return self.value
 
 
+def clean_error(text: str) -> str:
+    """The message a person reads: without the Python object text some errors carry (rows
+    written before messages were cleaned are cleaned where they are shown)."""
+    return _OBJECT_TEXT.sub("", text).strip()
+
+
 class Rejected(Exception):
     """Raised inside ingestion for one file; the caller turns it into a rejected_files row."""
 
     def __init__(self, reason: RejectReason, error: str) -> None:
+        error = clean_error(error)
         super().__init__(f"{reason.value}: {error}")
         self.reason = reason
         self.error = error

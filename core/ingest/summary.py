@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from core.ingest.reasons import clean_error
 from core.warehouse import Warehouse
 
 
@@ -15,11 +16,14 @@ class DropRows:
     image_files: int  # rows of `image_files` of this drop
     rejected_files: int  # rows of `rejected_files` of this drop
     preview: pl.DataFrame  # the drop's first files by path, with their image's columns
-    rejected_preview: pl.DataFrame  # the drop's first rejected files by path
+    rejected_preview: pl.DataFrame  # the drop's rejected files present now, by path
 
 
-def drop_rows(warehouse: Warehouse, drop_id: str, *, preview_rows: int = 20) -> DropRows:
-    """Counts and previews of one drop's ingest rows, read in one connection."""
+def drop_rows(
+    warehouse: Warehouse, drop_id: str, *, preview_rows: int = 20, rejected_rows: int = 100
+) -> DropRows:
+    """Counts and previews of one drop's ingest rows, read in one connection: the first
+    `rejected_rows` rejected files by path, each named with its reason and a clean message."""
     with warehouse.reader() as conn:
         preview = conn.sql(
             """
@@ -32,8 +36,8 @@ def drop_rows(warehouse: Warehouse, drop_id: str, *, preview_rows: int = 20) -> 
         ).pl()
         rejected = conn.sql(
             "SELECT path, reason, error FROM rejected_files WHERE drop_id = ?"
-            " ORDER BY path LIMIT ?",
-            params=[drop_id, preview_rows],
+            " AND vanished_at IS NULL ORDER BY path LIMIT ?",
+            params=[drop_id, rejected_rows],
         ).pl()
         totals = conn.execute(
             "SELECT (SELECT count(*) FROM images),"
@@ -41,4 +45,7 @@ def drop_rows(warehouse: Warehouse, drop_id: str, *, preview_rows: int = 20) -> 
             " (SELECT count(*) FROM rejected_files WHERE drop_id = $d)",
             {"d": drop_id},
         ).fetchone() or (0, 0, 0)
+    rejected = rejected.with_columns(
+        pl.col("error").map_elements(clean_error, return_dtype=pl.String)
+    )
     return DropRows(int(totals[0]), int(totals[1]), int(totals[2]), preview, rejected)

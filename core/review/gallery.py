@@ -2,9 +2,11 @@
 
 The page lives in `<reports>/<drop>/index.html` with its thumbnails in `<reports>/thumbs/`
 (JPEG, named by image id, so an image shared by drops is scaled once and a rerun reuses every
-thumbnail it already has). It lists the review queue first (rank, reasons), then the rest of the
-drop by path, each image with its labels per task (human values marked) and CLIP's top label per
-label set, and the drop's latest check outcomes.
+thumbnail it already has). It lists the drop's latest check outcomes, its rejected files (path,
+reason, message), the review queue (rank, reasons), then the rest of the drop by path, each
+image with its labels per task (human values marked) and CLIP's top label per label set.
+Thumbnails are made from bytes read through `core.files` that hash to the image id, as the
+models read them: a file swapped for a FIFO or edited since ingestion gets no thumbnail.
 
 Big drops stay fast: the page shows at most `max_images` images (default 1,000): the whole review
 queue, then a fixed sample of the rest (the images with the smallest hash of their id, so the
@@ -26,12 +28,16 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from core.copies import image_copies
+from core.files import FileCopy, read_image_copy
 from core.ingest.decode import load_rgb
+from core.ingest.reasons import clean_error
 from core.warehouse import Warehouse
 from core.warehouse.queries import DROP_IMAGE_PATHS, table_exists
 
 DEFAULT_MAX_IMAGES = 1000
 DEFAULT_SHEET_IMAGES = 24
+DEFAULT_MAX_REJECTED = 5000  # rejected files named on the page, by path
 THUMB_PX = 160
 SHEET_COLUMNS = 6
 SHEET_THUMB_PX = 120
@@ -150,22 +156,33 @@ def check_outcomes(warehouse: Warehouse, drop_id: str) -> list[tuple]:
     )
 
 
-def _inside(root: Path, relative: str) -> Path:
-    """The file under the drop root; refuses any path that leaves it."""
-    base = root.resolve()
-    target = (base / relative).resolve()
-    if not target.is_relative_to(base):
-        raise ValueError(f"{relative!r} leaves the drop root")
-    return target
+def rejected_files(warehouse: Warehouse, drop_id: str, limit: int) -> tuple[list[tuple], int]:
+    """The drop's rejected files present now, by path: (path, reason, clean message), and how
+    many there are in all."""
+    rows = warehouse.rows(
+        "SELECT path, reason, error, count(*) OVER () FROM rejected_files"
+        " WHERE drop_id = ? AND vanished_at IS NULL ORDER BY path LIMIT ?",
+        [drop_id, limit],
+    )
+    total = int(rows[0][3]) if rows else 0
+    return [(path, reason, clean_error(error)) for path, reason, error, _ in rows], total
 
 
-def _make_thumb(drop_root: Path, tile: Tile, thumbs: Path) -> tuple[str, bool]:
-    """Write (or reuse) the tile's thumbnail; returns its file name and whether it was made."""
+def _make_thumb(
+    drop_root: Path, tile: Tile, thumbs: Path, copies: list[FileCopy]
+) -> tuple[str, bool]:
+    """Write (or reuse) the tile's thumbnail; returns its file name and whether it was made.
+
+    The bytes are read the way the models read them (`core.files`): beneath the root, never
+    blocking on a FIFO, and only if they hash to the image id, since the thumbnail is cached
+    under that id for every later page.
+    """
     name = f"{tile.image_id}.jpg"
     target = thumbs / name
     if target.exists():
         return name, False
-    image = load_rgb(_inside(drop_root, tile.path), min_side=THUMB_PX)
+    _, data = read_image_copy(drop_root, tile.image_id, copies)
+    image = load_rgb(data, min_side=THUMB_PX)
     image.thumbnail((THUMB_PX, THUMB_PX))
     partial = target.with_suffix(".part")
     image.save(partial, "JPEG", quality=80)
@@ -228,9 +245,31 @@ def contact_sheet(tiles: list[Tile], thumbs: Path, drop_id: str, total: int) -> 
 
 
 def _page(
-    drop_id: str, tiles: list[Tile], total: int, outcomes: list[tuple], sheet_name: str
+    drop_id: str,
+    tiles: list[Tile],
+    total: int,
+    outcomes: list[tuple],
+    sheet_name: str,
+    rejected: tuple[list[tuple], int] = ([], 0),
 ) -> str:
     esc = html.escape
+    rejected_rows, rejected_total = rejected
+    rejected_html = "".join(
+        f"<tr><td>{esc(path)}</td><td>{esc(reason)}</td><td>{esc(message)}</td></tr>"
+        for path, reason, message in rejected_rows
+    )
+    rejected_note = (
+        f"<p>{rejected_total} files of this drop were rejected"
+        + (
+            f"; the first {len(rejected_rows)} by path are named here, every one is in the"
+            " warehouse table <code>rejected_files</code>"
+            if rejected_total > len(rejected_rows)
+            else ""
+        )
+        + ".</p>"
+        if rejected_total
+        else "<p>none: every file of the drop is an image.</p>"
+    )
     queued = [t for t in tiles if t.rank is not None]
     rows = []
     for asset, check, passed, severity, summary in outcomes:
@@ -296,6 +335,13 @@ Contact sheet: <a href="{esc(sheet_name)}">{esc(sheet_name)}</a>.</p>
 <table><tr><th>asset</th><th>check</th><th>outcome</th><th>summary</th></tr>
 {"".join(rows) or '<tr><td colspan="4">no check outcomes recorded for this drop</td></tr>'}
 </table>
+<h2>Rejected files</h2>
+{rejected_note}
+{
+        "<table><tr><th>path</th><th>reason</th><th>message</th></tr>" + rejected_html + "</table>"
+        if rejected_rows
+        else ""
+    }
 <h2>Review queue</h2>
 <div class="grid">{"".join(card(t) for t in queued) or "<p>empty</p>"}</div>
 <h2>Other images</h2>
@@ -313,6 +359,7 @@ def build_gallery(
     max_images: int = DEFAULT_MAX_IMAGES,
     sheet_images: int = DEFAULT_SHEET_IMAGES,
     workers: int = 4,
+    max_rejected: int = DEFAULT_MAX_REJECTED,
     log: Callable[[str], None] | None = None,
 ) -> GalleryReport:
     """Write the drop's page and contact sheet; returns where they are and what they show."""
@@ -323,10 +370,11 @@ def build_gallery(
     page_dir = reports / drop_id
     page_dir.mkdir(parents=True, exist_ok=True)
     made = reused = failed = 0
+    copies = image_copies(warehouse, drop_id, [tile.image_id for tile in tiles])
 
     def one(tile: Tile) -> tuple[Tile, str | None, bool, str | None]:
         try:
-            name, new = _make_thumb(drop_root, tile, thumbs)
+            name, new = _make_thumb(drop_root, tile, thumbs, copies[tile.image_id])
             return tile, name, new, None
         except Exception as error:  # one unreadable file must not lose the page
             return tile, None, False, f"{type(error).__name__}: {error}"
@@ -359,7 +407,14 @@ def build_gallery(
     page = page_dir / "index.html"
     partial = page.with_suffix(".part")
     partial.write_text(
-        _page(drop_id, tiles, total, check_outcomes(warehouse, drop_id), sheet_path.name),
+        _page(
+            drop_id,
+            tiles,
+            total,
+            check_outcomes(warehouse, drop_id),
+            sheet_path.name,
+            rejected_files(warehouse, drop_id, max_rejected),
+        ),
         encoding="utf-8",
     )
     partial.replace(page)

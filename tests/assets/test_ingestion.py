@@ -118,3 +118,23 @@ def test_limits_are_run_config(instance, warehouse, drop_root, sample_drop, sett
     assert warehouse.rows("SELECT path, reason FROM rejected_files") == [
         ("samples/hubble_deep_field.jpg", "too_large")
     ]
+
+
+def test_the_metadata_names_each_rejected_file_with_its_reason_and_a_clean_message(
+    instance, warehouse, drop_root
+):
+    folder = drop_root / "mixed"
+    folder.mkdir()
+    for index in range(30):  # more than the image preview's 20 rows
+        (folder / f"note-{index:02d}.jpg").write_text("a text file named like a photo\n")
+    (folder / "empty.jpg").touch()
+    result = materialize(instance, warehouse, drop_root, "mixed")
+    assert result.success
+    metadata = result.asset_materializations_for_node("images")[0].metadata
+    records = [r.data for r in metadata["rejected_preview"].value.records]
+    assert {(r["path"], r["reason"]) for r in records} == {
+        ("mixed/empty.jpg", "empty"),
+        *((f"mixed/note-{i:02d}.jpg", "not_an_image") for i in range(30)),
+    }
+    for record in records:
+        assert record["error"] and " object at 0x" not in record["error"], record
