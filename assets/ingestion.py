@@ -38,7 +38,18 @@ class IngestConfig(dg.Config):
     batch_size: int = Field(default=1024, ge=1, description="Most files written per transaction.")
     batch_mb: float = Field(default=256, gt=0, description="Most file megabytes per transaction.")
     max_file_mb: float = Field(default=256, gt=0, description="Larger files are `too_large`.")
-    max_megapixels: float = Field(default=150, gt=0, description="Larger canvases are `too_large`.")
+    max_megapixels: float = Field(
+        default=150,
+        gt=0,
+        description="Larger canvases are `too_large` (this limit applies, also above Pillow's "
+        "own default of 178.9).",
+    )
+    max_aspect_ratio: float = Field(
+        default=50,
+        ge=1,
+        description="Images whose longer side is more than this many times the shorter are "
+        "`extreme_aspect_ratio` (a model's resize would blow them up).",
+    )
     max_rejection_rate: float = Field(
         default=0.2, ge=0, le=1, description="Warn when more of the drop's files are rejected."
     )
@@ -47,6 +58,7 @@ class IngestConfig(dg.Config):
         limits = DecodeLimits(
             max_bytes=int(self.max_file_mb * 1024 * 1024),
             max_pixels=int(self.max_megapixels * 1_000_000),
+            max_aspect_ratio=self.max_aspect_ratio,
         )
         return IngestOptions(
             limits=limits,

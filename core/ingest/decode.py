@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import io
 import math
+import threading
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -42,10 +43,35 @@ WHITE = (255, 255, 255)
 
 @dataclass(frozen=True)
 class DecodeLimits:
-    """Files over these limits are rejected as `too_large` before their pixels are decoded."""
+    """Files over these limits are rejected (`too_large`, `extreme_aspect_ratio`) from their
+    header, before their pixels are decoded.
+
+    `max_aspect_ratio` bounds the longer side over the shorter: a model's preprocessing resizes
+    the shorter side to its input size, so a 1x30,000 PNG of 413 bytes became a 224 x 6.7
+    million canvas (7 GB) for ViT-B-32.
+    """
 
     max_bytes: int = 256 * 1024 * 1024
     max_pixels: int = 150_000_000
+    max_aspect_ratio: float = 50.0
+
+
+_PILLOW_LIMIT = threading.Lock()
+
+
+def _let_pillow_open(max_pixels: int) -> None:
+    """Raise Pillow's own refusal (above 2 x `Image.MAX_IMAGE_PIXELS`, 179 MP by default) to
+    let a run's larger `max_pixels` through to our check in `_open`.
+
+    Pillow reads one process-wide value, so it is only ever raised (under a lock), never put
+    back: a run with a smaller limit is still held to it by `_open`, and Pillow keeps refusing
+    canvases over twice the largest limit any run in the process configured.
+    """
+    needed = -(-max_pixels // 2)
+    with _PILLOW_LIMIT:
+        current = Image.MAX_IMAGE_PIXELS
+        if current is not None and current < needed:
+            Image.MAX_IMAGE_PIXELS = needed
 
 
 @dataclass(frozen=True)
@@ -61,6 +87,7 @@ class ImageInfo:
 
 
 def _open(path: Path | bytes, limits: DecodeLimits) -> Image.Image:
+    _let_pillow_open(limits.max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -86,7 +113,19 @@ def _open(path: Path | bytes, limits: DecodeLimits) -> Image.Image:
             RejectReason.TOO_LARGE,
             f"{width}x{height} = {width * height} pixels is over the {limits.max_pixels} pixel limit",
         )
+    if aspect_ratio(width, height) > limits.max_aspect_ratio:
+        image.close()
+        raise Rejected(
+            RejectReason.EXTREME_ASPECT_RATIO,
+            f"{width}x{height} is {aspect_ratio(width, height):.0f}:1, over the "
+            f"{limits.max_aspect_ratio:g}:1 aspect ratio limit",
+        )
     return image
+
+
+def aspect_ratio(width: int, height: int) -> float:
+    """The longer side over the shorter (1 for a square)."""
+    return max(width, height) / max(1, min(width, height))
 
 
 def _load(image: Image.Image) -> None:
@@ -227,8 +266,13 @@ def load_rgb(
     still at least `min_side` pixels, which is several times faster than a full decode for
     camera-sized files; the caller's exact resize follows. With `fit_within`, the smallest scale
     that is still at least as large as the picture downscaled to a longest side of `fit_within`.
+
+    A picture more elongated than `limits.max_aspect_ratio` (ingestion rejects new ones; rows
+    from before the limit may hold one) is cut to its centre at that ratio, so a model's resize
+    of the shorter side stays small; for the usual resize-then-centre-crop preprocessing the
+    model's input is the same.
     """
-    with _open(path, limits) as image:
+    with _open(path, replace(limits, max_aspect_ratio=math.inf)) as image:
         if image.format == "JPEG":
             if min_side is not None:
                 image.draft(None, (min_side, min_side))
@@ -240,4 +284,18 @@ def load_rgb(
         rgb = to_rgb(upright)
         if rgb is image:
             rgb = image.copy()  # detach from the file handle the `with` block closes
-    return rgb
+    return fit_aspect(rgb, limits.max_aspect_ratio)
+
+
+def fit_aspect(image: Image.Image, max_ratio: float) -> Image.Image:
+    """The centre of `image` cut to at most `max_ratio` : 1 (the picture itself if it fits)."""
+    width, height = image.size
+    if aspect_ratio(width, height) <= max_ratio:
+        return image
+    if width > height:
+        keep = max(1, math.floor(height * max_ratio))
+        left = (width - keep) // 2
+        return image.crop((left, 0, left + keep, height))
+    keep = max(1, math.floor(width * max_ratio))
+    top = (height - keep) // 2
+    return image.crop((0, top, width, top + keep))

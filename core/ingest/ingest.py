@@ -37,12 +37,15 @@ CONTENT_REASONS = frozenset(
     }
 )
 # Reasons that depend on the bytes and the run's limits: kept while the limits are the same.
-LIMIT_REASONS = frozenset({RejectReason.TOO_LARGE})
+LIMIT_REASONS = frozenset({RejectReason.TOO_LARGE, RejectReason.EXTREME_ASPECT_RATIO})
 
 
 def limits_text(limits: DecodeLimits) -> str:
     """How `rejected_files.limits` records the limits a verdict was reached under."""
-    return f"max_bytes={limits.max_bytes};max_pixels={limits.max_pixels}"
+    return (
+        f"max_bytes={limits.max_bytes};max_pixels={limits.max_pixels}"
+        f";max_aspect_ratio={limits.max_aspect_ratio:g}"
+    )
 
 
 _IMAGES = pa.schema(

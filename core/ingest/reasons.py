@@ -15,6 +15,7 @@ class RejectReason(str, Enum):  # noqa: UP042 - str() and format() keep their be
     TRUNCATED = "truncated"  # recognised, but the data ends early
     CORRUPT = "corrupt"  # recognised, but the decoder failed on the data
     TOO_LARGE = "too_large"  # over the byte or pixel limit (decompression bombs land here)
+    EXTREME_ASPECT_RATIO = "extreme_aspect_ratio"  # one side over max_aspect_ratio x the other
     UNSUPPORTED_MODE = "unsupported_mode"  # a pixel format we cannot turn into RGB
     PATH_ESCAPE = "path_escape"  # a link that resolves outside the drop root
     NOT_A_REGULAR_FILE = "not_a_regular_file"  # FIFO, socket, device, link to a directory

@@ -17,6 +17,8 @@ from core.ingest.ingest import DropIngestor
 from core.warehouse import Warehouse
 from resources.drop_folder import DropFolderResource
 from resources.warehouse import WarehouseResource
+from tests.core.ingest.test_limits import _thin_png
+from tests.fixtures.bad_inputs import bomb_png
 
 
 def materialize(
@@ -138,3 +140,17 @@ def test_the_metadata_names_each_rejected_file_with_its_reason_and_a_clean_messa
     }
     for record in records:
         assert record["error"] and " object at 0x" not in record["error"], record
+
+
+def test_max_megapixels_above_pillows_default_applies_through_run_config(
+    instance, warehouse, drop_root
+):
+    folder = drop_root / "huge"
+    folder.mkdir()
+    (folder / "200mp.png").write_bytes(bomb_png(20_000, 10_000))  # a 200 MP header, no data
+    (folder / "thin.png").write_bytes(_thin_png(1, 400))
+    assert materialize(instance, warehouse, drop_root, "huge", max_megapixels=300).success
+    assert warehouse.rows("SELECT path, reason FROM rejected_files ORDER BY path") == [
+        ("huge/200mp.png", "truncated"),  # decoded under the run's limit, not refused
+        ("huge/thin.png", "extreme_aspect_ratio"),
+    ]
