@@ -270,6 +270,11 @@ def zero_shot_checks(
             params,
         )
     subject = f"{label_set}/{model_id}"
+    if not images:
+        return [
+            _nothing_to_check(name, subject, 0, 0)
+            for name in (ZERO_SHOT_ONE_PER_IMAGE, ZERO_SHOT_PROBABILITIES)
+        ]
     return [
         CheckOutcome.from_offenders(
             ZERO_SHOT_ONE_PER_IMAGE,

@@ -78,6 +78,7 @@ def test_a_drop_of_only_rejected_files_is_a_green_run_with_every_file_accounted_
         ("clip_embeddings", "embedding_one_per_image"),
         ("vlm_extractions", "extraction_coverage"),
         ("vlm_extractions", "extraction_validity_rate"),
+        ("clip_zero_shot", "zero_shot_one_per_image"),
     ]:
         evaluation = by_name[key]
         assert evaluation.passed, key
