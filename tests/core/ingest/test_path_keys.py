@@ -79,3 +79,21 @@ def test_a_loose_drop_rerun_by_hand_finds_its_odd_names_again(
     files = sorted(["a\\b.jpg", os.fsdecode(b"\xfe.jpg")])
     DropIngestor(warehouse, drop_root).ingest(DropRef.loose("_loose-x", files))
     assert sorted(recorded_paths(warehouse, "_loose-x")) == files
+
+
+def test_a_row_recorded_before_real_names_were_kept_gains_its_name_on_the_next_run(
+    drop_root: Path, warehouse: Warehouse
+):
+    folder = drop_root / "d"
+    folder.mkdir()
+    (folder / "win\\path.jpg").write_bytes(jpeg_bytes(seed=6))
+    (folder / "plain.jpg").write_bytes(jpeg_bytes(seed=7))
+    DropIngestor(warehouse, drop_root).ingest(DropRef.folder("d"))
+    with warehouse.transaction() as conn:  # as migration 2112 leaves an older row
+        conn.execute("UPDATE image_files SET os_path = NULL")
+    report = DropIngestor(warehouse, drop_root).ingest(DropRef.folder("d"))
+    assert (report.files_processed, report.files_unchanged) == (1, 1)  # only the escaped key
+    assert warehouse.rows("SELECT path, os_path FROM image_files ORDER BY path") == [
+        ("d/plain.jpg", None),
+        ("d/win\\\\path.jpg", b"d/win\\path.jpg"),
+    ]
