@@ -1,7 +1,5 @@
 """Find and fix: the review queue of a drop, and the drop's page and contact sheet."""
 
-from pathlib import Path
-
 import dagster as dg
 from pydantic import Field
 
@@ -13,7 +11,7 @@ from core.quality.outcome import CheckOutcome
 from core.review import gallery, queue
 from orchestration.partitions import image_drops
 from resources.drop_folder import DropFolderResource
-from resources.reports import ReportsResource
+from resources.reports import ReportsResource, reports_dir
 from resources.warehouse import WarehouseResource
 
 QUEUE_CONSISTENT_CHECK = queue.QUEUE_CONSISTENT
@@ -120,11 +118,6 @@ class DropPageConfig(dg.Config):
     sheet_images: int = Field(
         default=gallery.DEFAULT_SHEET_IMAGES, ge=1, description="Most images on the sheet."
     )
-
-
-def reports_dir(warehouse_path: str | Path) -> Path:
-    """Reports live beside the warehouse: data/reports/ for the default data/warehouse.duckdb."""
-    return Path(warehouse_path).expanduser().absolute().parent / "reports"
 
 
 @dg.asset(

@@ -20,8 +20,8 @@ import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from assets.review import reports_dir
 from orchestration.settings import REPO_ROOT, Settings
+from resources.reports import reports_dir
 
 HOST = "127.0.0.1"
 STOP_GRACE_S = 60
@@ -45,7 +45,15 @@ def serve_reports(directory: Path, port: int) -> ThreadingHTTPServer:
 
 def run(port: int, settings: Settings) -> int:
     directory = reports_dir(settings.warehouse_path)
-    reports = serve_reports(directory, settings.reports_port)
+    try:
+        reports = serve_reports(directory, settings.reports_port)
+    except OSError as error:
+        print(
+            f"cannot serve the drop pages on {settings.reports_url}: {error}; "
+            "set IMAGE_PIPELINE_REPORTS_PORT to a free port",
+            file=sys.stderr,
+        )
+        return 1
     print(f"drop pages: {settings.reports_url}/ (serving {directory})", flush=True)
     dagster = Path(sys.executable).with_name("dagster")
     command = [str(dagster), "dev", "-w", "workspace.yaml", "-h", HOST, "-p", str(port)]

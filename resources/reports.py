@@ -14,6 +14,11 @@ import dagster as dg
 from pydantic import Field
 
 
+def reports_dir(warehouse_path: str | Path) -> Path:
+    """Reports live beside the warehouse: data/reports/ for the default data/warehouse.duckdb."""
+    return Path(warehouse_path).expanduser().absolute().parent / "reports"
+
+
 class ReportsResource(dg.ConfigurableResource):
     """The base URL of the reports folder's server; empty: link pages as `file://`."""
 
@@ -23,9 +28,9 @@ class ReportsResource(dg.ConfigurableResource):
         "(IMAGE_PIPELINE_REPORTS_PORT); empty links pages as file:// URLs.",
     )
 
-    def link(self, page: Path, reports_dir: Path) -> str:
-        """The URL of `page`, a file under `reports_dir`, as a browser opens it."""
+    def link(self, page: Path, folder: Path) -> str:
+        """The URL of `page`, a file under the reports `folder`, as a browser opens it."""
         if not self.url:
             return page.absolute().as_uri()
-        relative = page.absolute().relative_to(reports_dir.absolute())
+        relative = page.absolute().relative_to(folder.absolute())
         return f"{self.url.rstrip('/')}/{quote(relative.as_posix())}"

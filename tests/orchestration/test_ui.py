@@ -3,6 +3,10 @@ settings name, and the link the `drop_page` asset gives them (issue 20, item 1).
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -10,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from orchestration.resources import build_resources
-from orchestration.settings import Settings
+from orchestration.settings import REPO_ROOT, Settings
 from orchestration.ui import serve_reports
 from resources.reports import ReportsResource
 from tests.ui.dagster_ui import free_port
@@ -45,3 +49,24 @@ def test_the_reports_server_serves_the_folder_on_localhost_only(tmp_path: Path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_make_ui_says_which_setting_to_change_when_the_reports_port_is_taken(tmp_path: Path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "orchestration.ui", "--port", str(free_port())],
+            cwd=REPO_ROOT,
+            env={
+                **os.environ,
+                "IMAGE_PIPELINE_REPORTS_PORT": str(port),
+                "IMAGE_PIPELINE_WAREHOUSE": str(tmp_path / "warehouse.duckdb"),
+            },
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert done.returncode == 1
+    assert "set IMAGE_PIPELINE_REPORTS_PORT to a free port" in done.stderr
