@@ -93,9 +93,11 @@ import-reviews: $(STAMP)
 	@test -n "$(FILE)" || { echo "usage: make import-reviews FILE=path/to/export.json"; exit 2; }
 	$(BIN)/python -m core.review import "$(FILE)"
 
-## Open the Dagster UI on http://127.0.0.1:3000 with the persistent instance.
+## Open the Dagster UI on http://127.0.0.1:3000 (UI_PORT) with the persistent instance, and the
+## drop pages on http://127.0.0.1:3001 (IMAGE_PIPELINE_REPORTS_PORT) beside it; Ctrl-C stops both.
+UI_PORT ?= 3000
 ui: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	$(BIN)/python -m orchestration.ui --port $(UI_PORT)
 
 validate: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster definitions validate -w workspace.yaml

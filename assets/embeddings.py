@@ -4,7 +4,14 @@ import dagster as dg
 import numpy as np
 from pydantic import Field
 
-from assets.metadata import column_schema, definition_schema, preview_table, records_table
+from assets.metadata import (
+    GROUP,
+    column_schema,
+    definition_schema,
+    preview_table,
+    previews_by,
+    records_table,
+)
 from assets.quality import record_and_report
 from core.clip import checks, store
 from core.clip.loading import device_pool
@@ -58,6 +65,12 @@ class ZeroShotConfig(dg.Config):
     )
     drift_threshold: float = Field(
         default=0.25, gt=0, description="Warn when a label set's PSI vs earlier drops is above."
+    )
+    drift_min_images: int = Field(
+        default=cross_stage.DRIFT_MIN_IMAGES,
+        ge=1,
+        description="Label drift check: judge only with this many images in the drop and in "
+        "earlier drops.",
     )
     collapse_min_images: int = Field(
         default=10,
@@ -124,7 +137,7 @@ def _embedding_metadata(report: EmbedReport, warehouse: Warehouse) -> dict[str, 
 @dg.asset(
     partitions_def=image_drops,
     deps=["images"],
-    group_name="clip",
+    group_name=GROUP,
     kinds={"duckdb", "pytorch"},
     pool=CLIP_POOL,
     metadata=definition_schema("clip_embeddings"),
@@ -225,7 +238,7 @@ def clip_embeddings(
 @dg.asset(
     partitions_def=image_drops,
     deps=[clip_embeddings],
-    group_name="clip",
+    group_name=GROUP,
     kinds={"duckdb", "pytorch"},
     pool=CLIP_POOL,
     metadata=definition_schema("clip_zero_shot"),
@@ -304,6 +317,7 @@ def clip_zero_shot(
                 LabelSource.zero_shot(name, clip.model_id),
                 categories=LABEL_SETS[name].labels,
                 threshold=config.drift_threshold,
+                min_images=config.drift_min_images,
             ),
             checks.zero_shot_collapse(
                 store_,
@@ -337,7 +351,7 @@ def clip_zero_shot(
                 },
             ),
             "top_labels": preview_table(distribution),
-            "preview": preview_table(preview),
+            **previews_by(preview, "label_set"),
             "mean_top_probability": dg.MetadataValue.float(
                 float(np.round(distribution["mean_p"].mean() or 0.0, 3))
                 if distribution.height

@@ -2,16 +2,23 @@
 and the evaluation against labelled sets (`evaluations`), which each run brings up to date by
 evaluating only what changed since the last one."""
 
+from pathlib import Path
+
 import dagster as dg
 from pydantic import Field
 
 from assets.embeddings import clip_zero_shot
 from assets.extraction import vlm_extractions
-from assets.metadata import definition_schema
+from assets.metadata import GROUP, definition_schema
 from assets.quality import record_and_report
 from core.quality import cross_stage as checks
 from core.quality.agreement import FieldAgreement, drop_agreement, write_agreement
-from core.quality.evaluation import STANDIN_NOTE, IncrementalEvaluation, evaluate_changed
+from core.quality.evaluation import (
+    STANDIN_NOTE,
+    IncrementalEvaluation,
+    evaluate_changed,
+    is_standin,
+)
 from core.quality.evaluation_store import (
     current_confusions,
     current_results,
@@ -89,7 +96,7 @@ def _agreement_metadata(agreements: list[FieldAgreement]) -> dict[str, object]:
 @dg.asset(
     partitions_def=image_drops,
     deps=[clip_zero_shot, vlm_extractions],
-    group_name="quality",
+    group_name=GROUP,
     kinds={"duckdb", "python"},
     check_specs=[
         dg.AssetCheckSpec(
@@ -124,63 +131,85 @@ def label_agreement(
     return dg.MaterializeResult(metadata=metadata, check_results=results)
 
 
-RESULT_COLUMNS = [
-    ("labelled set", "string", "the configured set's path, or human_labels"),
-    ("field", "string", "labelled field"),
-    ("source", "string", "clip_zero_shot, vlm or knn (zero-shot kNN)"),
-    ("model", "string", "model_id of the predictions"),
-    ("n", "int", "labelled images with a prediction: what the metrics are over"),
-    ("coverage", "float", "n / labelled images of the field"),
-    ("accuracy", "float", "share of exact answers"),
-    ("macro_f1", "float", "F1 averaged over the classes present"),
-    ("adjacent", "float", "answer within one age bin (ordinal fields)"),
-    ("top1", "float", "zero-shot kNN top-1 accuracy"),
-    ("top5", "float", "zero-shot kNN top-5 accuracy (label sets of more than 5 classes)"),
-    ("this run", "bool", "evaluated by this run (its inputs changed); else as of an earlier run"),
-]
+RESULT_COLUMNS = {
+    "field": ("string", "labelled field"),
+    "model": ("string", "model_id of the predictions"),
+    "n": ("int", "labelled images with a prediction: what the metrics are over"),
+    "coverage": ("float", "n / labelled images of the field"),
+    "accuracy": ("float", "share of exact answers"),
+    "macro_f1": ("float", "F1 averaged over the classes present"),
+    "adjacent": ("float", "answer within one age bin (ordinal fields)"),
+    "top1": ("float", "zero-shot kNN top-1 accuracy"),
+    "top5": ("float", "zero-shot kNN top-5 accuracy (label sets of more than 5 classes)"),
+    "this run": ("bool", "evaluated by this run (its inputs changed); else as of an earlier run"),
+}
+METRICS = ("coverage", "accuracy", "macro_f1", "adjacent", "top1", "top5")
+
+
+def set_name(source: str) -> str:
+    """A labelled set as a person reads it: `human_labels`, or its path relative to the working
+    directory (the repository for `make ui`) when it lies below it."""
+    try:
+        return Path(source).relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return source
+
+
+def _result_tables(records: list[dict], suffix: str) -> dict[str, object]:
+    """One table per source (clip_zero_shot, vlm, knn) of one labelled set, with only the
+    metrics that source has: narrow enough for the metadata panel, nothing repeated per row."""
+    tables: dict[str, object] = {}
+    for source in dict.fromkeys(r["source"] for r in records):
+        rows = [r for r in records if r["source"] == source]
+        names = ["field", "model", "n"]
+        names += [m for m in METRICS if any(r[m] is not None for r in rows)]
+        names.append("this run")
+        tables[f"{source} results{suffix}"] = _table(
+            [{name: row[name] for name in names} for row in rows],
+            [(name, *RESULT_COLUMNS[name]) for name in names],
+        )
+    return tables
 
 
 def _results_metadata(store: Warehouse, run_id: str, sets: list[LabelledSet]) -> dict:
-    frames = [current_results(store, labelled.source) for labelled in sets]
-    records = [
-        {
-            "labelled set": row["labelled_set"],
-            "field": row["field"],
-            "source": row["source"],
-            "model": row["model"],
-            "n": row["n"],
-            "coverage": row["coverage"],
-            "accuracy": row["accuracy"],
-            "macro_f1": row["macro_f1"],
-            "adjacent": row["adjacent_accuracy"],
-            "top1": row["top1"],
-            "top5": row["top5"],
-            "this run": row["run_id"] == run_id,
-        }
-        for frame in frames
-        for row in frame.iter_rows(named=True)
-    ]
-    metadata: dict[str, object] = {"results": _table(records, RESULT_COLUMNS)}
-    if any(r["model"].lower().startswith("standin") for r in records):
-        metadata["warning"] = dg.MetadataValue.text(f"stand-in models: {STANDIN_NOTE}")
-    metadata["labelled images"] = _table(
-        [
+    metadata: dict[str, object] = {}
+    for labelled in sets:
+        name = set_name(labelled.source)
+        suffix = f" · {name}" if len(sets) > 1 else ""
+        metadata[f"labelled set{suffix}"] = dg.MetadataValue.text(name)
+        records = [
             {
-                "labelled set": labelled.source,
-                "field": field,
-                "labels": len(counts),
-                "images": sum(counts.values()),
+                "source": row["source"],
+                "field": row["field"],
+                "model": row["model"],
+                "n": row["n"],
+                "coverage": row["coverage"],
+                "accuracy": row["accuracy"],
+                "macro_f1": row["macro_f1"],
+                "adjacent": row["adjacent_accuracy"],
+                "top1": row["top1"],
+                "top5": row["top5"],
+                "this run": row["run_id"] == run_id,
             }
-            for labelled in sets
-            for field, counts in sorted(count_by_field(labelled).items())
-        ],
-        [
-            ("labelled set", "string", "the configured set's path, or human_labels"),
-            ("field", "string", "labelled field"),
-            ("labels", "int", "distinct labels used"),
-            ("images", "int", "labelled images"),
-        ],
-    )
+            for row in current_results(store, labelled.source).iter_rows(named=True)
+        ]
+        metadata |= _result_tables(records, suffix)
+        standins = sorted({r["model"] for r in records if is_standin(r["model"])})
+        if standins:
+            metadata[f"warning{suffix}"] = dg.MetadataValue.text(
+                f"{STANDIN_NOTE} ({', '.join(standins)})"
+            )
+        metadata[f"labelled images{suffix}"] = _table(
+            [
+                {"field": field, "labels": len(counts), "images": sum(counts.values())}
+                for field, counts in sorted(count_by_field(labelled).items())
+            ],
+            [
+                ("field", "string", "labelled field"),
+                ("labels", "int", "distinct labels used"),
+                ("images", "int", "labelled images"),
+            ],
+        )
     for labelled in sets:
         confusions = current_confusions(store, labelled.source)
         per_slot: dict[tuple[str, str], int] = {}
@@ -202,7 +231,7 @@ def _results_metadata(store: Warehouse, run_id: str, sets: list[LabelledSet]) ->
 
 @dg.asset(
     deps=[clip_zero_shot, vlm_extractions],
-    group_name="quality",
+    group_name=GROUP,
     kinds={"duckdb", "python"},
     metadata=definition_schema("evaluations"),
     check_specs=[
@@ -259,7 +288,7 @@ def evaluation(
         "dagster/table_name": "evaluations",
         "dagster/row_count": evaluation_row_count(store),
         "summary": dg.MetadataValue.md(
-            "\n".join(f"- `{run.labelled_source}`: {run.summary}" for run in runs)
+            "\n".join(f"- `{set_name(run.labelled_source)}`: {run.summary}" for run in runs)
         ),
         "evaluated": sum(len(run.evaluated) for run in runs),
         "unchanged": sum(len(run.unchanged) for run in runs),

@@ -5,15 +5,18 @@ all tasks; results land in `vlm_extractions` and the typed `task_<name>` tables.
 `gpu` pool, which the instance limits to one step at a time.
 """
 
+import json
+
 import dagster as dg
+import polars as pl
 from pydantic import Field
 
 from assets.ingestion import images
 from assets.metadata import (
+    GROUP,
     column_schema,
     counts_markdown,
     definition_schema,
-    preview_table,
     records_table,
 )
 from assets.quality import record_and_report
@@ -62,6 +65,12 @@ class ExtractionConfig(dg.Config):
     drift_threshold: float = Field(
         default=0.25, gt=0, description="Label drift check warns when PSI is above."
     )
+    drift_min_images: int = Field(
+        default=cross_stage.DRIFT_MIN_IMAGES,
+        ge=1,
+        description="Label drift check: judge only with this many answers in the drop and in "
+        "earlier drops.",
+    )
     guard_min_images: int = Field(
         default=guards.DEFAULT_MIN_IMAGES,
         ge=2,
@@ -106,6 +115,7 @@ def quality_outcomes(
                 ),
                 categories=field.values,
                 threshold=config.drift_threshold,
+                min_images=config.drift_min_images,
             )
         ]
         for field in FIELDS.values()
@@ -139,46 +149,97 @@ def _round(value: float | None, digits: int = 3) -> float | None:
     return None if value is None else round(value, digits)
 
 
-# Columns of the per-task table on the Events page: one row per task, not one key per number.
+# The per-task tables on the Events page: one row per task, not one key per number; split in
+# two (what the task is, what this run did) so each fits the metadata panel.
 TASK_COLUMNS = {
     "task": "the extraction task (core/tasks/registry.py)",
     "table": "the typed table its `ok` results are flattened into",
     "rows": "rows of that table (all drops)",
     "fingerprint": "the task's version: hash of instruction + schema + token budget",
-    "images_this_run": "images this run sent to the model for the task",
-    "images_per_s": "this run's throughput for the task",
-    "p50_latency_ms": "median latency per image, this run",
-    "p95_latency_ms": "95th percentile latency per image, this run",
-    "validity_rate": "share of this run's results that are `ok`",
-    "cached_token_ratio": "share of prompt tokens served from the prefix cache",
+}
+RUN_COLUMNS = {
+    "task": "the extraction task",
+    "images": "images this run sent to the model for the task",
+    "images/s": "this run's throughput for the task",
+    "p50 ms": "median latency per image, this run",
+    "p95 ms": "95th percentile latency per image, this run",
+    "valid": "share of this run's results that are `ok`",
+    "cached": "share of prompt tokens served from the prefix cache",
     "statuses": "this run's results by status",
 }
+# A preview cell of a task's answer is cut to this many characters (the full one is in SQL).
+ANSWER_CHARS = 40
 
 
-def _task_row(task: Task, report: TaskReport | None, rows: int) -> dict[str, object]:
-    row: dict[str, object] = {
+def _task_row(task: Task, rows: int) -> dict[str, object]:
+    return {
         "task": task.name,
         "table": task.tables.table,
         "rows": rows,
         "fingerprint": task.fingerprint,
     }
-    if report is not None and report.done:
-        row |= {
-            "images_this_run": report.done,
-            "images_per_s": _round(report.images_per_s, 2),
-            "p50_latency_ms": _round(report.latency_percentile(50), 1),
-            "p95_latency_ms": _round(report.latency_percentile(95), 1),
-            "validity_rate": _round(report.validity_rate),
-            "cached_token_ratio": _round(report.cached_token_ratio),
-            "statuses": ", ".join(f"{k}: {v}" for k, v in sorted(report.statuses.items())),
-        }
-    return row
+
+
+def _run_row(report: TaskReport) -> dict[str, object]:
+    return {
+        "task": report.task,
+        "images": report.done,
+        "images/s": _round(report.images_per_s, 2),
+        "p50 ms": _round(report.latency_percentile(50), 1),
+        "p95 ms": _round(report.latency_percentile(95), 1),
+        "valid": _round(report.validity_rate),
+        "cached": _round(report.cached_token_ratio),
+        "statuses": ", ".join(f"{k}: {v}" for k, v in sorted(report.statuses.items())),
+    }
+
+
+def _answer_text(value: object) -> object:
+    """One answer field as a cell: scalars as they are, a list of items (the people) as
+    `n: a, b; c, d`, cut to ANSWER_CHARS."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, list):
+        items = [
+            ", ".join(str(v) for v in item.values()) if isinstance(item, dict) else str(item)
+            for item in value
+        ]
+        text = f"{len(items)}" + (f": {'; '.join(items)}" if items else "")
+    else:
+        text = json.dumps(value)
+    return text if len(text) <= ANSWER_CHARS else text[: ANSWER_CHARS - 1] + "…"
+
+
+def task_previews(preview: pl.DataFrame) -> dict[str, dg.MetadataValue]:
+    """One table per task, its answer's fields as columns (not one JSON column the panel cuts
+    off): path, status, each field, and the error where a result has one."""
+    tables: dict[str, dg.MetadataValue] = {}
+    for (task,), rows in preview.group_by("task", maintain_order=True):
+        records = []
+        for row in rows.iter_rows(named=True):
+            answer = json.loads(row["parsed_json"]) if row["parsed_json"] else {}
+            record = {"path": row["path"], "status": row["status"]}
+            record |= {key: _answer_text(value) for key, value in answer.items()}
+            if row["error"]:
+                record["error"] = _answer_text(row["error"])
+            records.append(record)
+        columns = dict.fromkeys(key for record in records for key in record)
+        tables[f"preview · {task}"] = records_table(
+            records, {name: PREVIEW_COLUMNS.get(name, "the model's answer") for name in columns}
+        )
+    return tables
+
+
+PREVIEW_COLUMNS = {
+    "path": "the image's file in this drop",
+    "status": "ok, invalid, truncated, rejected, error or unavailable",
+    "error": "why the result is not ok (cut; the full text is in vlm_extractions.error)",
+}
 
 
 @dg.asset(
     partitions_def=image_drops,
     deps=[images],
-    group_name="extraction",
+    group_name=GROUP,
     kinds={"duckdb", "python"},
     pool="gpu",
     metadata=definition_schema("vlm_extractions"),
@@ -284,7 +345,7 @@ def vlm_extractions(
         "model_id": model_id,
         "statuses": counts_markdown(statuses, key="status", value="rows"),
         "validity_rate": dg.MetadataValue.float(round(validity, 4)),
-        "preview": preview_table(preview),
+        **task_previews(preview),
     }
     this_run = [r for r in reports if r.done]
     if this_run:
@@ -301,18 +362,11 @@ def vlm_extractions(
                 round(merged.cached_token_ratio or 0.0, 4)
             ),
         }
-    by_task = {r.task: r for r in this_run}
     metadata["tasks"] = records_table(
-        [
-            _task_row(
-                task,
-                by_task.get(task.name),
-                task_rows.get(task.tables.table, 0),
-            )
-            for task in tasks
-        ],
-        TASK_COLUMNS,
+        [_task_row(task, task_rows.get(task.tables.table, 0)) for task in tasks], TASK_COLUMNS
     )
+    if this_run:
+        metadata["this run"] = records_table([_run_row(r) for r in this_run], RUN_COLUMNS)
     server = backend.server_metrics()
     if server:
         metadata["server_metrics"] = records_table(

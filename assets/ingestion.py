@@ -3,7 +3,7 @@
 import dagster as dg
 from pydantic import Field
 
-from assets.metadata import column_schema, counts_markdown, definition_schema, preview_table
+from assets.metadata import GROUP, column_schema, counts_markdown, definition_schema, preview_table
 from assets.quality import record_and_report
 from core.ingest import checks
 from core.ingest.accounting import account_for_drop
@@ -109,7 +109,7 @@ def _metadata(report: IngestReport, warehouse: Warehouse) -> dict[str, object]:
 
 @dg.asset(
     partitions_def=image_drops,
-    group_name="ingestion",
+    group_name=GROUP,
     kinds={"duckdb", "python"},
     metadata=definition_schema("images"),
     check_specs=[

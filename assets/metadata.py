@@ -16,6 +16,10 @@ import polars as pl
 from core.warehouse import Warehouse
 from core.warehouse.columns import describe, table_columns
 
+# One asset group for the whole chain: Dagster's lineage page then draws every asset with its
+# check badges in one view (with several groups it opens on collapsed group boxes, and the
+# assets and their checks are a click and a zoom away).
+GROUP = "image_pipeline"
 _SCALARS = (str, int, float, bool)
 # Column types for `records_table`, as Dagster's TableColumn names them.
 _TYPES = {bool: "bool", int: "int", float: "float", str: "string"}
@@ -57,8 +61,17 @@ def _cell(value: Any) -> str | int | float | bool | None:
     return str(value)
 
 
+def _empty(value: Any) -> bool:
+    return value is None or (isinstance(value, list | tuple | str) and len(value) == 0)
+
+
 def preview_table(frame: pl.DataFrame) -> dg.MetadataValue:
-    """A `MetadataValue.table` of a small DataFrame, with its columns typed for the UI."""
+    """A `MetadataValue.table` of a small DataFrame, with its columns typed for the UI; a
+    column empty in every row is left out (the panel is narrow: every column costs width)."""
+    if frame.height:
+        frame = frame.select(
+            name for name in frame.columns if not all(_empty(v) for v in frame[name].to_list())
+        )
     records = [
         dg.TableRecord({k: _cell(v) for k, v in row.items()}) for row in frame.iter_rows(named=True)
     ]
@@ -66,6 +79,15 @@ def preview_table(frame: pl.DataFrame) -> dg.MetadataValue:
         columns=[dg.TableColumn(name=name, type=str(dtype)) for name, dtype in frame.schema.items()]
     )
     return dg.MetadataValue.table(records=records, schema=schema)
+
+
+def previews_by(frame: pl.DataFrame, column: str, key: str = "preview") -> dict[str, object]:
+    """One preview table per value of `column` (`preview · scenery`, ...), without that column:
+    narrower than one table repeating it on every row."""
+    return {
+        f"{key} · {value}": preview_table(rows.drop(column))
+        for (value,), rows in frame.group_by(column, maintain_order=True)
+    }
 
 
 def records_table(

@@ -4,12 +4,24 @@ from collections.abc import Iterable, Mapping
 
 import dagster as dg
 
+from assets.metadata import records_table
 from core.quality.metrics import ConfusionMatrix
-from core.quality.outcome import CheckOutcome, record_outcomes
+from core.quality.outcome import (
+    CheckOutcome,
+    offending_paths,
+    readable_offending,
+    record_outcomes,
+)
 from core.quality.plots import confusion_markdown
 from core.warehouse import Warehouse
 
 _SEVERITY = {"ERROR": dg.AssetCheckSeverity.ERROR, "WARN": dg.AssetCheckSeverity.WARN}
+# What `Show schema` says about the offending sample's common columns.
+OFFENDING_COLUMNS = {
+    "path": "the image's file in this drop (else where it was first seen)",
+    "other_path": "the other image of the pair",
+    "image_id": "start of the image's SHA-256 (no file of it is recorded)",
+}
 
 
 def threshold_text(outcome: CheckOutcome) -> str | None:
@@ -36,20 +48,45 @@ def subjects_markdown(outcome: CheckOutcome) -> str | None:
         value = "" if part["value"] is None else f"{part['value']:.4g}"
         cells = [str(part["counts"].get(n, "")) for n in names]
         mark = "**" if subject == outcome.details.get("worst") else ""
-        lines.append(
-            f"| {mark}{subject}{mark} | {'yes' if part['passed'] else 'no'} | {value} | "
-            + " | ".join(cells)
-            + " |"
-        )
+        passed = "skipped" if part.get("skipped") else "yes" if part["passed"] else "no"
+        lines.append(f"| {mark}{subject}{mark} | {passed} | {value} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def check_metadata(outcome: CheckOutcome) -> dict[str, object]:
-    """What the UI's check panel shows: a one-line summary, the value (plotted over time) and
-    its bound as text, counts, per-subject results of a folded check, and a sample."""
-    metadata: dict[str, object] = {"summary": dg.MetadataValue.text(outcome.summary)}
+def verdict(outcome: CheckOutcome) -> str:
+    """The result in words, a warning called a warning (Dagster labels every failure "Failed",
+    a WARN one in yellow), a check without enough data "skipped"."""
+    if outcome.skipped:
+        return f"skipped: {outcome.skipped}"
+    if outcome.passed:
+        return "passed"
+    return "warning: worth a look, the run goes on" if outcome.severity == "WARN" else "failed"
+
+
+def description(outcome: CheckOutcome, drop: str | None) -> str:
+    """The check's one line in the UI, naming the drop (the check panel's Partition column
+    stays empty: the checks are not partitioned) and calling a warning a warning."""
+    text = outcome.summary
+    if not outcome.passed and outcome.severity == "WARN":
+        text = f"warning: {text}"
+    return f"drop {drop} · {text}" if drop else text
+
+
+def check_metadata(
+    outcome: CheckOutcome, *, drop: str | None = None, paths: Mapping[str, str] | None = None
+) -> dict[str, object]:
+    """What the UI's check panel shows: the drop, the result in words, a one-line summary, the
+    value (plotted over time, 4 significant digits) and its bound as text, counts, per-subject
+    results of a folded check, and a sample of offending rows as a table with file paths
+    (`paths`: image_id -> path)."""
+    metadata: dict[str, object] = {
+        "outcome": dg.MetadataValue.text(verdict(outcome)),
+        "summary": dg.MetadataValue.text(outcome.summary),
+    }
+    if drop:
+        metadata["drop"] = dg.MetadataValue.text(drop)
     if outcome.value is not None:
-        metadata["value"] = dg.MetadataValue.float(float(outcome.value))
+        metadata["value"] = dg.MetadataValue.float(float(f"{outcome.value:.4g}"))
     if (bound := threshold_text(outcome)) is not None:
         metadata["threshold"] = dg.MetadataValue.text(bound)
     for name, count in outcome.counts.items():
@@ -60,7 +97,11 @@ def check_metadata(outcome: CheckOutcome) -> dict[str, object]:
         metadata["worst_subject"] = dg.MetadataValue.text(str(outcome.details.get("worst")))
         metadata["subjects"] = dg.MetadataValue.md(table)
     if outcome.offending:
-        metadata["offending_sample"] = dg.MetadataValue.json(outcome.offending)
+        rows = readable_offending(outcome.offending, paths or {})
+        columns = dict.fromkeys(key for row in rows for key in row)
+        metadata["offending_sample"] = records_table(
+            rows, {name: OFFENDING_COLUMNS.get(name, "") for name in columns}
+        )
     parts = outcome.details.get("parts") or {"": outcome.details}
     confusion, distribution = [], []
     for subject, details in parts.items():
@@ -89,14 +130,19 @@ def as_check_result(
     *,
     asset_key: dg.AssetKey | str | None = None,
     extra_metadata: Mapping[str, object] | None = None,
+    drop: str | None = None,
+    paths: Mapping[str, str] | None = None,
 ) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         check_name=outcome.check_name,
         asset_key=dg.AssetKey(asset_key) if isinstance(asset_key, str) else asset_key,
         passed=outcome.passed,
         severity=_SEVERITY[outcome.severity],
-        description=outcome.summary,
-        metadata={**check_metadata(outcome), **(extra_metadata or {})},
+        description=description(outcome, drop),
+        metadata={
+            **check_metadata(outcome, drop=drop, paths=paths),
+            **(extra_metadata or {}),
+        },
     )
 
 
@@ -116,7 +162,13 @@ def record_and_report(
         warehouse, outcomes, run_id=context.run.run_id, asset=asset, partition=partition
     )
     extra = extra_metadata or {}
+    paths = offending_paths(warehouse, partition, [r for o in outcomes for r in o.offending])
     return [
-        as_check_result(outcome, extra_metadata=extra.get(outcome.check_name))
+        as_check_result(
+            outcome,
+            extra_metadata=extra.get(outcome.check_name),
+            drop=partition,
+            paths=paths,
+        )
         for outcome in outcomes
     ]

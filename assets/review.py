@@ -1,18 +1,17 @@
 """Find and fix: the review queue of a drop, and the drop's page and contact sheet."""
 
-from pathlib import Path
-
 import dagster as dg
 from pydantic import Field
 
 from assets.evaluation import label_agreement
-from assets.metadata import column_schema, counts_markdown, definition_schema, preview_table
+from assets.metadata import GROUP, column_schema, counts_markdown, definition_schema, preview_table
 from assets.quality import record_and_report
 from core.clip.near_duplicates import DEFAULT_THRESHOLD
 from core.quality.outcome import CheckOutcome
 from core.review import gallery, queue
 from orchestration.partitions import image_drops
 from resources.drop_folder import DropFolderResource
+from resources.reports import ReportsResource, reports_dir
 from resources.warehouse import WarehouseResource
 
 QUEUE_CONSISTENT_CHECK = queue.QUEUE_CONSISTENT
@@ -51,7 +50,7 @@ class ReviewQueueConfig(dg.Config):
 @dg.asset(
     partitions_def=image_drops,
     deps=[label_agreement],
-    group_name="review",
+    group_name=GROUP,
     kinds={"duckdb", "python"},
     metadata=definition_schema("review_queue"),
     check_specs=[
@@ -98,10 +97,13 @@ def review_queue(
         "vlm_model_id": report.vlm_model_id or "none",
     }
     if report.frame is not None and report.frame.height:
+        head = report.frame.head(PREVIEW_ROWS)
+        # two tables, each narrow enough for the metadata panel
         metadata["preview"] = preview_table(
-            report.frame.head(PREVIEW_ROWS).select(
-                "rank", "path", "score", "reasons", "disagree_fields", "failed_tasks"
-            )
+            head.select("rank", "path", "score", "reasons", "failed_tasks")
+        )
+        metadata["preview · disagreements"] = preview_table(
+            head.select("rank", "path", "disagree_fields")
         )
     results = record_and_report(context, store, outcomes, asset="review_queue")
     return dg.MaterializeResult(metadata=metadata, check_results=results)
@@ -118,15 +120,10 @@ class DropPageConfig(dg.Config):
     )
 
 
-def reports_dir(warehouse_path: str | Path) -> Path:
-    """Reports live beside the warehouse: data/reports/ for the default data/warehouse.duckdb."""
-    return Path(warehouse_path).expanduser().absolute().parent / "reports"
-
-
 @dg.asset(
     partitions_def=image_drops,
     deps=[review_queue],
-    group_name="review",
+    group_name=GROUP,
     kinds={"html"},
     check_specs=[
         dg.AssetCheckSpec(
@@ -142,15 +139,18 @@ def drop_page(
     config: DropPageConfig,
     warehouse: WarehouseResource,
     drop_folder: DropFolderResource,
+    reports: ReportsResource,
 ) -> dg.MaterializeResult:
     """A picture of the drop: a contact sheet (in this metadata) and a static HTML page with
-    every image's labels per task, the check outcomes and the review queue first."""
+    every image's labels per task, the check outcomes and the review queue first; `page_url`
+    opens it from the UI through `make ui`'s reports server."""
     store = warehouse.get()
+    folder = reports_dir(warehouse.path)
     report = gallery.build_gallery(
         store,
         drop_folder.path,
         context.partition_key,
-        reports_dir(warehouse.path),
+        folder,
         max_images=config.max_images,
         sheet_images=config.sheet_images,
         log=context.log.warning,
@@ -169,7 +169,7 @@ def drop_page(
         "contact_sheet": dg.MetadataValue.md(gallery.sheet_markdown(report.sheet_png)),
         "contact_sheet_path": dg.MetadataValue.path(str(report.sheet)),
         "page": dg.MetadataValue.path(str(report.page)),
-        "page_url": dg.MetadataValue.url(report.page.as_uri()),
+        "page_url": dg.MetadataValue.url(reports.link(report.page, folder)),
         "images_in_drop": report.images_in_drop,
         "images_shown": report.images_shown,
         "queue_shown": report.queue_shown,

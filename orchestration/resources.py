@@ -11,6 +11,7 @@ from orchestration.settings import MissingSetting, Settings
 from resources.clip_model import ClipModelResource
 from resources.drop_folder import DropFolderResource
 from resources.labelled_set import LabelledSetResource
+from resources.reports import ReportsResource
 from resources.sglang_server import SGLangServer
 from resources.vlm import VLMResource
 from resources.warehouse import WarehouseResource
@@ -65,4 +66,6 @@ def build_resources(settings: Settings) -> dict[str, Any]:
         "labelled_set": LabelledSetResource(
             location=str(settings.labelled_path) if settings.labelled_path else ""
         ),
+        # the drop pages' server that `make ui` starts (orchestration/ui.py)
+        "reports": ReportsResource(url=settings.reports_url),
     }

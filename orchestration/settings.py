@@ -41,6 +41,13 @@ class Settings(BaseModel):
     # A drop whose last run failed (Dagster's retries exhausted) is re-requested this long after
     # the failure; 0: only when its files change.
     retry_failed_s: float = Field(default=3600.0, ge=0)
+    # `make ui` serves the reports folder (drop pages) on 127.0.0.1 at this port; the
+    # drop_page asset links its page there.
+    reports_port: int = Field(default=3001, ge=1, le=65535)
+
+    @property
+    def reports_url(self) -> str:
+        return f"http://127.0.0.1:{self.reports_port}"
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -69,6 +76,8 @@ class Settings(BaseModel):
                     f"IMAGE_DROP_SENSOR must be 'running' or 'stopped', not {status!r}"
                 )
             values["sensor_running_by_default"] = status == "running"
+        if env.get("IMAGE_PIPELINE_REPORTS_PORT"):
+            values["reports_port"] = int(env["IMAGE_PIPELINE_REPORTS_PORT"])
         if env.get("IMAGE_DROP_INTERVAL_SECONDS"):
             values["sensor_interval_s"] = int(env["IMAGE_DROP_INTERVAL_SECONDS"])
         for variable, key in (

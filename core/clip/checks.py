@@ -21,6 +21,7 @@ from core.quality.outcome import (
     missing_table,
     records,
     scalar,
+    too_few,
 )
 from core.warehouse import Warehouse
 from core.warehouse.queries import DROP_IMAGES, first_paths, table_exists
@@ -351,10 +352,18 @@ def zero_shot_collapse(
         )
     images = sum(row["images"] for row in tops)
     subject = f"{label_set}/{model_id}"
-    collapsed = images >= min_images and len(tops) == 1
     if images < min_images:
-        summary = f"{subject}: {images} images, too few to judge (needs {min_images})"
-    elif collapsed:
+        return too_few(
+            ZERO_SHOT_COLLAPSE,
+            have=images,
+            need=min_images,
+            subject=subject,
+            threshold=2.0,
+            better="higher",
+            counts={"images": images, "distinct_top_labels": len(tops)},
+        )
+    collapsed = len(tops) == 1
+    if collapsed:
         summary = f"{subject}: every one of {images} images has top label {tops[0]['label']!r}"
     else:
         summary = f"{subject}: {len(tops)} distinct top labels over {images} images"

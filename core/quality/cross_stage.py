@@ -21,6 +21,7 @@ from core.quality.outcome import (
     ident,
     missing_table,
     share,
+    too_few,
 )
 from core.warehouse import Warehouse
 from core.warehouse.queries import DROP_IMAGES, table_exists
@@ -28,6 +29,8 @@ from core.warehouse.queries import DROP_IMAGES, table_exists
 LABEL_DRIFT = "label_drift"
 AGREEMENT = "clip_vlm_agreement"
 LABELLED_INGESTED = "labelled_images_ingested"
+# Fewer labelled images on either side and a distribution is mostly noise.
+DRIFT_MIN_IMAGES = 10
 
 
 class LabelSource(BaseModel):
@@ -77,11 +80,12 @@ def label_drift(
     *,
     categories: Sequence[str] | None = None,
     threshold: float = drift.DEFAULT_PSI_THRESHOLD,
+    min_images: int = DRIFT_MIN_IMAGES,
 ) -> CheckOutcome:
     """This drop's label distribution against all drops ingested before it (PSI; chi-square too).
 
-    Images the drop shares with earlier drops count on both sides; passes with a note when there
-    is no earlier drop to compare with.
+    Images the drop shares with earlier drops count on both sides; skipped (passes and says
+    so) when either side has fewer than `min_images` labelled images, no earlier drop included.
     """
     labels, params = source.select()
     params = {**params, "drop": drop_id}
@@ -108,17 +112,21 @@ def label_drift(
     current = {str(label): int(n) for side, label, n in rows if side == "current"}
     reference = {str(label): int(n) for side, label, n in rows if side == "reference"}
     base = {"current_images": sum(current.values()), "reference_images": sum(reference.values())}
-    if not reference or not current:
-        return CheckOutcome(
-            check_name=LABEL_DRIFT,
-            passed=True,
-            severity="WARN",
-            summary=f"{source.describe()}: nothing to compare "
-            + ("(no earlier drops with labels)" if current else "(no labels in this drop)"),
-            threshold=threshold,
-            counts=base,
-            details={"current": current, "reference": reference},
-        )
+    for side, have, unit in (
+        ("current", base["current_images"], "images"),
+        ("reference", base["reference_images"], "images in earlier drops"),
+    ):
+        if have < min_images:
+            return too_few(
+                LABEL_DRIFT,
+                have=have,
+                need=min_images,
+                unit=unit,
+                subject=source.describe(),
+                threshold=threshold,
+                counts=base,
+                details={"current": current, "reference": reference, "short_side": side},
+            )
     result = drift.compare(current, reference, categories, threshold=threshold)
     return CheckOutcome(
         check_name=LABEL_DRIFT,

@@ -18,6 +18,7 @@ import duckdb
 from pydantic import BaseModel, Field
 
 from core.warehouse import Warehouse
+from core.warehouse.queries import DROP_IMAGE_PATHS, first_paths, table_exists
 
 Severity = Literal["ERROR", "WARN"]
 SAMPLE_ROWS = 10
@@ -39,6 +40,8 @@ class CheckOutcome(BaseModel):
     counts: dict[str, int] = Field(default_factory=dict)
     offending: list[dict[str, Any]] = Field(default_factory=list)  # at most SAMPLE_ROWS
     details: dict[str, Any] = Field(default_factory=dict)
+    # Why the check did not judge (too little data): it passes, and its summary says so.
+    skipped: str | None = None
 
     @classmethod
     def from_offenders(
@@ -64,6 +67,106 @@ class CheckOutcome(BaseModel):
             offending=list(offenders[:SAMPLE_ROWS]),
             details={"settings": settings} if settings else {},
         )
+
+
+def too_few_text(have: int, need: int, unit: str = "images") -> str:
+    """The reason a check with a minimum did not judge, worded the same by every such check."""
+    return f"too few {unit} ({have} of {need} needed)"
+
+
+def too_few(
+    check_name: str,
+    *,
+    have: int,
+    need: int,
+    unit: str = "images",
+    subject: str | None = None,
+    severity: Severity = "WARN",
+    threshold: float | None = None,
+    better: Literal["lower", "higher"] = "lower",
+    counts: dict[str, int] | None = None,
+    details: dict[str, Any] | None = None,
+) -> CheckOutcome:
+    """The outcome of a check with a minimum that the drop does not reach: it passes (nothing
+    was found wrong), has no value (nothing was measured) and says "skipped: too few ...", so
+    neither a "Passed" over 0 images nor a warning on one image reads as a verdict."""
+    reason = too_few_text(have, need, unit)
+    return CheckOutcome(
+        check_name=check_name,
+        passed=True,
+        severity=severity,
+        summary=f"skipped: {reason}" + (f" for {subject}" if subject else ""),
+        threshold=threshold,
+        better=better,
+        counts=counts or {},
+        details={"settings": {"min_images": need}, **(details or {})},
+        skipped=reason,
+    )
+
+
+def _merged_summary(items: Sequence[tuple[str, CheckOutcome]]) -> str:
+    """Every subject's summary; when all were skipped for the same reason, that reason once."""
+    reasons = {o.skipped for _, o in items}
+    if len(reasons) == 1 and None not in reasons:
+        return f"skipped: {reasons.pop()} for {', '.join(s for s, _ in items)}"
+    return "; ".join(o.summary for _, o in items)
+
+
+def offending_paths(
+    warehouse: Warehouse, drop_id: str | None, offending: Sequence[Mapping[str, Any]]
+) -> dict[str, str]:
+    """image_id -> a path a person recognises, for every image id in offending rows: the
+    image's path in this drop, else where it was first seen (an image of an earlier drop)."""
+    ids = sorted(
+        {
+            str(value)
+            for row in offending
+            for key, value in row.items()
+            if key.endswith("image_id") and isinstance(value, str)
+        }
+    )
+    if not ids or not warehouse.path.exists():
+        return {}
+    with warehouse.reader() as conn:
+        found: dict[str, str] = {}
+        if drop_id is not None:
+            found = {
+                str(i): str(p)
+                for i, p in execute(
+                    conn,
+                    f"SELECT image_id, path FROM ({DROP_IMAGE_PATHS})"
+                    " WHERE image_id IN (SELECT unnest($ids::VARCHAR[]))",
+                    {"drop": drop_id, "ids": ids},
+                ).fetchall()
+            }
+        missing = [i for i in ids if i not in found]
+        if missing and table_exists(conn, "images"):
+            found |= first_paths(conn, missing)
+    return found
+
+
+def readable_offending(
+    offending: Sequence[Mapping[str, Any]], paths: Mapping[str, str]
+) -> list[dict[str, Any]]:
+    """Offending rows for a person: each `image_id` (or `other_image_id` ...) column becomes the
+    image's `path` (`other_path` ...) unless the row already has one; an id whose path is
+    unknown is cut to 12 characters, enough to find it in SQL with LIKE."""
+    readable = []
+    for row in offending:
+        out: dict[str, Any] = {}
+        for key, value in row.items():
+            if not key.endswith("image_id") or not isinstance(value, str):
+                out[key] = value
+                continue
+            path_key = key.removesuffix("image_id") + "path"
+            if path_key in row:  # the check named the path itself
+                continue
+            if value in paths:
+                out[path_key] = paths[value]
+            else:
+                out[key] = value[:12]
+        readable.append(out)
+    return readable
 
 
 def ident(name: str) -> str:
@@ -160,11 +263,16 @@ def merge_outcomes(parts: Mapping[str, Sequence[CheckOutcome]], key: str) -> lis
                 check_name=name,
                 passed=not failed,
                 severity=severity,
-                summary="; ".join(o.summary for _, o in items),
+                summary=_merged_summary(items),
                 value=worst.value,
                 threshold=worst.threshold,
                 better=worst.better,
                 counts=dict(worst.counts),
+                skipped=(
+                    "; ".join(dict.fromkeys(str(o.skipped) for _, o in items))
+                    if all(o.skipped for _, o in items)
+                    else None
+                ),
                 offending=[{key: subject, **row} for subject, o in items for row in o.offending][
                     :SAMPLE_ROWS
                 ],
@@ -178,7 +286,12 @@ def merge_outcomes(parts: Mapping[str, Sequence[CheckOutcome]], key: str) -> lis
                     "subject_key": key,
                     "worst": worst_subject,
                     "subjects": {
-                        subject: {"passed": o.passed, "value": o.value, "counts": o.counts}
+                        subject: {
+                            "passed": o.passed,
+                            "skipped": o.skipped,
+                            "value": o.value,
+                            "counts": o.counts,
+                        }
                         for subject, o in items
                     },
                 },
@@ -219,6 +332,7 @@ def record_outcomes(
             json.dumps(
                 {
                     "summary": outcome.summary,
+                    **({"skipped": outcome.skipped} if outcome.skipped else {}),
                     "counts": outcome.counts,
                     "offending": outcome.offending,
                     **outcome.details,

@@ -23,6 +23,7 @@ from core.quality.outcome import (
     records,
     scalar,
     share,
+    too_few,
 )
 from core.tasks.base import Task
 from core.vlm.checks import ExtractionScope, task_constraints
@@ -79,7 +80,7 @@ def constant_answers(
     the drop have an answer for that field."""
     params = scope.params(drop_id)
     offending: list[dict] = []
-    checked = 0
+    checked = most = 0
     with warehouse.reader() as conn:
         for table, column in _answer_columns(task):
             if not table_exists(conn, table):
@@ -95,6 +96,7 @@ def constant_answers(
                 """,
                 params,
             )[0].values()
+            most = max(most, images)
             if images < min_images:
                 continue
             checked += 1
@@ -104,8 +106,15 @@ def constant_answers(
                 )
     subject = f"{scope.task}/{scope.model_id}"
     if not checked:
-        summary = f"{subject}: no field has answers on {min_images} or more images of the drop"
-    elif offending:
+        return too_few(
+            EXTRACTION_CONSTANT_ANSWERS,
+            have=most,
+            need=min_images,
+            subject=subject,
+            threshold=0.0,
+            counts={"fields_checked": 0, "constant_fields": 0},
+        )
+    if offending:
         fields = ", ".join(f"{row['column']}={row['value']!r}" for row in offending)
         summary = f"{subject}: the same answer on every image for {fields}"
     else:
@@ -206,9 +215,11 @@ def people_consistency(
     *,
     people_list: str = "people",
     max_share: float = 0.25,
+    min_images: int = DEFAULT_MIN_IMAGES,
 ) -> CheckOutcome:
     """Share of images where `person_task` answered (it describes a person) while
-    `people_task` answered with an empty `people_list`: warn above `max_share`."""
+    `people_task` answered with an empty `people_list`: warn above `max_share`, judged only
+    on `min_images` or more images compared (a share of one image is no evidence)."""
     parent = people_task.tables.table
     child = f"{parent}__{people_list}"
     params = {
@@ -250,6 +261,16 @@ def people_consistency(
     ]
     rate = share(len(nobody), len(compared))
     subject = f"{person_task.name} vs {people_task.name}/{model_id}"
+    counts = {"images_compared": len(compared), "person_but_nobody_listed": len(nobody)}
+    if len(compared) < min_images:
+        return too_few(
+            EXTRACTION_PEOPLE_CONSISTENCY,
+            have=len(compared),
+            need=min_images,
+            subject=subject,
+            threshold=max_share,
+            counts=counts,
+        )
     return CheckOutcome(
         check_name=EXTRACTION_PEOPLE_CONSISTENCY,
         passed=rate is None or rate <= max_share,
@@ -259,7 +280,7 @@ def people_consistency(
         + (f" ({rate:.0%}; warn above {max_share:.0%})" if rate is not None else ""),
         value=rate,
         threshold=max_share,
-        counts={"images_compared": len(compared), "person_but_nobody_listed": len(nobody)},
+        counts=counts,
         offending=nobody[:SAMPLE_ROWS],
     )
 
@@ -296,6 +317,7 @@ def guard_checks(
                 by_name[person_task],
                 by_name[people_task],
                 max_share=max_people_mismatch,
+                min_images=min_images,
             )
         )
     else:

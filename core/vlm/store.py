@@ -145,8 +145,8 @@ def write_batch(
 def extraction_preview(
     warehouse: Warehouse, drop_id: str, model_id: str, tables: Sequence[str], *, rows: int = 20
 ) -> tuple[pl.DataFrame, int, dict[str, int]]:
-    """The drop's first results by task and path, the rows of `vlm_extractions` (all drops),
-    and the rows of each typed task table in `tables`."""
+    """The drop's first `rows` results of each task by path, the rows of `vlm_extractions`
+    (all drops), and the rows of each typed task table in `tables`."""
     with warehouse.reader() as conn:
         preview = conn.sql(
             f"""
@@ -154,7 +154,8 @@ def extraction_preview(
                    CAST(e.parsed_json AS VARCHAR) AS parsed_json, e.error, e.latency_ms
             FROM vlm_extractions e JOIN ({DROP_IMAGE_PATHS}) f USING (image_id)
             WHERE e.model_id = $model
-            ORDER BY e.task, f.path LIMIT $rows
+            QUALIFY row_number() OVER (PARTITION BY e.task ORDER BY f.path) <= $rows
+            ORDER BY e.task, f.path
             """,
             params={"drop": drop_id, "model": model_id, "rows": rows},
         ).pl()

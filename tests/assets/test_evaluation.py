@@ -115,9 +115,10 @@ def test_agreement_warns_below_the_minimum_rate(instance, warehouse):
     )
     check = only_check(result)
     assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
-    assert check.metadata["offending_sample"].value[0] == {
+    paths = dict(warehouse.rows("SELECT image_id, path FROM image_files"))
+    assert check.metadata["offending_sample"].value.records[0].data == {
         "field": "scenery",
-        "image_id": min(ids),
+        "path": paths[min(ids)],
         "clip": "indoors",
         "vlm": "cloudy",
     }
@@ -160,13 +161,8 @@ def test_evaluation_stores_metrics_and_warns_about_labelled_images_never_ingeste
     again = materialize(instance, warehouse, [evaluation], labelled=str(root))
     assert only_check(again).passed
     metadata = again.asset_materializations_for_node("evaluation")[0].metadata
-    (record,) = [r.data for r in metadata["results"].value.records]
-    assert (record["field"], record["source"], record["model"], record["n"]) == (
-        "age_group",
-        "vlm",
-        VLM,
-        3,
-    )
+    (record,) = [r.data for r in metadata["vlm results"].value.records]
+    assert (record["field"], record["model"], record["n"]) == ("age_group", VLM, 3)
     # the predictions did not change with the ingestion: the second run evaluated nothing
     assert record["accuracy"] == pytest.approx(0.667) and record["this run"] is False
     assert metadata["evaluated"].value == 0 and metadata["rows_written"].value == 0

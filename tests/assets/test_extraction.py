@@ -82,9 +82,10 @@ def test_demo_chain_fills_extractions_and_typed_tables(instance, warehouse, drop
     ]
     assert check.passed
     metadata = result.asset_materializations_for_node("vlm_extractions")[0].metadata
-    assert {"images_per_s", "p50_latency_ms", "p95_latency_ms", "validity_rate", "preview"} <= set(
-        metadata
-    )
+    assert {"images_per_s", "p50_latency_ms", "p95_latency_ms", "validity_rate"} <= set(metadata)
+    for name in TASKS:  # one preview per task, its answer's fields as columns
+        columns = [c.name for c in metadata[f"preview · {name}"].schema.columns]
+        assert columns[:2] == ["path", "status"] and "parsed_json" not in columns
 
 
 def test_a_run_killed_after_some_batches_resumes_with_only_the_missing_images(
@@ -158,7 +159,7 @@ def test_quality_checks_pass_on_the_stand_in_and_fail_on_a_planted_enum_value(
     again = _run(instance, resources, tasks=["age_gender"], batch_size=4, raise_on_error=False)
     (enum,) = [c for c in again.get_asset_check_evaluations() if c.check_name == ENUM_CHECK]
     assert not enum.passed
-    assert enum.metadata["offending_sample"].value[0]["value"] == "robot"
+    assert enum.metadata["offending_sample"].value.records[0].data["value"] == "robot"
     assert not again.success  # blocking
     recorded = warehouse.rows(
         "SELECT asset, passed FROM quality_results WHERE check_name = ? ORDER BY evaluated_at",
@@ -223,7 +224,7 @@ def test_a_model_that_answers_the_same_for_every_image_warns_without_blocking(
     assert evaluations[VALIDITY_CHECK].passed and evaluations[ENUM_CHECK].passed
     constant = evaluations[CONSTANT_ANSWERS_CHECK]
     assert not constant.passed and constant.severity == dg.AssetCheckSeverity.WARN
-    assert {row["column"] for row in constant.metadata["offending_sample"].value} == {
+    assert {row.data["column"] for row in constant.metadata["offending_sample"].value.records} == {
         "age_group",
         "gender",
     }

@@ -87,7 +87,7 @@ def test_a_lost_file_fails_the_blocking_check(
     ]
     assert not evaluation.passed
     assert evaluation.metadata["missing"].value == 1  # a count, as every check reports them
-    sample = evaluation.metadata["offending_sample"].value
+    sample = [row.data for row in evaluation.metadata["offending_sample"].value.records]
     assert sample == [{"path": "samples/rocket.jpg", "problem": "missing"}]
     assert not result.success  # blocking: downstream stages of the run would not start
 

@@ -61,8 +61,10 @@ def test_an_image_recorded_as_new_twice_fails_the_blocking_uniqueness_check(
     result = materialize(instance, warehouse, drop_root, "samples")
     check = evaluations(result)[UNIQUE_IMAGE_ID_CHECK]
     assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
-    (offending,) = check.metadata["offending_sample"].value
-    assert offending["image_id"] == rocket and "first seen at 2 paths" in offending["problem"]
+    (offending,) = [row.data for row in check.metadata["offending_sample"].value.records]
+    # the image's id is shown as one of its paths in the drop (the smallest)
+    assert offending["path"] == "samples/elsewhere/rocket.jpg"
+    assert "first seen at 2 paths" in offending["problem"]
     assert not result.success  # blocking
     stored = warehouse.rows(
         "SELECT passed, details FROM quality_results WHERE check_name = ? AND run_id = ?",

@@ -22,6 +22,7 @@ from core.warehouse import Warehouse
 from resources.clip_model import ClipModelResource
 from resources.drop_folder import DropFolderResource
 from resources.labelled_set import LabelledSetResource
+from resources.reports import ReportsResource
 from resources.warehouse import WarehouseResource
 from tests.core.review.planted import DROP, plant
 from tests.core.review.test_labelstudio import annotate
@@ -37,6 +38,7 @@ def run(instance, warehouse: Warehouse, drop_root: Path, assets: list, partition
         resources={
             "warehouse": WarehouseResource(path=str(warehouse.path)),
             "drop_folder": DropFolderResource(root=str(drop_root)),
+            "reports": ReportsResource(url="http://127.0.0.1:3001"),
             "labelled_set": LabelledSetResource(location=""),
             # evaluation loads it only for the many-class kNN, which these sets do not have
             "clip_model": ClipModelResource(device="cpu"),
@@ -66,7 +68,7 @@ def test_queue_and_page_materialize_with_checks_and_the_contact_sheet_in_metadat
     page = Path(metadata["page"].value)
     assert page == warehouse.path.parent / "reports" / DROP / "index.html"
     assert len(re.findall(r"<figure", page.read_text())) == 7
-    assert metadata["page_url"].value == page.as_uri()
+    assert metadata["page_url"].value == f"http://127.0.0.1:3001/{DROP}/index.html"
     inline = re.fullmatch(
         r"!\[contact sheet\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)",
         metadata["contact_sheet"].value,
@@ -109,6 +111,6 @@ def test_evaluation_uses_human_labels_as_a_second_labelled_set(
         ("human_labels", "vlm", "vlm-test/a", 0.0, 1),
     ]
     (event,) = result.asset_materializations_for_node("evaluation")
-    results = [r.data for r in event.metadata["results"].value.records]
-    assert {r["labelled set"] for r in results} == {"human_labels"}
+    assert event.metadata["labelled set"].value == "human_labels"
+    assert {r.data["model"] for r in event.metadata["vlm results"].value.records} == {"vlm-test/a"}
     assert "scenery · vlm · human labels" in event.metadata

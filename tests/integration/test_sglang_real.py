@@ -383,7 +383,7 @@ def test_kill_9_mid_run_fails_bounded_writes_no_half_batch_and_a_rerun_extracts_
     assert len(after) == count and len({image_id for image_id, _ in after}) == count
     assert set(written) <= set(after)  # the committed batches were not redone
     (materialization,) = result.asset_materializations_for_node("vlm_extractions")
-    per_task = rows_by(materialization.metadata["tasks"].value, "task")
-    assert per_task[task.name]["images_this_run"] == count - len(written)
+    per_task = rows_by(materialization.metadata["this run"].value, "task")
+    assert per_task[task.name]["images"] == count - len(written)
     # The resource stopped its server with the step: no launched server process is left.
     assert not wait_group_gone_all(_launched_servers() - servers_before)

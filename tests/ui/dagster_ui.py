@@ -1,11 +1,14 @@
-"""A real `dagster dev` on a free 127.0.0.1 port and a headless Chromium to look at it.
+"""A real `make ui` (`python -m orchestration.ui`: `dagster dev` plus the drop pages' server) on
+free 127.0.0.1 ports, and a headless Chromium to look at it.
 
-`dagster dev` starts the webserver, the daemon and a code server as its children; it runs in a
-session of its own, so stopping it signals that whole process group and nothing is left behind.
+The launcher runs in a session of its own and passes a stop signal on to `dagster dev` (which
+stops the webserver, the daemon and the code server, its children), waits for it, then stops the
+reports server; stopping signals the launcher's process group and nothing is left behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -94,34 +97,92 @@ def _stop(process: subprocess.Popen, grace_s: float = 20) -> None:
             time.sleep(0.2)
 
 
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid`, from /proc (empty where there is no /proc)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie, exited but not yet reaped, is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:300]
+    except OSError:
+        return ""
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 @contextmanager
 def dagster_dev(home: Path, env: dict[str, str], log_path: Path) -> Iterator[DagsterDev]:
-    """`dagster dev -w workspace.yaml` on a free port with DAGSTER_HOME=`home`, started at once
-    (it loads while the caller works; `wait_ready` waits for it) and stopped, group and all."""
-    port = free_port()
-    dagster = Path(sys.executable).with_name("dagster")
-    command = [str(dagster), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)]
+    """What `make ui` runs (`python -m orchestration.ui`) on free ports with
+    DAGSTER_HOME=`home`, started at once (it loads while the caller works; `wait_ready` waits
+    for it) and stopped, group and all."""
+    port, reports_port = free_port(), free_port()
+    command = [sys.executable, "-m", "orchestration.ui", "--port", str(port)]
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             command,
             cwd=REPO_ROOT,
-            env={**env, "DAGSTER_HOME": str(home)},
+            env={
+                **env,
+                "DAGSTER_HOME": str(home),
+                "IMAGE_PIPELINE_REPORTS_PORT": str(reports_port),
+            },
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    server = DagsterDev(f"http://127.0.0.1:{port}", process, log_path, reports_port)
     try:
-        yield DagsterDev(f"http://127.0.0.1:{port}", process, log_path)
+        yield server
     finally:
-        _stop(process)
+        server.stop()
 
 
 class DagsterDev:
-    """A started `dagster dev`: its URL, and a wait for its code location."""
+    """A started `make ui`: its URLs, a wait for its code location, and a clean stop."""
 
-    def __init__(self, url: str, process: subprocess.Popen, log_path: Path) -> None:
+    def __init__(
+        self, url: str, process: subprocess.Popen, log_path: Path, reports_port: int
+    ) -> None:
         self.url, self.process, self.log_path = url, process, log_path
+        self.reports_port = reports_port
+        self.reports_url = f"http://127.0.0.1:{reports_port}"
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, grace_s: float = 60) -> None:
+        """Signal the launcher's group (a terminal's Ctrl-C is SIGINT to it) and wait for it;
+        then SIGTERM and SIGKILL whatever is left of the group."""
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=grace_s)
+        _stop(self.process)
 
     def wait_ready(self, timeout_s: float = 240) -> str:
         deadline = time.monotonic() + timeout_s

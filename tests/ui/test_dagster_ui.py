@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
+import signal
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +24,16 @@ import pytest
 from orchestration.demo import run_demo
 from orchestration.jobs import PIPELINE_ASSETS, PIPELINE_JOB_NAME, image_pipeline_job
 from orchestration.settings import REPO_ROOT, Settings
-from tests.ui.dagster_ui import dagster_dev, find_chromium, graphql
+from tests.ui.dagster_ui import (
+    DagsterDev,
+    alive,
+    command_line,
+    dagster_dev,
+    descendants,
+    find_chromium,
+    graphql,
+    port_open,
+)
 
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')"
@@ -56,6 +68,7 @@ class Demo:
     url: str
     shots: Path
     result: dg.ExecuteInProcessResult
+    server: DagsterDev
 
 
 @pytest.fixture(scope="module")
@@ -66,16 +79,11 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     for folder in (home, drops, shots):
         folder.mkdir()
     shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
-    settings = Settings(
-        environment="local",
-        warehouse_path=base / "warehouse.duckdb",
-        drop_root=drops,
-        quiet_period_s=0,
-    )
+    warehouse = base / "warehouse.duckdb"
     env = {
         **os.environ,
         "IMAGE_PIPELINE_ENV": "local",
-        "IMAGE_PIPELINE_WAREHOUSE": str(settings.warehouse_path),
+        "IMAGE_PIPELINE_WAREHOUSE": str(warehouse),
         "IMAGE_DROP_ROOT": str(drops),
         "IMAGE_DROP_SENSOR": "stopped",
     }
@@ -84,11 +92,18 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     with dg.DagsterInstance.from_config(str(home)) as instance:
         instance.get_runs(limit=1)
     with dagster_dev(home, env, base / "dagster-dev.log") as server:
+        settings = Settings(  # what `make demo` reads from the same environment
+            environment="local",
+            warehouse_path=warehouse,
+            drop_root=drops,
+            quiet_period_s=0,
+            reports_port=server.reports_port,
+        )
         with dg.DagsterInstance.from_config(str(home)) as instance:
             result = run_demo(settings, instance)
         assert result.success
         try:
-            yield Demo(server.wait_ready(), shots, result)
+            yield Demo(server.wait_ready(), shots, result, server)
         finally:
             target = os.environ.get("IMAGE_PIPELINE_UI_SHOTS")
             if target:
@@ -122,9 +137,10 @@ def _skip_community_modal(browser: sync_api.Browser, url: str) -> None:
 class Watched:
     """A browser page whose GraphQL answers and script errors are collected as they come."""
 
-    def __init__(self, browser: sync_api.Browser, url: str) -> None:
+    def __init__(self, browser: sync_api.Browser, url: str, shots: Path | None = None) -> None:
         self.errors: list[str] = []
         self.url = url
+        self.shots = shots or Path(".")
         self.page = browser.new_context(viewport=VIEWPORT).new_page()
         self.page.on("response", self._response)
         self.page.on("pageerror", lambda error: self.errors.append(f"script error: {error}"))
@@ -239,3 +255,136 @@ def test_every_asset_belongs_to_the_pipeline_job_as_the_ui_sees_it(demo: Demo):
     jobs = {"/".join(n["assetKey"]["path"]): n["jobNames"] for n in answer["data"]["assetNodes"]}
     assert set(jobs) == set(ASSET_NAMES)
     assert all(PIPELINE_JOB_NAME in names for names in jobs.values())
+
+
+# issue 20: a new user's first hour ------------------------------------------------------------
+
+# A float shown with more than 4 significant digits (0.6666666666666666) is not rounded.
+LONG_FLOAT = re.compile(r"\b\d+\.\d{5,}\b")
+# The asset Events page's metadata panel: it scrolls sideways when a value is too wide.
+METADATA_PANEL = "[class*='AssetEventMetadataEntriesTable_assetEventMetadata']"
+LINEAGE_VIEWPORT = {"width": 2560, "height": 1440}
+# The metadata rows (key, value, and an empty third column) whose value ends past the panel's
+# right edge: what the panel cuts off, and the width it would need.
+VALUES_CUT_OFF = """
+panel => {
+  const edge = panel.getBoundingClientRect().right;
+  const rows = Array.from(panel.querySelector('table').rows);
+  return rows
+    .filter(row => row.cells.length > 1 && row.cells[1].getBoundingClientRect().right > edge + 1)
+    .map(row => [row.cells[0].innerText, Math.round(row.cells[1].getBoundingClientRect().right - edge)]);
+}
+"""
+
+
+def test_the_drop_page_opens_through_its_link_on_the_asset_page(demo: Demo, browser):
+    """Item 1: `page_url` is an http link to `make ui`'s reports server, and it opens."""
+    watched = Watched(browser, demo.url)
+    page = watched.open(f"/assets/drop_page?view=events&partition={DROP}", "Metadata")
+    target = f"{demo.server.reports_url}/{DROP}/index.html"
+    link = page.get_by_role("link", name=target, exact=True)
+    with page.context.expect_page() as opened:
+        link.click()
+    drop_page = opened.value
+    drop_page.wait_for_load_state("networkidle")
+    assert drop_page.url == target
+    assert DROP in drop_page.title()
+    shown = _images_shown(drop_page) + drop_page.locator("img").evaluate_all(
+        "images => images.map(i => i.complete ? i.naturalWidth : 0)"
+    )
+    assert shown and all(width > 0 for width in shown), shown  # thumbnails come over http too
+    drop_page.screenshot(path=demo.shots / "drop-page-through-its-link.png", full_page=True)
+    assert watched.errors == []
+
+
+def _check_page(watched: Watched, asset: str, check: str) -> sync_api.Page:
+    page = watched.open(f"/assets/{asset}?view=checks&checkDetail={check}", "Latest execution")
+    page.get_by_text("outcome", exact=True).first.wait_for(timeout=30_000)
+    watched.shoot(watched.shots / f"check-{asset}-{check}.png")
+    return page
+
+
+def test_a_warning_check_page_names_the_drop_and_shows_paths_and_rounded_values(
+    demo: Demo, browser
+):
+    """Item 3: the drop in the description, a warning called one, the offending sample a table
+    of file paths (not 64-character ids), no unrounded float anywhere on the page."""
+    watched = Watched(browser, demo.url, demo.shots)
+    page = _check_page(watched, "label_agreement", "clip_vlm_agreement")
+    body = page.inner_text("body")
+    assert f"drop {DROP} · warning: scenery:" in body
+    assert "warning: worth a look, the run goes on" in body
+    sample = page.locator("tr", has=page.get_by_text("offending_sample", exact=True)).last
+    cells = sample.locator("td td").all_inner_texts()
+    assert any(re.fullmatch(rf"{DROP}/[\w.-]+\.(jpg|png)", cell) for cell in cells), cells
+    assert not re.search(r"\b[0-9a-f]{64}\b", body), "an image id where a path belongs"
+    assert not LONG_FLOAT.search(body), LONG_FLOAT.search(body)
+    assert watched.visible_errors() == [] and watched.errors == []
+
+
+def test_a_check_with_too_few_images_says_it_skipped(demo: Demo, browser):
+    """Item 6: the demo's 7 images are fewer than the 10 the collapse guard needs."""
+    watched = Watched(browser, demo.url, demo.shots)
+    for asset, check in (
+        ("clip_zero_shot", "zero_shot_label_collapse"),
+        ("clip_zero_shot", "label_drift"),
+        ("vlm_extractions", "extraction_people_consistency"),
+    ):
+        page = _check_page(watched, asset, check)
+        body = page.inner_text("body")
+        assert f"drop {DROP} · skipped: too few images (" in body, (check, body[:2000])
+        assert "skipped: too few images (7 of 10 needed)" in body or (
+            "skipped: too few images in earlier drops (0 of 10 needed)" in body
+        ), check
+        assert "Failed" not in body, check  # never a warning on too little data
+    assert watched.visible_errors() == [] and watched.errors == []
+
+
+def test_no_metadata_is_wider_than_its_panel(demo: Demo, browser):
+    """Item 4: every asset's metadata fits its panel: no value cut off at the right edge."""
+    watched = Watched(browser, demo.url, demo.shots)
+    too_wide = {}
+    for name in ASSET_NAMES:
+        page = watched.open(f"/assets/{name}?view=events&partition={DROP}", "Metadata")
+        panel = page.locator(METADATA_PANEL).first
+        cut = panel.evaluate(VALUES_CUT_OFF)
+        if cut:
+            too_wide[name] = cut
+    assert too_wide == {}
+    text = watched.open(f"/assets/evaluation?view=events&partition={DROP}", "Metadata")
+    assert str(REPO_ROOT) not in text.inner_text(METADATA_PANEL)  # no absolute path per row
+
+
+def test_the_lineage_page_shows_every_asset_with_its_check_badges(demo: Demo, browser):
+    """Item 7: Dagster's global lineage opens on the assets themselves (one asset group), each
+    with its checks' badge, at a desktop size and without zooming."""
+    watched = Watched(browser, demo.url, demo.shots)
+    watched.page.set_viewport_size(LINEAGE_VIEWPORT)
+    page = watched.page
+    page.goto(f"{demo.url}/asset-groups")
+    page.get_by_text("Asset checks").first.wait_for(timeout=60_000)
+    page.wait_for_load_state("networkidle")
+    badges = page.get_by_text(re.compile(r"^\d+ / \d+ Passed$"))
+    badges.nth(len(ASSET_NAMES) - 1).wait_for(timeout=60_000)  # live data arrives after
+    page.screenshot(path=demo.shots / "lineage.png")
+    assert page.get_by_text("Asset checks", exact=True).count() == len(ASSET_NAMES)
+    assert badges.count() == len(ASSET_NAMES)
+    for name in ASSET_NAMES:
+        assert page.get_by_text(name, exact=True).last.is_visible(), name
+    assert watched.errors == []
+
+
+def test_stopping_make_ui_stops_dagster_and_the_reports_server(demo: Demo):
+    """Item 1's job control: Ctrl-C (SIGINT to the launcher's group) stops `dagster dev`, its
+    children and the reports server; nothing is left. Runs last: it ends the module's server."""
+    server = demo.server
+    children = descendants(server.process.pid)
+    assert children and port_open(server.reports_port)
+    server.stop(signal.SIGINT)
+    assert server.process.returncode is not None
+    assert not port_open(server.reports_port)
+    assert not port_open(int(demo.url.rsplit(":", 1)[1]))
+    deadline = time.monotonic() + 30  # orphan watchers notice their parent is gone
+    while (left := [pid for pid in children if alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert {pid: command_line(pid) for pid in left} == {}

@@ -96,10 +96,14 @@ def test_people_consistency_warns_when_a_person_is_described_but_nobody_listed(w
     ids = scenery_drop(wh, 4, lambda i: "indoors", lambda i: [person()] if i < 3 else [])
     for iid in ids:
         add_extraction(wh, iid, AGE_GENDER, VLM, "ok", {"age_group": "21-30", "gender": "male"})
-    good = guards.people_consistency(wh, "d1", VLM, AGE_GENDER, SCENERY_PEOPLE, max_share=0.25)
+    good = guards.people_consistency(
+        wh, "d1", VLM, AGE_GENDER, SCENERY_PEOPLE, max_share=0.25, min_images=4
+    )
     assert good.passed and good.value == 0.25
     plant_sql(wh, "DELETE FROM task_scenery_people__people WHERE image_id = ?", [ids[0]])
-    bad = guards.people_consistency(wh, "d1", VLM, AGE_GENDER, SCENERY_PEOPLE, max_share=0.25)
+    bad = guards.people_consistency(
+        wh, "d1", VLM, AGE_GENDER, SCENERY_PEOPLE, max_share=0.25, min_images=4
+    )
     assert not bad.passed and bad.value == 0.5
     assert {row["image_id"] for row in bad.offending} == {ids[0], ids[3]}
     assert bad.counts == {"images_compared": 4, "person_but_nobody_listed": 2}
