@@ -573,7 +573,10 @@ def _plan_loose(
         )
 
 
-def status_line(plan: TickPlan, *, warehouse_read: bool = True) -> str:
+WAREHOUSE_BUSY = "warehouse busy: what it holds is asked again next tick"
+
+
+def status_line(plan: TickPlan, *, warehouse_note: str = "") -> str:
     """One line for the sensor's tick page: what it watches, waits for, and why nothing runs."""
     parts = [f"watching {plan.watching} drop{'s' if plan.watching != 1 else ''}"]
     if plan.ready:
@@ -588,8 +591,8 @@ def status_line(plan: TickPlan, *, warehouse_read: bool = True) -> str:
         parts.append(f"{len(plan.failed)} failed: " + ", ".join(sorted(plan.failed)[:3]))
     if plan.ignored:
         parts.append(f"{len(plan.ignored)} ignored: " + ", ".join(sorted(plan.ignored)[:3]))
-    if not warehouse_read:
-        parts.append("warehouse busy or unreadable: what it holds is checked next tick")
+    if warehouse_note:
+        parts.append(warehouse_note)
     return "; ".join(parts)
 
 
@@ -635,10 +638,10 @@ def ingested_files(
 
 def read_view(
     warehouse: Warehouse, drop_ids: list[str], loose_files: list[str]
-) -> WarehouseView | None:
-    """What the warehouse holds of these drops and loose files; None when it cannot be read now.
-
-    No warehouse file at all holds nothing: every drop a run ingested is requested again.
+) -> tuple[WarehouseView | None, str]:
+    """What the warehouse holds of these drops and loose files, and a note when it could not
+    be read: (None, why). No warehouse file at all holds nothing: every drop a run ingested is
+    requested again.
     """
     try:
         with warehouse.reader() as conn:
@@ -657,11 +660,14 @@ def read_view(
                 [loose_files, loose_files],
             ).fetchall()
     except WarehouseNotFound:
-        return WarehouseView(held=frozenset(), changed={}, loose_held=frozenset())
-    except (LockTimeout, duckdb.Error, OSError):
-        return None  # locked past the sensor's short wait, or unreadable: said, tried next tick
-    return WarehouseView(
+        return WarehouseView(held=frozenset(), changed={}, loose_held=frozenset()), ""
+    except (LockTimeout, duckdb.Error, OSError) as error:
+        if _busy(error):
+            return None, WAREHOUSE_BUSY
+        return None, f"warehouse unreadable ({type(error).__name__}): lost files not checked"
+    view = WarehouseView(
         held=frozenset(row[0] for row in held),
         changed={drop: (count, stamp) for drop, count, stamp in changed},
         loose_held=frozenset(row[0] for row in loose),
     )
+    return view, ""

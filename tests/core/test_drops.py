@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from core.drops import (
+    WAREHOUSE_BUSY,
     Timing,
     WarehouseView,
     WatcherState,
@@ -288,7 +289,7 @@ def test_a_busy_warehouse_defers_the_decision_to_the_next_tick(tmp_path: Path):
         tmp_path, WatcherState(), now=1000.0, timing=timing, known_files=lambda _: None
     )
     assert plan.ready == [] and "busy" in plan.waiting["d"]
-    assert "busy" in status_line(plan, warehouse_read=False)
+    assert "busy" in status_line(plan, warehouse_note=WAREHOUSE_BUSY)
     plan = plan_tick(tmp_path, plan.state, now=1030.0, timing=timing, known_files=lambda _: {})
     assert [d.drop_id for d in plan.ready] == ["d"]
 
