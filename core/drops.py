@@ -26,14 +26,22 @@ from typing import Literal
 import duckdb
 from pydantic import BaseModel, Field
 
-from core.ingest.scan import LOOSE_PREFIX, READY_MARKER, InvalidDrop, display_path, validate_drop_id
+from core.ingest.scan import (
+    LOOSE_PREFIX,
+    READY_MARKER,
+    InvalidDrop,
+    display_path,
+    os_path,
+    validate_drop_id,
+)
 from core.warehouse import LockTimeout, Warehouse, WarehouseNotFound
 
 Entry = tuple[
     str, int, int
 ]  # path relative to the drop root (as the warehouse keys it), size, mtime
-# drop ids -> {path: (size, mtime_ns)} of the files the warehouse already holds for each drop
-KnownFiles = Callable[[list[str]], Mapping[str, Mapping[str, tuple[int, int]]]]
+# drop ids -> {path: (size, mtime_ns)} of the files the warehouse already holds for each drop;
+# None: the warehouse could not be read now (busy), so nothing is decided on it this tick
+KnownFiles = Callable[[list[str]], Mapping[str, Mapping[str, tuple[int | None, int]]] | None]
 # A directory modified this recently may still change within its timestamp's granularity: a tree
 # is only trusted unchanged (walk skipped) once all its folders are older than this.
 RACY_S = 2.0
@@ -53,7 +61,7 @@ def summarize(entries: list[Entry]) -> FileSetSummary:
     return FileSetSummary(fingerprint=digest.hexdigest()[:32], count=len(entries))
 
 
-def only_removed(entries: list[Entry], known: Mapping[str, tuple[int, int]] | None) -> bool:
+def only_removed(entries: list[Entry], known: Mapping[str, tuple[int | None, int]] | None) -> bool:
     """True if every file is already recorded, with the same size and mtime: nothing to ingest.
 
     This is the only case that needs no run (files were removed, or the set is the one already
@@ -72,7 +80,8 @@ class Folder(BaseModel):
     signature: str = ""  # of the folder tree's directory mtimes at the last walk; "": walk again
     subdirs: list[str] = Field(default_factory=list)  # relative sub-folders at the last walk
     walked_at: float = 0.0  # sensor clock of the last full walk
-    attempt: int = 0  # re-requests after failed runs, so every retry gets a fresh run_key
+    attempt: int = 0  # re-requests of the same file set, so every one gets a fresh run_key
+    ingested: bool = False  # a run of it succeeded, or the warehouse held it: checked each tick
 
 
 class Pending(BaseModel):
@@ -87,6 +96,7 @@ class Failed(BaseModel):
     at: float  # sensor clock when the sensor learnt of it
     fingerprint: str = ""  # folder drops: the file set the failed run was asked to ingest
     files: list[str] = Field(default_factory=list)  # loose drops: the files of the failed run
+    attempt: int = 0  # the failed run's attempt: its retry is attempt + 1, a run_key not used yet
 
 
 class WatcherState(BaseModel):
@@ -99,6 +109,7 @@ class WatcherState(BaseModel):
     # loose files not yet in a drop: name -> size, mtime, sensor clock when first seen like that
     loose_seen: dict[str, tuple[int, int, float]] = Field(default_factory=dict)
     runs_checked_at: float | None = None  # update time of the last run outcome read (wall clock)
+    loose_ingested: list[str] = Field(default_factory=list)  # assigned loose files a run ingested
 
     @classmethod
     def from_cursor(cls, cursor: str | None) -> WatcherState:
@@ -114,17 +125,27 @@ class WatcherState(BaseModel):
     def to_cursor(self) -> str:
         return self.model_dump_json(exclude_defaults=True)
 
-    def record_failure(self, drop_id: str, run_id: str, now: float, files: list[str]) -> None:
+    def record_failure(
+        self, drop_id: str, run_id: str, now: float, files: list[str], attempt: int = 0
+    ) -> None:
         folder = self.folders.get(drop_id)
+        if folder is not None:
+            folder.ingested = False
         self.failed[drop_id] = Failed(
             run_id=run_id,
             at=now,
             fingerprint=folder.fingerprint if folder else "",
             files=files,
+            attempt=attempt,
         )
 
-    def record_success(self, drop_id: str) -> None:
+    def record_success(self, drop_id: str, files: list[str] | None = None) -> None:
         self.failed.pop(drop_id, None)
+        folder = self.folders.get(drop_id)
+        if folder is not None:
+            folder.ingested = True
+        done = set(self.loose_ingested) | {f for f in files or [] if f in self.loose_assigned}
+        self.loose_ingested = sorted(done)
 
 
 @dataclass(frozen=True)
@@ -135,10 +156,13 @@ class ReadyDrop:
     files: tuple[str, ...] = ()  # loose drops only
     reason: str = ""
     attempt: int = 0
+    suffix: str = ""  # names a re-request that no attempt counts (a loose drop's changed files)
 
     @property
     def run_key(self) -> str:
         key = f"{self.drop_id}:{self.summary.fingerprint[:16]}"
+        if self.suffix:
+            return f"{key}:{self.suffix}"
         return f"{key}:retry{self.attempt}" if self.attempt else key
 
 
@@ -151,6 +175,16 @@ class TickPlan:
     already_ingested: dict[str, str] = field(default_factory=dict)  # drop -> why no run
     failed: dict[str, str] = field(default_factory=dict)  # drop -> its failed run, what happens
     walked: int = 0  # folders walked this tick (the others were unchanged by their signature)
+    watching: int = 0  # folder drops in the root
+
+
+@dataclass(frozen=True)
+class WarehouseView:
+    """What the warehouse holds, read once per tick: drops it lost or found changed are re-run."""
+
+    held: frozenset[str]  # drop ids the warehouse has a `drops` row for
+    changed: Mapping[str, tuple[int, str]]  # drop -> files found changed since ingestion, stamp
+    loose_held: frozenset[str]  # of the loose files asked about, those it records
 
 
 @dataclass(frozen=True)
@@ -251,13 +285,19 @@ def plan_tick(
     timing: Timing,
     known_files: KnownFiles | None = None,
     wall_now: float | None = None,
+    running: Mapping[str, str] | None = None,
+    view: WarehouseView | None = None,
 ) -> TickPlan:
     """Look at the drop root once; say which drops are ready and what the new cursor is.
 
     `now` is the sensor's clock (quiet periods, waits); `wall_now` the real time that file and
-    folder mtimes are compared with (default: time.time()).
+    folder mtimes are compared with (default: time.time()). `running` maps each drop with a run
+    queued or in progress to that run: such a drop gets no second run until it ends. `view` is
+    what the warehouse held at the start of the tick (None: not read, nothing is re-requested for
+    what it lost or found changed).
     """
     wall_now = time.time() if wall_now is None else wall_now
+    running = running or {}
     state = state.model_copy(deep=True)
     ready: list[ReadyDrop] = []
     waiting: dict[str, str] = {}
@@ -267,34 +307,42 @@ def plan_tick(
     if not root.is_dir():
         return TickPlan(ready, {}, {str(root): "drop root does not exist"}, state)
 
-    folders = _folder_names(root)
-    present = set(folders)
-    # The cursor only describes what lies in the root now.
-    state.folders = {n: f for n, f in state.folders.items() if n in present}
-    state.pending = {n: p for n, p in state.pending.items() if n in present}
-
-    changed: dict[str, tuple[list[Entry], FileSetSummary, bool]] = {}
-    walked = 0
-    for name in folders:
+    folders: dict[str, str] = {}  # drop id (the escaped name) -> the folder's name on disk
+    for os_name in _folder_names(root):
+        name = display_path(os_name)
         try:
             validate_drop_id(name)
         except InvalidDrop as error:
             ignored[name] = str(error)
             continue
+        folders[name] = os_name
+    present = set(folders)
+    # The cursor only describes what lies in the root now.
+    state.folders = {n: f for n, f in state.folders.items() if n in present}
+    state.pending = {n: p for n, p in state.pending.items() if n in present}
+
+    def busy(name: str) -> str | None:
+        run_id = running.get(name)
+        return f"run {run_id} of this drop has not ended; requested after it" if run_id else None
+
+    changed: dict[str, tuple[list[Entry], FileSetSummary, bool]] = {}
+    walked = 0
+    for name, os_name in folders.items():
         record = state.folders.get(name)
-        path = root / name
+        path = root / os_name
         if (
             record is not None
             and name not in state.pending
             and name not in state.failed
             and record.signature
             and not _rewalk_due(name, record, now, timing.rewalk_s)
-            and _signature(path, record.subdirs, wall_now) == record.signature
+            and _signature(path, [os_path(d) for d in record.subdirs], wall_now) == record.signature
         ):
             continue  # the same names as at the last walk, which found nothing to do
         walked += 1
-        entries, subdirs, has_marker = _walk(path, name)
+        entries, subdirs, has_marker = _walk(path, os_name)
         signature = _signature(path, subdirs, wall_now)
+        shown_subdirs = [display_path(d) for d in subdirs]  # the cursor is JSON: text only
         if not entries:
             waiting[name] = "empty folder"
             state.pending.pop(name, None)
@@ -302,14 +350,14 @@ def plan_tick(
         summary = summarize(entries)
         if record is not None and summary.fingerprint == record.fingerprint:
             state.pending.pop(name, None)
-            record.signature, record.subdirs, record.walked_at = signature, subdirs, now
+            record.signature, record.subdirs, record.walked_at = signature, shown_subdirs, now
             continue
         changed[name] = (entries, summary, has_marker)
         if record is not None:  # keep the tree signature for after the change is handled
-            record.signature, record.subdirs = signature, subdirs
+            record.signature, record.subdirs = signature, shown_subdirs
         else:
             state.folders[name] = Folder(
-                fingerprint="", count=0, signature=signature, subdirs=subdirs, walked_at=now
+                fingerprint="", count=0, signature=signature, subdirs=shown_subdirs, walked_at=now
             )
 
     to_check = [name for name in changed if name not in state.failed]
@@ -317,7 +365,14 @@ def plan_tick(
     for name, (entries, summary, has_marker) in changed.items():
         record = state.folders[name]
         first_seen = record.fingerprint == ""
-        if name not in state.failed and only_removed(entries, known.get(name)):
+        pending = state.pending.get(name)
+        if pending is None or pending.fingerprint != summary.fingerprint:
+            pending = Pending(fingerprint=summary.fingerprint, since=now)
+        if known is None and name not in state.failed:
+            state.pending[name] = pending  # walked again next tick, however its folder looks
+            waiting[name] = "the warehouse is busy, so whether it is ingested is asked next tick"
+            continue
+        if name not in state.failed and only_removed(entries, (known or {}).get(name)):
             why = (
                 "already ingested with these files"
                 if first_seen
@@ -329,18 +384,20 @@ def plan_tick(
                 summary.count,
                 now,
             )
+            record.ingested = True
             state.pending.pop(name, None)
             continue
-        pending = state.pending.get(name)
-        if pending is None or pending.fingerprint != summary.fingerprint:
-            pending = Pending(fingerprint=summary.fingerprint, since=now)
         quiet_for = now - pending.since
-        if has_marker or quiet_for >= timing.quiet_period_s:
+        if (has_marker or quiet_for >= timing.quiet_period_s) and busy(name):
+            state.pending[name] = pending
+            waiting[name] = f"files added or changed; {busy(name)}"
+        elif has_marker or quiet_for >= timing.quiet_period_s:
             why = f"{READY_MARKER} marker" if has_marker else f"unchanged for {quiet_for:.0f}s"
             attempt = record.attempt
             if name in state.failed:
-                attempt += 1
-                why = f"files changed after failed run {state.failed.pop(name).run_id}; {why}"
+                failure = state.failed.pop(name)
+                attempt = max(attempt, failure.attempt) + 1
+                why = f"files changed after failed run {failure.run_id}; {why}"
             elif not first_seen:
                 why = f"files added or changed; {why}"
             ready.append(ReadyDrop(name, "folder", summary, reason=why, attempt=attempt))
@@ -349,7 +406,7 @@ def plan_tick(
                 summary.count,
                 now,
             )
-            record.attempt = attempt
+            record.attempt, record.ingested = attempt, False
             state.pending.pop(name, None)
         else:
             state.pending[name] = pending
@@ -357,7 +414,9 @@ def plan_tick(
                 f"still changing (quiet for {quiet_for:.0f}s of {timing.quiet_period_s:.0f}s)"
             )
 
-    loose_now = _loose_entries(root)
+    loose_now = {display_path(n): entry for n, entry in _loose_entries(root).items()}
+    if view is not None:
+        _reconcile(state, view, ready, waiting, busy, set(changed))
     _plan_loose(state, loose_now, now, timing, ready, waiting)
 
     # Failed drops: named on every tick; re-requested on schedule (folder drops also at once
@@ -372,17 +431,27 @@ def plan_tick(
             del state.failed[name]
             continue
         due = timing.retry_failed_s > 0 and now - failure.at >= timing.retry_failed_s
-        if due:
+        record = state.folders.get(name)
+        if due and busy(name):
+            failed[name] = f"last run {failure.run_id} failed; {busy(name)}"
+        elif due and not name.startswith(LOOSE_PREFIX) and (record is None or not record.count):
+            # Its folder holds no file now (a partition launched by hand before its files were
+            # copied): the files' arrival requests it, above.
+            failed[name] = (
+                f"last run {failure.run_id} failed; its folder holds no files to run again: "
+                "requested when files arrive"
+            )
+        elif due:
             del state.failed[name]
             if name.startswith(LOOSE_PREFIX):
                 entries = [(f, *loose_now[f]) for f in files]
                 summary = summarize(entries)
-                attempt = 1
+                attempt = failure.attempt + 1
                 files_tuple = tuple(sorted(files))
                 kind: Literal["folder", "loose"] = "loose"
             else:
-                record = state.folders[name]
-                record.attempt += 1
+                assert record is not None
+                record.attempt = max(record.attempt, failure.attempt) + 1
                 summary = FileSetSummary(fingerprint=record.fingerprint, count=record.count)
                 attempt, files_tuple, kind = record.attempt, (), "folder"
             ready.append(
@@ -406,7 +475,57 @@ def plan_tick(
                 f"last run {failure.run_id} failed and Dagster will not retry it; {when} "
                 "when its files change"
             )
-    return TickPlan(ready, waiting, ignored, state, ingested, failed, walked)
+    return TickPlan(ready, waiting, ignored, state, ingested, failed, walked, watching=len(present))
+
+
+def _reconcile(
+    state: WatcherState,
+    view: WarehouseView,
+    ready: list[ReadyDrop],
+    waiting: dict[str, str],
+    busy: Callable[[str], str | None],
+    changed: set[str],
+) -> None:
+    """Request again what the warehouse lost (its file deleted or replaced) or found changed.
+
+    Only drops a run has ingested count, so a drop requested but not yet run is not doubled.
+    Lost loose files are forgotten as assigned, so they are grouped into a new loose drop.
+    """
+    requested = {drop.drop_id for drop in ready}
+    for name, record in state.folders.items():
+        if name in requested or name in changed or name in state.failed or not record.ingested:
+            continue
+        if name not in view.held:
+            why = "the warehouse holds nothing of it (its file was deleted or replaced)"
+        elif name in view.changed:
+            count = view.changed[name][0]
+            why = f"{count} file(s) found changed after ingestion are to be ingested again"
+        else:
+            continue
+        if busy(name):
+            waiting[name] = f"{why}; {busy(name)}"
+            continue
+        record.attempt += 1
+        record.ingested = False
+        summary = FileSetSummary(fingerprint=record.fingerprint, count=record.count)
+        ready.append(ReadyDrop(name, "folder", summary, reason=why, attempt=record.attempt))
+    for name, (count, stamp) in sorted(view.changed.items()):
+        if not name.startswith(LOOSE_PREFIX) or name in state.failed:
+            continue
+        if busy(name):
+            waiting[name] = f"{count} file(s) found changed after ingestion; {busy(name)}"
+            continue
+        summary = FileSetSummary(fingerprint=hashlib.sha256(stamp.encode()).hexdigest(), count=0)
+        why = f"{count} file(s) found changed after ingestion are to be ingested again"
+        ready.append(ReadyDrop(name, "loose", summary, reason=why, suffix=f"changed-{stamp}"))
+    lost = [n for n in state.loose_ingested if n not in view.loose_held]
+    for name in lost:
+        state.loose_assigned.pop(name, None)  # grouped again with the other new loose files
+    if lost:
+        state.loose_ingested = [n for n in state.loose_ingested if n in view.loose_held]
+        waiting["(loose files)"] = (
+            f"{len(lost)} ingested loose file(s) the warehouse no longer holds: grouped again"
+        )
 
 
 def _plan_loose(
@@ -454,18 +573,53 @@ def _plan_loose(
         )
 
 
+WAREHOUSE_BUSY = "warehouse busy: what it holds is asked again next tick"
+
+
+def status_line(plan: TickPlan, *, warehouse_note: str = "") -> str:
+    """One line for the sensor's tick page: what it watches, waits for, and why nothing runs."""
+    parts = [f"watching {plan.watching} drop{'s' if plan.watching != 1 else ''}"]
+    if plan.ready:
+        parts.append("requesting " + ", ".join(d.drop_id for d in plan.ready))
+    elif not plan.waiting:
+        parts.append("none pending")
+    for name, why in list(plan.waiting.items())[:3]:
+        parts.append(f"{name} waiting: {why}")
+    if len(plan.waiting) > 3:
+        parts.append(f"{len(plan.waiting) - 3} more waiting")
+    if plan.failed:
+        parts.append(f"{len(plan.failed)} failed: " + ", ".join(sorted(plan.failed)[:3]))
+    if plan.ignored:
+        parts.append(f"{len(plan.ignored)} ignored: " + ", ".join(sorted(plan.ignored)[:3]))
+    if warehouse_note:
+        parts.append(warehouse_note)
+    return "; ".join(parts)
+
+
+def _busy(error: Exception) -> bool:
+    """A lock another process held past the sensor's short wait: ask again next tick."""
+    text = str(error)
+    return isinstance(error, LockTimeout) or (
+        isinstance(error, duckdb.IOException)
+        and ("Conflicting lock" in text or "Could not set lock" in text)
+    )
+
+
 def ingested_files(
     warehouse: Warehouse, drop_ids: list[str]
-) -> dict[str, dict[str, tuple[int, int]]]:
+) -> dict[str, dict[str, tuple[int | None, int]]] | None:
     """{drop: {path: (size, mtime)}} of every file the warehouse records for these drops.
 
     Ingested files and rejected files whose size and mtime were read both count: the next run
-    would skip them as unchanged. Returns {} when there is no warehouse yet or it cannot be read now.
+    would skip them as unchanged. A file a model stage found changed (`changed_at`) has no size
+    here, so its drop is not "already ingested". Returns {} when there is no warehouse yet, and
+    None when it cannot be read now (locked longer than the warehouse's timeout).
     """
     if not drop_ids:
         return {}
     sql = """
-        SELECT drop_id, path, byte_size, mtime_ns FROM image_files
+        SELECT drop_id, path, CASE WHEN changed_at IS NULL THEN byte_size END, mtime_ns
+        FROM image_files
         WHERE list_contains(?::VARCHAR[], drop_id)
         UNION ALL
         SELECT drop_id, path, byte_size, mtime_ns FROM rejected_files
@@ -474,9 +628,46 @@ def ingested_files(
     """
     try:
         rows = warehouse.rows(sql, [drop_ids, drop_ids])
-    except (WarehouseNotFound, LockTimeout, duckdb.Error, OSError):
-        return {}  # unreadable now: every changed drop counts as new work (runs are idempotent)
-    known: dict[str, dict[str, tuple[int, int]]] = {}
+    except (WarehouseNotFound, LockTimeout, duckdb.Error, OSError) as error:
+        return None if _busy(error) else {}
+    known: dict[str, dict[str, tuple[int | None, int]]] = {}
     for drop_id, path, size, mtime in rows:
         known.setdefault(drop_id, {})[path] = (size, mtime)
     return known
+
+
+def read_view(
+    warehouse: Warehouse, drop_ids: list[str], loose_files: list[str]
+) -> tuple[WarehouseView | None, str]:
+    """What the warehouse holds of these drops and loose files, and a note when it could not
+    be read: (None, why). No warehouse file at all holds nothing: every drop a run ingested is
+    requested again.
+    """
+    try:
+        with warehouse.reader() as conn:
+            held = conn.execute(
+                "SELECT drop_id FROM drops WHERE list_contains(?::VARCHAR[], drop_id)",
+                [drop_ids],
+            ).fetchall()
+            changed = conn.execute(
+                "SELECT drop_id, count(*), strftime(max(changed_at), '%Y%m%dT%H%M%S.%f')"
+                " FROM image_files WHERE changed_at IS NOT NULL AND vanished_at IS NULL"
+                " GROUP BY drop_id"
+            ).fetchall()
+            loose = conn.execute(
+                "SELECT path FROM image_files WHERE list_contains(?::VARCHAR[], path)"
+                " UNION SELECT path FROM rejected_files WHERE list_contains(?::VARCHAR[], path)",
+                [loose_files, loose_files],
+            ).fetchall()
+    except WarehouseNotFound:
+        return WarehouseView(held=frozenset(), changed={}, loose_held=frozenset()), ""
+    except (LockTimeout, duckdb.Error, OSError) as error:
+        if _busy(error):
+            return None, WAREHOUSE_BUSY
+        return None, f"warehouse unreadable ({type(error).__name__}): lost files not checked"
+    view = WarehouseView(
+        held=frozenset(row[0] for row in held),
+        changed={drop: (count, stamp) for drop, count, stamp in changed},
+        loose_held=frozenset(row[0] for row in loose),
+    )
+    return view, ""

@@ -12,6 +12,7 @@ folder on the way is followed only while it stays inside the root.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
@@ -57,9 +58,16 @@ def is_loose_drop_id(drop_id: str) -> bool:
 
 
 def validate_drop_id(drop_id: str) -> None:
+    """A drop id is a folder name as `display_path` spells it: a name that is not UTF-8 is a
+    drop too, its undecodable bytes written `\\xNN` (`os_path` gives the name back)."""
     if not drop_id or drop_id in {".", ".."} or drop_id.startswith("."):
         raise InvalidDrop(f"{drop_id!r} is not a valid drop name")
-    if any(part in drop_id for part in _FORBIDDEN_IN_DROP_ID) or not drop_id.isprintable():
+    name = os_path(drop_id)
+    if (
+        any(part in name for part in _FORBIDDEN_IN_DROP_ID)
+        or display_path(name) != drop_id
+        or not "".join(c for c in name if not 0xDC80 <= ord(c) <= 0xDCFF).isprintable()
+    ):
         raise InvalidDrop(f"drop name {drop_id!r} contains a path separator or control character")
 
 
@@ -84,6 +92,23 @@ def display_path(relative: str) -> str:
         else:
             out.append(c)
     return "".join(out)
+
+
+_ESCAPE = re.compile(r"\\\\|\\x([0-9a-f]{2})|\\u([0-9a-f]{4})")
+
+
+def os_path(key: str) -> str:
+    """The name as the OS spells it (undecodable bytes as surrogates) of a `display_path` key."""
+    if "\\" not in key:
+        return key
+
+    def name(match: re.Match[str]) -> str:
+        byte, code = match.group(1), match.group(2)
+        if byte is not None:
+            return chr(0xDC00 + int(byte, 16))
+        return chr(int(code, 16)) if code is not None else "\\"
+
+    return _ESCAPE.sub(name, key)
 
 
 _FILE_ERRORS: tuple[tuple[type[OSError], RejectReason], ...] = (
@@ -140,7 +165,7 @@ def _loose_files(root: Path, files: tuple[str, ...]) -> list[SeenFile]:
             )
             seen.append(SeenFile(display_path(relative), relative, None, None, problem))
             continue
-        seen.append(_classify(root, relative))
+        seen.append(_classify(root, os_path(relative)))
     return sorted(seen, key=lambda f: f.path)
 
 
@@ -152,7 +177,7 @@ def scan_drop(drop_root: Path, drop: DropRef) -> list[SeenFile]:
         raise InvalidDrop(f"drop root {drop_root} is not a folder")
     if drop.kind == "loose":
         return _loose_files(root, drop.files)
-    folder = root / drop.drop_id
+    folder = root / os_path(drop.drop_id)
     if folder.is_symlink() or not folder.is_dir():
         raise InvalidDrop(f"drop {drop.drop_id!r} is not a folder under {root}")
     return _walk_folder(root, folder)

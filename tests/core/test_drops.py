@@ -6,7 +6,18 @@ import os
 import shutil
 from pathlib import Path
 
-from core.drops import Timing, WatcherState, only_removed, plan_tick
+import pytest
+
+from core.drops import (
+    WAREHOUSE_BUSY,
+    Timing,
+    WarehouseView,
+    WatcherState,
+    only_removed,
+    plan_tick,
+    status_line,
+)
+from core.ingest.scan import DropRef, InvalidDrop, scan_drop, validate_drop_id
 
 QUIET = Timing(quiet_period_s=10)
 OLD = 1_000_000_000  # an mtime far in the past, as `cp -p` leaves it
@@ -161,3 +172,173 @@ def test_a_failed_drop_is_named_and_retried_on_schedule(tmp_path: Path):
     plan = plan_tick(tmp_path, plan.state, now=1111.0, timing=timing)
     (retry,) = plan.ready
     assert retry.run_key == f"{first.run_key}:retry1" and "d" not in plan.state.failed
+
+
+def test_a_failed_drop_whose_folder_holds_no_files_does_not_stop_the_tick(tmp_path: Path):
+    """A partition launched by hand before its files were copied: its folder has no file (only
+    a hidden one), so the cursor has no record of it; its retry must not raise KeyError."""
+    (tmp_path / "early").mkdir()
+    _write(tmp_path / "early" / ".DS_Store", b"x")
+    _write(tmp_path / "other" / "a.jpg", b"a")
+    timing = Timing(quiet_period_s=0, retry_failed_s=100)
+    state = WatcherState()
+    state.record_failure("early", "run-1", 1000.0, [])
+    plan = plan_tick(tmp_path, state, now=1200.0, timing=timing)  # the retry is due
+    assert [d.drop_id for d in plan.ready] == ["other"]
+    assert "run-1" in plan.failed["early"] and "files arrive" in plan.failed["early"]
+    _write(tmp_path / "early" / "b.jpg", b"b")  # its files arrive: requested at once
+    plan = plan_tick(tmp_path, plan.state, now=1210.0, timing=timing)
+    (retry,) = plan.ready
+    assert retry.drop_id == "early" and retry.attempt == 1 and "early" not in plan.state.failed
+
+
+def test_each_retry_of_a_loose_drop_gets_a_run_key_of_its_own(tmp_path: Path):
+    """A repeated run_key is skipped by Dagster without a word: retry 2 must not be retry 1."""
+    _write(tmp_path / "x.jpg", b"x")
+    timing = Timing(quiet_period_s=0, retry_failed_s=100)
+    plan = plan_tick(tmp_path, WatcherState(), now=1000.0, timing=timing)
+    (first,) = plan.ready
+    keys = [first.run_key]
+    state, now = plan.state, 1000.0
+    for attempt in range(3):  # the first run and two retries fail, each with its attempt
+        state.record_failure(first.drop_id, f"run-{attempt}", now, ["x.jpg"], attempt)
+        now += 101
+        plan = plan_tick(tmp_path, state, now=now, timing=timing)
+        (retry,) = plan.ready
+        assert retry.drop_id == first.drop_id and retry.files == ("x.jpg",)
+        keys.append(retry.run_key)
+        state = plan.state
+    assert len(set(keys)) == 4, keys
+
+
+def test_a_drop_with_a_run_in_progress_waits_for_it(tmp_path: Path):
+    """Files that arrive during a run get the next run, after that one ends, never a second
+    run beside it (the first would find images it did not ingest)."""
+    _write(tmp_path / "d" / "a.jpg", b"a")
+    timing = Timing(quiet_period_s=0)
+    plan = plan_tick(tmp_path, WatcherState(), now=1000.0, timing=timing)
+    (first,) = plan.ready
+    _write(tmp_path / "d" / "b.jpg", b"b")
+    running = {"d": "run-1"}
+    plan = plan_tick(tmp_path, plan.state, now=1030.0, timing=timing, running=running)
+    assert plan.ready == [] and "run-1" in plan.waiting["d"]
+    plan = plan_tick(tmp_path, plan.state, now=1060.0, timing=timing, running=running)
+    assert plan.ready == [] and "run-1" in plan.waiting["d"]
+    plan = plan_tick(tmp_path, plan.state, now=1090.0, timing=timing, running={})
+    (second,) = plan.ready
+    assert second.drop_id == "d" and second.run_key != first.run_key
+
+
+def _ingested(state: WatcherState, *drops: str) -> WatcherState:
+    for drop in drops:
+        state.record_success(drop)
+    return state
+
+
+def test_a_drop_the_warehouse_lost_or_found_changed_is_requested_again(tmp_path: Path):
+    for name in ("kept", "lost", "edited", "new"):
+        _write(tmp_path / name / "a.jpg", name.encode())
+    timing = Timing(quiet_period_s=0)
+    plan = plan_tick(tmp_path, WatcherState(), now=1000.0, timing=timing)
+    assert len(plan.ready) == 4
+    state = _ingested(plan.state, "kept", "lost", "edited")  # "new": requested, not yet run
+    view = WarehouseView(
+        held=frozenset({"kept", "edited"}),
+        changed={"edited": (1, "20260101T000000.000000")},
+        loose_held=frozenset(),
+    )
+    plan = plan_tick(tmp_path, state, now=1030.0, timing=timing, view=view)
+    assert sorted(d.drop_id for d in plan.ready) == ["edited", "lost"]
+    assert all(d.attempt == 1 for d in plan.ready)
+    # Requested: not again while its run is pending, and not again once that run is running.
+    plan = plan_tick(tmp_path, plan.state, now=1060.0, timing=timing, view=view)
+    assert plan.ready == []
+    view_now = WarehouseView(held=frozenset({"kept", "edited"}), changed={}, loose_held=frozenset())
+    plan = plan_tick(
+        tmp_path,
+        _ingested(plan.state, "lost"),
+        now=1090.0,
+        timing=timing,
+        view=view_now,
+        running={"lost": "run-9"},
+    )
+    assert plan.ready == [] and "run-9" in plan.waiting["lost"]
+    assert plan_tick(tmp_path, plan.state, now=1120.0, timing=timing, view=None).ready == []
+
+
+def test_lost_loose_files_are_grouped_again(tmp_path: Path):
+    _write(tmp_path / "x.jpg", b"x")
+    timing = Timing(quiet_period_s=0)
+    plan = plan_tick(tmp_path, WatcherState(), now=1000.0, timing=timing)
+    (first,) = plan.ready
+    state = plan.state
+    state.record_success(first.drop_id, ["x.jpg"])
+    held = WarehouseView(held=frozenset(), changed={}, loose_held=frozenset({"x.jpg"}))
+    assert plan_tick(tmp_path, state, now=1030.0, timing=timing, view=held).ready == []
+    gone = WarehouseView(held=frozenset(), changed={}, loose_held=frozenset())
+    plan = plan_tick(tmp_path, state, now=1060.0, timing=timing, view=gone)
+    (again,) = plan.ready
+    assert again.files == ("x.jpg",) and again.drop_id != first.drop_id
+
+
+def test_a_busy_warehouse_defers_the_decision_to_the_next_tick(tmp_path: Path):
+    _write(tmp_path / "d" / "a.jpg", b"a")
+    _age(tmp_path / "d")
+    timing = Timing(quiet_period_s=0)
+    plan = plan_tick(
+        tmp_path, WatcherState(), now=1000.0, timing=timing, known_files=lambda _: None
+    )
+    assert plan.ready == [] and "busy" in plan.waiting["d"]
+    assert "busy" in status_line(plan, warehouse_note=WAREHOUSE_BUSY)
+    plan = plan_tick(tmp_path, plan.state, now=1030.0, timing=timing, known_files=lambda _: {})
+    assert [d.drop_id for d in plan.ready] == ["d"]
+
+
+def test_non_utf8_names_are_drops_and_the_cursor_stays_json(tmp_path: Path):
+    """A folder named with a byte that is not UTF-8 is a drop under its escaped name, and a
+    sub-folder named so is walked; the cursor (JSON) holds only the escaped names."""
+    root = os.fsencode(tmp_path)
+    os.makedirs(root + b"/d\xe9p\xf4t")
+    os.makedirs(root + b"/album/caf\xe9")
+    for folder in (b"/d\xe9p\xf4t", b"/album/caf\xe9", b"/album"):
+        with open(root + folder + b"/a\xff.jpg", "wb") as handle:
+            handle.write(folder)
+    with open(root + b"/loose\xfe.jpg", "wb") as handle:
+        handle.write(b"loose")
+    timing = Timing(quiet_period_s=0)
+    plan = plan_tick(tmp_path, WatcherState(), now=1000.0, timing=timing)
+    assert sorted(d.drop_id for d in plan.ready)[1:] == ["album", "d\\xe9p\\xf4t"]
+    (loose,) = [d for d in plan.ready if d.kind == "loose"]
+    assert loose.files == ("loose\\xfe.jpg",)
+    cursor = plan.state.to_cursor()
+    assert WatcherState.from_cursor(cursor) == plan.state
+    # The same names next tick: nothing new, however the signature check reads them back.
+    later = plan_tick(tmp_path, WatcherState.from_cursor(cursor), now=1030.0, timing=timing)
+    assert later.ready == [] and later.ignored == {}
+    seen = scan_drop(tmp_path, DropRef.folder("d\\xe9p\\xf4t"))
+    assert [(f.path, f.problem) for f in seen] == [("d\\xe9p\\xf4t/a\\xff.jpg", None)]
+    seen = scan_drop(tmp_path, DropRef.loose(loose.drop_id, list(loose.files)))
+    assert [(f.path, f.size) for f in seen] == [("loose\\xfe.jpg", 5)]
+
+
+def test_a_backslash_in_a_folder_name_is_still_no_drop(tmp_path: Path):
+    (tmp_path / "a\\b").mkdir()
+    _write(tmp_path / "a\\b" / "x.jpg", b"x")
+    plan = plan_tick(tmp_path, WatcherState(), now=1000.0, timing=Timing(quiet_period_s=0))
+    assert plan.ready == [] and list(plan.ignored) == ["a\\\\b"]
+    for bad in ("a\\q", "a\\\\b", "x\\x2f"):
+        with pytest.raises(InvalidDrop):
+            validate_drop_id(bad)
+
+
+def test_the_status_line_says_what_the_sensor_waits_for(tmp_path: Path):
+    _write(tmp_path / "busy" / "a.jpg", b"a")
+    _write(tmp_path / "done" / "a.jpg", b"a")
+    (tmp_path / "empty").mkdir()
+    timing = Timing(quiet_period_s=30)
+    plan = plan_tick(tmp_path, WatcherState(), now=1000.0, timing=timing)
+    plan = plan_tick(tmp_path, plan.state, now=1012.0, timing=timing)
+    line = status_line(plan)
+    assert line.startswith("watching 3 drops; ")
+    assert "busy waiting: still changing (quiet for 12s of 30s)" in line
+    assert "empty waiting: empty folder" in line

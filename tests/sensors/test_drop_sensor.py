@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
 import shutil
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 import pytest
 from dagster._core.storage.defs_state.base import DefsStateStorage
+from dagster._core.storage.tags import RUN_KEY_TAG, SENSOR_NAME_TAG
 
 from core.ingest.ingest import DropIngestor, IngestReport
 from core.ingest.scan import DropRef
-from core.warehouse import Warehouse
+from core.warehouse import Warehouse, locking
 from orchestration.definitions import build_definitions
 from orchestration.jobs import PIPELINE_JOB_NAME
 from orchestration.resources import build_resources
@@ -78,12 +82,22 @@ class Daemon:
         return DropIngestor(warehouse, self.settings.drop_root).ingest(drop)
 
     def run(self, request: dg.RunRequest, **kwargs) -> dg.ExecuteInProcessResult:
+        """Launch the request as the daemon does: tagged with its run_key, and never twice
+        (the daemon skips a run_key the sensor already used, without a word)."""
+        assert not self.instance.get_runs(
+            filters=dg.RunsFilter(tags={RUN_KEY_TAG: request.run_key}), limit=1
+        ), f"the daemon would skip run_key {request.run_key}: it was used before"
         job = self.defs.resolve_job_def(PIPELINE_JOB_NAME)
+        tags = {
+            **kwargs.pop("tags", request.tags),
+            RUN_KEY_TAG: request.run_key or "",
+            SENSOR_NAME_TAG: SENSOR_NAME,
+        }
         return job.execute_in_process(
             partition_key=request.partition_key,
             run_config=request.run_config,
             instance=self.instance,
-            tags=kwargs.pop("tags", request.tags),
+            tags=tags,
             **kwargs,
         )
 
@@ -201,7 +215,7 @@ def test_empty_and_hidden_folders_are_not_drops(daemon: Daemon, drop_root: Path)
     (drop_root / "_scratch" / "x.jpg").write_bytes(jpeg_bytes())
     data = daemon.tick()
     assert data.run_requests == []
-    assert data.skip_message == "no drop is ready"
+    assert data.skip_message == "watching 1 drop; empty waiting: empty folder"
 
 
 def _old_file(path: Path, seed: int, mtime: float = 1_000_000_000.0) -> None:
@@ -340,3 +354,103 @@ def test_a_failed_run_is_named_and_re_requested(
     (folder / "fixed.jpg").write_bytes(jpeg_bytes(seed=50))  # its files change: at once
     (changed,) = failing_daemon.tick(after_s=1).run_requests
     assert changed.run_key not in {request.run_key, retry.run_key}
+
+
+def test_every_tick_says_what_the_sensor_waits_for(patient_daemon: Daemon, drop_root: Path):
+    """The skip reason is what the sensor's tick page shows: one line of what it watches."""
+    copy_samples(drop_root, "incoming", names=["chelsea.jpg"])
+    (drop_root / "empty").mkdir()
+    first = patient_daemon.tick()
+    assert first.skip_message == (
+        "watching 2 drops; empty waiting: empty folder; "
+        "incoming waiting: still changing (quiet for 0s of 30s)"
+    )
+    later = patient_daemon.tick(after_s=12)
+    assert later.skip_message and "quiet for 12s of 30s" in later.skip_message
+
+
+@pytest.fixture
+def retrying_daemon(settings: Settings, instance, clock: Clock) -> Daemon:
+    return Daemon(settings.model_copy(update={"retry_failed_s": 600.0}), instance, clock)
+
+
+def _ended_run(daemon: Daemon, request: dg.RunRequest, *, cancelled: bool) -> str:
+    """A run of the request that ended without success, as the UI's Terminate or a crash
+    leaves it (no retries left: Dagster never retries a cancelled run)."""
+    job = daemon.defs.resolve_job_def(PIPELINE_JOB_NAME)
+    run = daemon.instance.create_run_for_job(
+        job_def=job,
+        run_config=request.run_config,
+        tags={**request.tags, "dagster/partition": request.partition_key or ""},
+    )
+    if cancelled:
+        daemon.instance.report_run_canceled(run)
+    else:
+        daemon.instance.report_run_failed(run)
+    return run.run_id
+
+
+def test_a_cancelled_run_is_named_and_re_requested(retrying_daemon: Daemon, drop_root: Path):
+    copy_samples(drop_root, "halted", names=["rocket.jpg"])
+    (request,) = retrying_daemon.tick().run_requests
+    run_id = _ended_run(retrying_daemon, request, cancelled=True)
+    data = retrying_daemon.tick(after_s=60)
+    assert data.run_requests == [] and "1 failed: halted" in (data.skip_message or "")
+    (retry,) = retrying_daemon.tick(after_s=600).run_requests
+    assert retry.partition_key == "halted" and retry.run_key != request.run_key
+    assert retrying_daemon.run(retry).success
+    assert retrying_daemon.tick(after_s=3600).run_requests == []
+    assert run_id not in (retrying_daemon.cursor or "")
+
+
+def test_a_success_launched_from_an_asset_page_clears_the_failure(
+    retrying_daemon: Daemon, drop_root: Path
+):
+    copy_samples(drop_root, "fixed", names=["rocket.jpg"])
+    (request,) = retrying_daemon.tick().run_requests
+    _ended_run(retrying_daemon, request, cancelled=False)
+    assert "1 failed: fixed" in (retrying_daemon.tick(after_s=60).skip_message or "")
+    asset_job = retrying_daemon.defs.resolve_implicit_global_asset_job_def()
+    assert asset_job.name.startswith("__ASSET_JOB")
+    result = asset_job.execute_in_process(partition_key="fixed", instance=retrying_daemon.instance)
+    assert result.success
+    data = retrying_daemon.tick(after_s=600)
+    assert data.run_requests == [] and "failed" not in (data.skip_message or "")
+
+
+def test_every_retry_of_a_loose_drop_is_launched(failing_daemon: Daemon, drop_root: Path):
+    (drop_root / "lone.jpg").write_bytes(jpeg_bytes(seed=60))
+    (request,) = failing_daemon.tick().run_requests
+    no_retries = {"dagster/max_retries": "0"}
+    result = failing_daemon.run(request, raise_on_error=False, tags={**request.tags, **no_retries})
+    assert not result.success
+    for _ in range(2):  # the daemon must launch each retry: a repeated run_key is skipped
+        assert failing_daemon.tick(after_s=1).run_requests == []  # learns of the failure
+        (retry,) = failing_daemon.tick(after_s=600).run_requests
+        assert retry.partition_key == request.partition_key
+        result = failing_daemon.run(retry, raise_on_error=False, tags={**retry.tags, **no_retries})
+        assert not result.success
+
+
+def test_a_locked_warehouse_does_not_hold_the_tick(
+    daemon: Daemon, drop_root: Path, warehouse: Warehouse
+):
+    """Dagster cuts a tick at 60 s: the sensor waits seconds for the warehouse, says it is
+    busy, and decides on the next tick."""
+    warehouse.ensure_schema()
+    copy_samples(drop_root, "waiting", names=["rocket.jpg"])
+    with contextlib.ExitStack() as lock:
+        lock.enter_context(locking.hold(warehouse.path, exclusive=True, timeout_s=5))
+        release = threading.Timer(20, lock.close)  # what a long writer would do, at last
+        release.start()
+        try:
+            started = time.monotonic()
+            data = daemon.tick()
+            elapsed = time.monotonic() - started
+        finally:
+            release.cancel()
+    assert elapsed < 12, f"the tick waited {elapsed:.1f}s for the warehouse"
+    assert data.run_requests == []
+    assert "warehouse busy" in (data.skip_message or "")
+    (request,) = daemon.tick(after_s=30).run_requests
+    assert request.partition_key == "waiting"
