@@ -204,11 +204,6 @@ def test_non_utf8_folder_names_are_ingested_under_escaped_names(
     assert data.run_requests == [] and "ignored" not in (data.skip_message or "")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="CLIP and the VLM open files by their escaped key: issue 21 item 12 (fix/ingest) "
-    "opens them by their real name; remove this mark when both branches are merged",
-)
 def test_images_under_non_utf8_folder_names_are_labelled(
     daemon: Daemon, drop_root: Path, warehouse: Warehouse
 ):
