@@ -197,13 +197,12 @@ def _where(path: tuple, data: Any = None) -> str:
                 names.append(label)
             elif context == "consistency":
                 parts.append(f"consistency rule {label}")
-        elif i == len(path) - 1 or not isinstance(path[i + 1], int):
-            if key in ("tasks", "fields", "consistency"):
-                pass
-            elif names:
-                names.append(str(key))
-            else:
-                parts.append(f"key {key!r}")
+        elif (
+            (i == len(path) - 1 or not isinstance(path[i + 1], int))
+            and key not in ("tasks", "fields", "consistency")
+            and not names
+        ):
+            parts.append(f"key {key!r}")
         context = key if isinstance(key, str) else context
         node = child
     if names:
@@ -267,6 +266,8 @@ def _message(error: Any, path: tuple, data: Any) -> str:
             text += f" (did you mean {hint[0]!r}?)"
         return text + (f"; allowed: {', '.join(allowed)}" if allowed else "")
     if kind == "union_tag_invalid":
+        if list(path).count("fields") > 1:
+            return f"an entity's fields are of the scalar kinds: {', '.join(_SCALAR_KINDS)}"
         return f"unknown kind: use one of {', '.join(_FIELD_MODELS)}"
     if kind == "union_tag_not_found":
         return f"needs `kind`: one of {', '.join(_FIELD_MODELS)}"
@@ -278,6 +279,31 @@ def _message(error: Any, path: tuple, data: Any) -> str:
             " underscores, starting with a letter, at most 41 characters"
         )
     return message
+
+
+def _unknown_keys(doc: _Doc, node: Any, path: tuple) -> None:
+    """Report (and drop) unknown keys before validation: pydantic would stop at them and hide
+    the object's other problems."""
+    if isinstance(node, list):
+        for i, item in enumerate(node):
+            _unknown_keys(doc, item, (*path, i))
+        return
+    if not isinstance(node, dict):
+        return
+    if (
+        not path
+        or path[-2:-1] in (("tasks",), ("fields",), ("consistency",))
+        or path[-1:] == ("zero_shot",)
+    ):
+        allowed = _allowed_keys(path, doc.data)
+        for key in [k for k in node if allowed and k not in allowed]:
+            line, column = _mark(doc, (*path, key))
+            message = _message({"type": "extra_forbidden", "msg": ""}, (*path, key), doc.data)
+            doc.problems.append(SpecProblem(line, column, _where(path, doc.data), message))
+            del node[key]
+    for key, value in node.items():
+        if key in ("tasks", "fields", "consistency", "zero_shot"):
+            _unknown_keys(doc, value, (*path, key))
 
 
 def _refuse_constructs(doc: _Doc, node: Any, path: tuple) -> None:
@@ -337,9 +363,12 @@ def _cross_checks(doc: _Doc) -> None:
     names_of(data.get("consistency"), ("consistency",), "consistency rule")
     labels: dict[str, tuple] = {}
     entity_lists: set[str] = set()
+    seen_tasks: set[Any] = set()
     for t, task in enumerate(tasks):
         if not isinstance(task, dict):
             continue
+        duplicate_task = task.get("name") in seen_tasks  # reported once, as a duplicate name
+        seen_tasks.add(task.get("name"))
         fields = task.get("fields")
         names_of(fields, ("tasks", t, "fields"), "field")
         for f, field in enumerate(fields if isinstance(fields, list) else []):
@@ -350,17 +379,12 @@ def _cross_checks(doc: _Doc) -> None:
                 names_of(field.get("fields"), (*path, "fields"), "field")
                 if isinstance(task.get("name"), str) and isinstance(field.get("name"), str):
                     entity_lists.add(f"{task['name']}.{field['name']}")
-                for s, sub in enumerate(field.get("fields") or []):
-                    if isinstance(sub, dict) and sub.get("kind") not in (*_SCALAR_KINDS, None):
-                        problem(
-                            (*path, "fields", s, "kind"),
-                            f"an entity's fields are of the scalar kinds ({', '.join(_SCALAR_KINDS)})",
-                        )
                 continue
             if field.get("kind") in ("choice", "multi_choice", "yes_no", "integer", "number"):
                 label = field.get("labelled_as") or field.get("name")
-                if isinstance(label, str):
-                    if label in labels:
+                same_task = label in labels and labels[label][:2] == path[:2]
+                if isinstance(label, str) and not duplicate_task:
+                    if label in labels and not (same_task and not field.get("labelled_as")):
                         problem(
                             (*path, "labelled_as" if field.get("labelled_as") else "name"),
                             f"labelled field {label!r} is already declared at line "
@@ -405,6 +429,7 @@ def parse_spec(text: str, file: str = "<spec>") -> LabelsSpec:
             file, [SpecProblem(1, 1, "", "the spec is a mapping with `tasks:` (a list of tasks)")]
         )
     _refuse_constructs(doc, doc.data, ())
+    _unknown_keys(doc, doc.data, ())
     _cross_checks(doc)
     data = doc.data
     spec: LabelsSpec | None = None

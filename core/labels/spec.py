@@ -333,10 +333,12 @@ class EntitiesField(_FieldBase):
     kind: Literal["entities"]
     min: int = Field(default=0, ge=0)
     max: int = Field(ge=1, le=100)
-    fields: tuple[ScalarFieldSpec, ...] = Field(min_length=1)
+    fields: tuple[ScalarFieldSpec, ...]
 
     @model_validator(mode="after")
     def _check(self) -> EntitiesField:
+        if not self.fields:
+            raise ValueError("needs at least one field")
         if self.min > self.max:
             raise ValueError(f"min ({self.min}) exceeds max ({self.max})")
         for sub in self.fields:
@@ -364,7 +366,16 @@ class TaskSpec(_Strict):
     name: str = Field(pattern=f"^{NAME_PATTERN}$")
     goal: str = Field(min_length=1, max_length=2000)
     max_completion_tokens: int = Field(default=256, ge=1, le=32768)
-    fields: tuple[FieldSpec, ...] = Field(min_length=1)
+    fields: tuple[FieldSpec, ...]
+
+    @field_validator("fields")
+    @classmethod
+    def _some_fields(cls, fields: tuple[Any, ...]) -> tuple[Any, ...]:
+        # Checked here, not with `min_length`: pydantic would also report an empty tuple when
+        # one of its items is invalid, a second error for one problem.
+        if not fields:
+            raise ValueError("needs at least one field")
+        return fields
 
     def field(self, name: str) -> Any:
         for field in self.fields:
@@ -385,8 +396,15 @@ class ConsistencyRule(_Strict):
 
 class LabelsSpec(_Strict):
     version: Literal[1] = 1
-    tasks: tuple[TaskSpec, ...] = Field(min_length=1)
+    tasks: tuple[TaskSpec, ...]
     consistency: tuple[ConsistencyRule, ...] = ()
+
+    @field_validator("tasks")
+    @classmethod
+    def _some_tasks(cls, tasks: tuple[TaskSpec, ...]) -> tuple[TaskSpec, ...]:
+        if not tasks:
+            raise ValueError("needs at least one task")
+        return tasks
 
     def task(self, name: str) -> TaskSpec:
         for task in self.tasks:
