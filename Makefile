@@ -98,6 +98,7 @@ ui: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 validate: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/python -m core.labels
 	$(BIN)/dagster definitions validate -w workspace.yaml
 
 ## Export the task tables (Parquet, JSONL) and LLaVA-style instruction data to data/exports/.

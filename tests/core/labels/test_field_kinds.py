@@ -241,3 +241,12 @@ def test_the_pipeline_reads_the_spec_named_by_the_environment(tmp_path):
         [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "['product'] ['category', 'attributes'] ('category',)"
+
+
+def test_the_documented_example_is_a_valid_spec_with_every_kind():
+    text = (REPO / "docs" / "labels.md").read_text()
+    example = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    spec = parse_spec(example, "docs/labels.md")
+    kinds = {field.kind for task in spec.tasks for field in task.fields}
+    assert kinds == {"choice", "multi_choice", "yes_no", "integer", "number", "text", "entities"}
+    assert build_tasks(spec)["product"].tables.children[0].table == "task_product__defects"
