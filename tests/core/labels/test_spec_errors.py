@@ -184,3 +184,15 @@ def test_a_bad_spec_fails_the_import_with_the_same_message(tmp_path):
     assert out.returncode != 0
     assert "SpecError" in out.stderr
     assert f"{path}:8:9: task shop, field category: unknown key 'colour'" in out.stderr
+
+
+def test_make_validate_prints_the_spec_or_every_problem(tmp_path, capsys):
+    from core.labels.__main__ import main
+
+    assert main([str(REPO / "labels" / "default.yaml")]) == 0
+    assert "task_scenery_people" in capsys.readouterr().out
+    path = tmp_path / "bad.yaml"
+    path.write_text(BASE + "        colour: red\n      - {name: n, kind: text}\n")
+    assert main([str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "(2 problems)" in err and f"{path}:8:9:" in err and f"{path}:9:9:" in err
