@@ -149,7 +149,10 @@ def _compose(text: str) -> _Doc:
             out: dict[Any, Any] = {}
             for key_node, value_node in n.value:
                 key = loader.construct_object(key_node, deep=True)
-                if not isinstance(key, str | int):
+                if isinstance(key, bool) and path[-2:-1] == ("values",):
+                    out[key] = build(value_node, (*path, str(key)))  # reported by the model
+                    continue
+                if not isinstance(key, str | int) or isinstance(key, bool):
                     problems.append(SpecProblem(*at(key_node), _where(path), "keys must be text"))
                     continue
                 key = str(key)

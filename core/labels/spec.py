@@ -75,6 +75,13 @@ def _parse_values(raw: Any) -> tuple[tuple[str, ...], dict[str, str]]:
     values: list[str] = []
     phrases: dict[str, str] = {}
     for item in raw:
+        if isinstance(item, bool) or (
+            isinstance(item, dict) and any(isinstance(k, bool) for k in item)
+        ):
+            raise ValueError(
+                "YAML reads unquoted yes/no/on/off/true/false as true or false: quote the value,"
+                ' e.g. "yes" (or use `kind: yes_no`)'
+            )
         if isinstance(item, dict) and len(item) == 1:
             ((value, phrase),) = item.items()
             if not isinstance(phrase, str) or not phrase.strip():

@@ -98,6 +98,19 @@ def test_a_valid_spec_passes():
         ),
         ("      - name: shade\n        kind: colour\n", 8, "field shade", "unknown kind"),
         (
+            "      - name: ok\n        kind: choice\n        values: [yes, no]\n",
+            8,
+            "field ok",
+            "quote the value",
+        ),
+        (
+            "      - name: ok\n        kind: choice\n        values:\n          - yes: a yes\n"
+            "          - maybe: a maybe\n",
+            8,
+            "field ok",
+            "quote the value",
+        ),
+        (
             "      - name: look\n        kind: choice\n        values:\n          - a: an a\n"
             "          - b\n",
             8,
