@@ -37,6 +37,13 @@ def one(text: str) -> str:
     return problem
 
 
+def test_an_empty_spec_or_task_is_an_error():
+    assert "needs at least one task" in one("tasks: []\n")
+    no_fields = BASE.split("      - name: category")[0].replace("    fields:\n", "    fields: []\n")
+    assert "needs at least one field" in one(no_fields)
+    assert "a mapping with `tasks:`" in one("- just a list\n")
+
+
 def test_a_valid_spec_passes():
     assert parse_spec(BASE, "spec.yaml").tasks[0].name == "shop"
 
@@ -97,6 +104,21 @@ def test_a_valid_spec_passes():
             "missing required key 'max'",
         ),
         ("      - name: shade\n        kind: colour\n", 8, "field shade", "unknown kind"),
+        ("        zero_shot: {agreement: false}\n", 5, "field category", "needs a CLIP phrase"),
+        (
+            "      - name: look\n        kind: choice\n        values: [{a: an a}, {b: a b}]\n"
+            "        zero_shot: {threshold: 0.5}\n",
+            11,
+            "field look",
+            "multi_choice decision rule",
+        ),
+        (
+            "      - name: items\n        kind: entities\n        max: 2\n        fields:\n"
+            "          - {name: n, kind: choice, values: [{a: an a}, {b: a b}]}\n",
+            8,
+            "field items",
+            "are for top-level fields",
+        ),
         (
             "      - name: ok\n        kind: choice\n        values: [yes, no]\n",
             8,
