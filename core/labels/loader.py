@@ -252,7 +252,8 @@ def _allowed_keys(path: tuple, data: Any) -> list[str]:
         model = _FIELD_MODELS.get(str(node.get("kind")))
     if model is None:
         return []
-    return [name for name, info in model.model_fields.items() if not info.exclude]
+    keys = [name for name, info in model.model_fields.items() if not info.exclude]
+    return sorted(keys, key=lambda k: (k not in ("name", "kind"), k != "name"))
 
 
 def _message(error: Any, path: tuple, data: Any) -> str:
