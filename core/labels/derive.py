@@ -17,6 +17,7 @@ and the bundled spec reproduces the built-in tasks byte for byte. Per kind:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, create_model
@@ -35,7 +36,14 @@ from core.labels.spec import (
 )
 from core.tasks.base import Task, TaskModel
 
-__all__ = ["build_label_sets", "build_task", "build_tasks", "model_name"]
+__all__ = [
+    "FieldColumn",
+    "build_label_sets",
+    "build_task",
+    "build_tasks",
+    "field_columns",
+    "model_name",
+]
 
 
 def model_name(name: str) -> str:
@@ -141,3 +149,35 @@ def build_label_sets(spec: LabelsSpec) -> dict[str, LabelSet]:
                 **kwargs,
             )
     return sets
+
+
+@dataclass(frozen=True)
+class FieldColumn:
+    """Where one spec field's answers are stored: `table`.`column` of type `duck_type`."""
+
+    table: str  # task_<task>, or task_<task>__<entities> for an entity's field
+    column: str
+    duck_type: str  # VARCHAR, VARCHAR[], BOOLEAN, BIGINT, DOUBLE
+    field: Any  # the spec field (ChoiceField, MultiChoiceField, ...): kind, values, bounds
+    entities: str | None = None  # the entity list's field name, for a child table's column
+
+
+def field_columns(task: Task) -> list[FieldColumn]:
+    """Every stored field of a spec-built task, in spec order, with its table and column type."""
+    if task.spec is None:
+        raise ValueError(f"task {task.name!r} was not built from a labeling spec")
+    tables = task.tables
+    types = dict(tables.columns)
+    children = {child.field: child for child in tables.children}
+    out: list[FieldColumn] = []
+    for field in task.spec.fields:
+        if isinstance(field, EntitiesField):
+            child = children[field.name]
+            sub_types = dict(child.columns)
+            out += [
+                FieldColumn(child.table, sub.name, sub_types[sub.name], sub, field.name)
+                for sub in field.fields
+            ]
+        else:
+            out.append(FieldColumn(tables.table, field.name, types[field.name], field))
+    return out

@@ -11,7 +11,7 @@ import pytest
 import xgrammar
 from xgrammar.testing import _is_grammar_accept_string
 
-from core.labels.derive import build_label_sets, build_task, build_tasks
+from core.labels.derive import build_label_sets, build_task, build_tasks, field_columns
 from core.labels.loader import parse_spec
 from core.quality.fields import spec_fields
 from core.tasks.base import TaskOutputError
@@ -141,6 +141,12 @@ def test_columns_per_kind(task):
     )
     (child,) = task.tables.children
     assert child.table == "task_product__defects"
+    found = [
+        (c.table, c.column, c.duck_type, c.field.kind, c.entities) for c in field_columns(task)
+    ]
+    assert found[2] == ("task_product", "attributes", "VARCHAR[]", "multi_choice", None)
+    assert found[-1] == ("task_product__defects", "note", "VARCHAR", "text", "defects")
+    assert len(found) == 10
     assert child.columns == (("defect", "VARCHAR"), ("severity", "BIGINT"), ("note", "VARCHAR"))
 
 
