@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import xgrammar
@@ -257,3 +258,17 @@ def test_the_documented_example_is_a_valid_spec_with_every_kind():
     kinds = {field.kind for task in spec.tasks for field in task.fields}
     assert kinds == {"choice", "multi_choice", "yes_no", "integer", "number", "text", "entities"}
     assert build_tasks(spec)["product"].tables.children[0].table == "task_product__defects"
+
+
+@pytest.mark.parametrize("keyword", ["uniqueItems", "multipleOf", "format"])
+def test_a_task_schema_the_grammar_cannot_enforce_is_refused(keyword):
+    """The last guard, below the spec: a schema keyword xgrammar accepts and then violates."""
+    from pydantic import Field
+
+    from core.tasks.base import Task, TaskModel
+
+    class Tags(TaskModel):
+        tags: list[Literal["a", "b"]] = Field(max_length=2, json_schema_extra={keyword: 2})
+
+    with pytest.raises(TypeError, match=f"cannot enforce `{keyword}`"):
+        Task(name="tags", goal="g", model=Tags)
