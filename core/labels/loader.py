@@ -92,7 +92,7 @@ class SpecProblem:
 
     line: int | None
     column: int | None
-    where: str  # e.g. "task scenery_people, field people.age_group"
+    where: str  # e.g. "task product, field defects.severity"
     message: str
 
     def render(self, file: str) -> str:

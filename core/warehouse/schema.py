@@ -327,8 +327,8 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         """,
     ),
     # Issue 18 (labeling spec): the queue's consistency signal follows the spec's `consistency:`
-    # rules instead of one built-in rule; rows written before keep their meaning (the one
-    # built-in rule was the bundled spec's first rule, `people`).
+    # rules instead of one built-in rule; rows written before keep their meaning: the old
+    # signal's name becomes their violation.
     (
         1801,
         "review queue consistency rules from the labeling spec",
@@ -338,7 +338,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         UPDATE review_queue SET
             consistency_violation = people_count_mismatch,
             consistency_violations = CASE WHEN people_count_mismatch
-                THEN ['people: person described, people list empty'] ELSE [] END,
+                THEN ['people_count_mismatch'] ELSE [] END,
             reasons = list_transform(reasons, lambda r: CASE WHEN r = 'people_count_mismatch'
                 THEN 'consistency_violation' ELSE r END);
         ALTER TABLE review_queue DROP COLUMN people_count_mismatch;

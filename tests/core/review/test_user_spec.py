@@ -73,7 +73,7 @@ def test_a_queue_written_before_the_spec_is_migrated_with_its_rows(tmp_path):
             "img1",
             ["consistency_violation"],
             True,
-            ["people: person described, people list empty"],
+            ["people_count_mismatch"],
             [],
         ),
         ("img2", ["clip_vlm_disagree"], False, [], ["f: clip=a vlm=b"]),
