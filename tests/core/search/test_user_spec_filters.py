@@ -59,6 +59,7 @@ def test_every_field_kind_filters(warehouse, planted):
         ("scenery = 'indoors'", "unknown column"),  # a field of the bundled spec, not this one
     ],
 )
-def test_a_filter_the_spec_does_not_allow_says_why(planted, text, problem):
+def test_a_filter_the_spec_does_not_allow_says_why(monkeypatch, text, problem):
+    monkeypatch.setenv("IMAGE_PIPELINE_LABELS", str(SPEC_PATH))
     with pytest.raises(BadFilter, match=problem.replace("(", r"\(")):
         parse_where(text)
