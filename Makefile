@@ -100,6 +100,7 @@ ui: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/python -m orchestration.ui --port $(UI_PORT)
 
 validate: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/python -m core.labels
 	$(BIN)/dagster definitions validate -w workspace.yaml
 
 ## Export the task tables (Parquet, JSONL) and LLaVA-style instruction data to data/exports/.

@@ -103,7 +103,8 @@ def _agreement_metadata(agreements: list[FieldAgreement]) -> dict[str, object]:
             AGREEMENT_CHECK,
             asset="label_agreement",
             description="Warns when CLIP zero-shot's top label equals the VLM's value on fewer "
-            "than `min_rate` of the drop's images (scenery; age group).",
+            "than `min_rate` of the drop's images, on each field of the labeling spec with "
+            "CLIP-vs-VLM agreement.",
         )
     ],
 )

@@ -20,6 +20,7 @@ from assets.metadata import (
     records_table,
 )
 from assets.quality import record_and_report
+from core.labels.loader import current_spec
 from core.quality import cross_stage
 from core.quality.cross_stage import LabelSource
 from core.quality.fields import FIELDS
@@ -44,13 +45,12 @@ ENTITY_COUNT_CHECK = checks.EXTRACTION_ENTITY_COUNTS
 LABEL_DRIFT_CHECK = cross_stage.LABEL_DRIFT
 CONSTANT_ANSWERS_CHECK = guards.EXTRACTION_CONSTANT_ANSWERS
 REFUSALS_CHECK = guards.EXTRACTION_REFUSALS
-PEOPLE_CONSISTENCY_CHECK = guards.EXTRACTION_PEOPLE_CONSISTENCY
 PREVIEW_ROWS = 20
 
 
 class ExtractionConfig(dg.Config):
     tasks: list[str] = Field(
-        default=list(TASKS), min_length=1, description="Task names (core/tasks)."
+        default=list(TASKS), min_length=1, description="Task names of the labeling spec."
     )
     batch_size: int = Field(default=64, ge=1, description="Images per write transaction.")
     validity_error_below: float = Field(
@@ -75,13 +75,6 @@ class ExtractionConfig(dg.Config):
         default=guards.DEFAULT_MIN_IMAGES,
         ge=2,
         description="Constant-answers check: judge a field only with this many answers.",
-    )
-    max_people_mismatch: float = Field(
-        default=0.25,
-        ge=0,
-        le=1,
-        description="People consistency check warns when a larger share of images has a "
-        "person described (age_gender) but nobody listed (scenery_people).",
     )
 
 
@@ -127,7 +120,6 @@ def quality_outcomes(
         model_id,
         tasks,
         min_images=config.guard_min_images,
-        max_people_mismatch=config.max_people_mismatch,
     )
     outcomes = merge_outcomes(
         {name: [*per_task[name], *guarded.get(name, [])] for name in per_task}, key="task"
@@ -273,7 +265,7 @@ PREVIEW_COLUMNS = {
             ENTITY_COUNT_CHECK,
             asset="vlm_extractions",
             blocking=True,
-            description="Child rows per image (people per photo) within the list's bounds.",
+            description="Child rows per image (entities per photo) within the list's bounds.",
         ),
         dg.AssetCheckSpec(
             LABEL_DRIFT_CHECK,
@@ -294,11 +286,15 @@ PREVIEW_COLUMNS = {
             "non-answers ('unknown', 'none', empty) and on failed results whose raw text is a "
             "refusal.",
         ),
-        dg.AssetCheckSpec(
-            PEOPLE_CONSISTENCY_CHECK,
-            asset="vlm_extractions",
-            description="Model guard: warns when more than `max_people_mismatch` of the images "
-            "have a person described by age_gender but nobody listed by scenery_people.",
+        *(
+            dg.AssetCheckSpec(
+                guards.consistency_check_name(rule),
+                asset="vlm_extractions",
+                description=f"Model guard (labeling spec rule `{rule.name}`): warns when more "
+                f"than {rule.max_share:.0%} of the images have `{rule.when_answered}` answered "
+                f"but an empty `{rule.expect_entities}` list.",
+            )
+            for rule in current_spec().consistency
         ),
     ],
 )

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import polars as pl
 
+from core.labels.derive import build_tasks
+from core.labels.loader import current_spec
+from core.labels.spec import LabelsSpec
 from core.quality.evaluation import STANDIN_NOTE
 from core.quality.summary import latest_check_outcomes, latest_evaluation
+from core.tasks.base import Task
 from core.warehouse import Warehouse
 
-TABLES = (
+BEFORE_TASKS = (
     "drops",
     "images",
     "image_files",
@@ -16,13 +20,38 @@ TABLES = (
     "clip_embeddings",
     "clip_zero_shot",
     "vlm_extractions",
-    "task_scenery_people",
-    "task_scenery_people__people",
-    "task_age_gender",
-    "task_basketball_action",
-    "quality_results",
-    "evaluations",
 )
+AFTER_TASKS = ("quality_results", "evaluations")
+
+
+def tables_of(tasks: dict[str, Task]) -> tuple[str, ...]:
+    """The tables the summary counts: the pipeline's, with each task's table and child tables
+    (from the labeling spec) in between."""
+    task_tables = [
+        table
+        for task in tasks.values()
+        for table in (task.tables.table, *(child.table for child in task.tables.children))
+    ]
+    return (*BEFORE_TASKS, *task_tables, *AFTER_TASKS)
+
+
+def task_section(warehouse: Warehouse, task: Task) -> pl.DataFrame:
+    """The first 10 rows of a task's table (current version): its fields, and the number of
+    entities in each of its lists."""
+    tables = task.tables
+    counts = [
+        f'(SELECT count(*) FROM "{child.table}" c WHERE c.image_id = t.image_id'
+        " AND c.model_id = t.model_id AND c.task_fingerprint = t.task_fingerprint)"
+        f' AS "{child.field}"'
+        for child in tables.children
+    ]
+    columns = [f't."{name}"' for name, _ in tables.columns] + counts
+    return warehouse.query(
+        f"SELECT i.first_path, {', '.join(columns)}, t.model_id"
+        f' FROM "{tables.table}" t JOIN images i USING (image_id)'
+        " WHERE t.task_fingerprint = ? ORDER BY i.first_path, t.model_id LIMIT 10",
+        [task.fingerprint],
+    )
 
 
 def _section(title: str, frame: pl.DataFrame) -> str:
@@ -36,7 +65,14 @@ def _section(title: str, frame: pl.DataFrame) -> str:
         return f"\n{title}\n{frame}"
 
 
-def summary(warehouse: Warehouse, tables: tuple[str, ...] = TABLES) -> str:
+def summary(
+    warehouse: Warehouse,
+    tables: tuple[str, ...] | None = None,
+    spec: LabelsSpec | None = None,
+) -> str:
+    """The demo's summary under the labeling spec (default: the current one)."""
+    tasks = build_tasks(current_spec() if spec is None else spec)
+    tables = tables_of(tasks) if tables is None else tables
     present = {
         name for (name,) in warehouse.rows("SELECT table_name FROM information_schema.tables")
     }
@@ -102,19 +138,9 @@ def summary(warehouse: Warehouse, tables: tuple[str, ...] = TABLES) -> str:
                 ),
             )
         )
-    if "task_scenery_people" in present:
-        parts.append(
-            _section(
-                "scenery_people (first 10)",
-                warehouse.query(
-                    "SELECT i.first_path, s.scenery, count(p.idx) AS people, s.model_id"
-                    " FROM task_scenery_people s JOIN images i USING (image_id)"
-                    " LEFT JOIN task_scenery_people__people p ON p.image_id = s.image_id"
-                    " AND p.model_id = s.model_id AND p.task_fingerprint = s.task_fingerprint"
-                    " GROUP BY ALL ORDER BY i.first_path LIMIT 10"
-                ),
-            )
-        )
+    for task in tasks.values():
+        if task.tables.table in present:
+            parts.append(_section(f"{task.name} (first 10)", task_section(warehouse, task)))
     if "quality_results" in present:
         outcomes = latest_check_outcomes(warehouse)
         failed = outcomes.filter(~outcomes["passed"])

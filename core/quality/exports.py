@@ -13,6 +13,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
+from core.labels.derive import build_tasks
+from core.labels.loader import current_spec
+from core.labels.spec import LabelsSpec
 from core.warehouse import Warehouse
 
 FORMATS = {"parquet": "(FORMAT parquet)", "jsonl": "(FORMAT json)"}
@@ -204,13 +207,15 @@ def export_all(
     *,
     image_root: str | Path | None = None,
     include_standin: bool = False,
+    spec: LabelsSpec | None = None,
 ) -> ExportSummary:
-    """Every task table (Parquet + JSONL) and, per built-in task, its validated extractions of
-    the current task version as `llava_<task>.json`, with the task's own prompt as instruction.
+    """Every task table (Parquet + JSONL) and, per task of the labeling spec (default: the
+    current one), its validated extractions of the current task version as
+    `llava_<task>.json`, with the task's own prompt as instruction.
 
     Rows of stand-in models (`standin/...`, random weights) are left out unless
     `include_standin`: they must never end up in a training set by default."""
-    from core.tasks.registry import TASKS
+    tasks = build_tasks(current_spec() if spec is None else spec)
 
     out = Path(out_dir)
     tables = export_task_tables(warehouse, out, include_standin=include_standin)
@@ -226,7 +231,7 @@ def export_all(
             image_root=image_root,
             include_standin=include_standin,
         )
-        for name, task in TASKS.items()
+        for name, task in tasks.items()
         if task.tables.table in present
     }
     left_out = 0 if include_standin else _standin_rows(warehouse, sorted(present))

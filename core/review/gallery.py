@@ -32,6 +32,8 @@ from core.copies import image_copies
 from core.files import FileCopy, read_image_copy
 from core.ingest.decode import load_rgb
 from core.ingest.reasons import clean_error
+from core.labels.loader import current_spec
+from core.labels.spec import ChoiceField, LabelsSpec
 from core.warehouse import Warehouse
 from core.warehouse.queries import DROP_IMAGE_PATHS, table_exists
 
@@ -42,6 +44,21 @@ THUMB_PX = 160
 SHEET_COLUMNS = 6
 SHEET_THUMB_PX = 120
 QUEUE_COLOUR = (220, 30, 30)
+
+
+def sheet_label_set(spec: LabelsSpec | None = None) -> str:
+    """The label set the contact sheet shows CLIP's top label of: the labeling spec's (default:
+    the current one) first single-choice field with a label set; "" when it has none."""
+    spec = current_spec() if spec is None else spec
+    return next(
+        (
+            field.label_name
+            for task in spec.tasks
+            for field in task.fields
+            if isinstance(field, ChoiceField) and field.has_label_set
+        ),
+        "",
+    )
 
 
 @dataclass
@@ -55,8 +72,10 @@ class Tile:
     thumb: str | None = None  # relative to the page
     thumb_error: str | None = None
 
-    def top_labels(self) -> list[str]:
-        """Two short lines for the contact sheet: the VLM's scalars, CLIP's scenery."""
+    def top_labels(self, label_set: str | None = None) -> list[str]:
+        """Two short lines for the contact sheet: the VLM's scalars, and CLIP's top label in
+        `label_set` (default: `sheet_label_set()`, the spec's first choice field with one)."""
+        label_set = sheet_label_set() if label_set is None else label_set
         scalars = [
             value
             for rows in self.labels.values()
@@ -64,7 +83,7 @@ class Tile:
             if "[" not in name and "." not in name
         ]
         clip = next(
-            (f"clip {label} {p:.2f}" for s, label, p in self.zero_shot if s == "scenery"), ""
+            (f"clip {label} {p:.2f}" for s, label, p in self.zero_shot if s == label_set), ""
         )
         return [" ".join(scalars[:3]) or "no VLM label", clip]
 
@@ -199,6 +218,7 @@ def _font(size: int) -> ImageFont.ImageFont:
 
 def contact_sheet(tiles: list[Tile], thumbs: Path, drop_id: str, total: int) -> Image.Image:
     """A grid of thumbnails with two label lines each; queue images framed red with their rank."""
+    label_set = sheet_label_set()
     cell_w, text_h, pad = SHEET_THUMB_PX + 8, 30, 4
     rows = max(1, -(-len(tiles) // SHEET_COLUMNS))
     header = 26
@@ -239,7 +259,7 @@ def contact_sheet(tiles: list[Tile], thumbs: Path, drop_id: str, total: int) -> 
             )
             draw.rectangle((x + 4, y + 4, x + 44, y + 22), fill=QUEUE_COLOUR)
             draw.text((x + 8, y + 6), f"#{tile.rank}", fill="white", font=font)
-        for line, text in enumerate(tile.top_labels()):
+        for line, text in enumerate(tile.top_labels(label_set)):
             draw.text((x + pad, y + cell_w + line * 14), text[:26], fill="black", font=small)
     return sheet
 

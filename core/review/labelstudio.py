@@ -1,15 +1,20 @@
 """Label Studio's formats: the labeling config, tasks to import, and reading its JSON export back.
 
-Everything is derived from the task definitions (`core.tasks`), so a new task needs no code here:
+Everything is derived from the tasks of the labeling spec (their JSON schemas), so a new task
+or field needs no code here. Every field is one control named `<task>__<field>`:
 
-- every scalar field is one control named `<task>__<field>`: an enum (`Literal`) becomes
-  `<Choices choice="single">` with one `<Choice>` per allowed value, a pattern-bounded string
-  a one-line `<TextArea>`, an integer a `<Number>`;
-- a list of sub-models (the people of `scenery_people`) has no boxes in our schema, so we do not
-  invent regions: it becomes per-item fields. `<task>__<list>__count` (a `<Number>`, 0 to
-  `maxItems`) says how many items there are, then `<task>__<list>__<i>__<sub>` for each slot i
-  below `maxItems`, in the model's order (largest person first). Item slots at or past the count
-  are ignored on import.
+- single choice: `<Choices choice="single">` with one `<Choice>` per allowed value;
+- multiple choice: `<Choices choice="multiple">`; the import checks the values are distinct and
+  their count within the field's min and max, and stores them sorted, joined with `|`;
+- yes/no: `<Choices>` of `yes` and `no`, stored as `true` / `false` (the task table's BOOLEAN);
+- integer and number: `<Number>` with the field's `min` and `max` (`step="any"` for a number);
+- text: a one-line `<TextArea maxSubmissions="1">`, checked against the field's bounded pattern;
+- a list of entities has no boxes in our schema, so we do not invent regions: it becomes
+  per-item fields. `<task>__<list>__count` (a `<Number>`, 0 to `maxItems`) says how many items
+  there are, then `<task>__<list>__<i>__<sub>` for each slot i below `maxItems`, in the model's
+  order. Item slots at or past the count are ignored on import.
+
+An optional field (null allowed) gets the control of its kind; left empty, it gives no label.
 
 Tasks follow Label Studio's JSON import format (`[{"data": {...}, "predictions": [...]}]`); the
 VLM's answer is a prediction whose `model_version` is its model id, so the reviewer starts from
@@ -48,24 +53,47 @@ class Control:
 
     name: str
     task: str
-    field: str  # 'scenery', 'people.count', 'people[0].age_group'
+    field: str  # '<field>', '<list>.count', '<list>[0].<field>'
     kind: ControlKind
     choices: tuple[str, ...] = ()
+    multiple: bool = False  # a multi-choice field: a set of `choices`
+    boolean: bool = False  # a yes/no field: choices ('yes', 'no') stored as 'true' / 'false'
+    integer: bool = True  # a number control that takes whole numbers only
+    min_items: int | None = None  # multi-choice bounds of the set's size
+    max_items: int | None = None
     pattern: str | None = None
     minimum: float | None = None
     maximum: float | None = None
-    list_field: str | None = None  # 'people' for the count and the item fields
+    list_field: str | None = None  # the entity list, for the count and the item fields
     index: int | None = None  # the item slot, for item fields
 
     def check(self, value: Any) -> str:
         """The value as stored in `human_labels`; raises ValueError when the schema forbids it."""
+        if self.kind == "choices" and self.multiple:
+            chosen = [str(v) for v in value]
+            outside = [v for v in chosen if v not in self.choices]
+            if outside:
+                raise ValueError(f"{outside} are not among {list(self.choices)}")
+            if len(set(chosen)) != len(chosen):
+                raise ValueError(f"{chosen} repeats a value")
+            if (self.min_items is not None and len(chosen) < self.min_items) or (
+                self.max_items is not None and len(chosen) > self.max_items
+            ):
+                raise ValueError(
+                    f"{len(chosen)} values, expected {self.min_items} to {self.max_items}"
+                )
+            return "|".join(sorted(chosen))
         if self.kind == "choices":
             if str(value) not in self.choices:
                 raise ValueError(f"{value!r} is not one of {list(self.choices)}")
+            if self.boolean:
+                return "true" if value == "yes" else "false"
             return str(value)
         if self.kind == "number":
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"{value!r} is not a number")
+            if self.integer and not float(value).is_integer():
+                raise ValueError(f"{value} is not a whole number")
             if (self.minimum is not None and value < self.minimum) or (
                 self.maximum is not None and value > self.maximum
             ):
@@ -77,17 +105,41 @@ class Control:
         return text
 
 
+def _non_null(prop: dict[str, Any]) -> dict[str, Any]:
+    """An optional field's schema (`anyOf` with null) without its null branch."""
+    branches = [b for b in prop.get("anyOf", ()) if b.get("type") != "null"]
+    return branches[0] if len(branches) == 1 else prop
+
+
+def _is_entities(prop: dict[str, Any]) -> bool:
+    return prop.get("type") == "array" and prop.get("items", {}).get("type") == "object"
+
+
 def _scalar_control(task: str, name: str, field: str, prop: dict[str, Any], **extra) -> Control:
+    prop = _non_null(prop)
+    if prop.get("type") == "array":  # multi-choice: a set of enum values
+        return Control(
+            name,
+            task,
+            field,
+            "choices",
+            tuple(str(v) for v in prop["items"]["enum"]),
+            multiple=True,
+            min_items=prop.get("minItems"),
+            max_items=prop.get("maxItems"),
+            **extra,
+        )
     if "enum" in prop:
         return Control(name, task, field, "choices", tuple(str(v) for v in prop["enum"]), **extra)
     if prop.get("type") == "boolean":
-        return Control(name, task, field, "choices", ("true", "false"), **extra)
+        return Control(name, task, field, "choices", ("yes", "no"), boolean=True, **extra)
     if prop.get("type") in ("integer", "number"):
         return Control(
             name,
             task,
             field,
             "number",
+            integer=prop.get("type") == "integer",
             minimum=prop.get("minimum"),
             maximum=prop.get("maximum"),
             **extra,
@@ -99,9 +151,10 @@ def controls(task: Task) -> list[Control]:
     """The task's controls, in schema order."""
     out: list[Control] = []
     for name, prop in task.json_schema.get("properties", {}).items():
-        if prop.get("type") != "array":
+        if not _is_entities(_non_null(prop)):
             out.append(_scalar_control(task.name, f"{task.name}__{name}", name, prop))
             continue
+        prop = _non_null(prop)
         slots = int(prop["maxItems"])
         out.append(
             Control(
@@ -136,7 +189,8 @@ def control_map(tasks: Iterable[Task]) -> dict[str, Control]:
 def _control_xml(control: Control, indent: str) -> list[str]:
     name, to = quoteattr(control.name), quoteattr(IMAGE_OBJECT)
     if control.kind == "choices":
-        lines = [f'{indent}<Choices name={name} toName={to} choice="single" showInline="true">']
+        choice = "multiple" if control.multiple else "single"
+        lines = [f'{indent}<Choices name={name} toName={to} choice="{choice}" showInline="true">']
         lines += [f"{indent}  <Choice value={quoteattr(v)}/>" for v in control.choices]
         return [*lines, f"{indent}</Choices>"]
     if control.kind == "number":
@@ -145,7 +199,8 @@ def _control_xml(control: Control, indent: str) -> list[str]:
             for key, v in (("min", control.minimum), ("max", control.maximum))
             if v is not None
         )
-        return [f"{indent}<Number name={name} toName={to}{bounds}/>"]
+        step = "" if control.integer else ' step="any"'
+        return [f"{indent}<Number name={name} toName={to}{bounds}{step}/>"]
     return [
         f'{indent}<TextArea name={name} toName={to} maxSubmissions="1" editable="true" rows="1"/>'
     ]
@@ -187,8 +242,10 @@ def labeling_config(tasks: Sequence[Task]) -> str:
 
 def _result(control: Control, value: Any) -> dict[str, Any]:
     base = {"from_name": control.name, "to_name": IMAGE_OBJECT, "type": control.kind}
+    if control.kind == "choices" and control.multiple:
+        return base | {"value": {"choices": [str(v) for v in value]}}
     if control.kind == "choices":
-        label = str(value).lower() if isinstance(value, bool) else str(value)
+        label = ("yes" if value else "no") if isinstance(value, bool) else str(value)
         return base | {"value": {"choices": [label]}}
     if control.kind == "number":
         return base | {"value": {"number": value}}
@@ -200,7 +257,7 @@ def prediction_results(task: Task, parsed: Mapping[str, Any]) -> list[dict[str, 
     by_field = {control.field: control for control in controls(task)}
     results = []
     for name, value in parsed.items():
-        if isinstance(value, list):
+        if isinstance(value, list) and f"{name}.count" in by_field:
             results.append(_result(by_field[f"{name}.count"], len(value)))
             for index, item in enumerate(value):
                 for sub, sub_value in item.items():
@@ -282,6 +339,10 @@ def _values(item: Mapping[str, Any], control: Control) -> Any:
         raise ValueError("result has no value object")
     if control.kind == "choices":
         chosen = value.get("choices")
+        if control.multiple:
+            if not isinstance(chosen, list):
+                raise ValueError(f"expected a list of choices, got {chosen!r}")
+            return chosen
         if not isinstance(chosen, list) or len(chosen) != 1:
             raise ValueError(f"expected exactly one choice, got {chosen!r}")
         return chosen[0]

@@ -4,17 +4,21 @@ Each image of the drop gets five signals, kept as columns of `review_queue` so a
 why an image is there:
 
 - `clip_vlm_disagree`: CLIP zero-shot's top label differs from the VLM's value on a field both
-  predict (scenery, age group);
+  predict (a choice field of the labeling spec with a label set and agreement on; on a
+  multi-choice field: CLIP's top label is not among the VLM's values);
 - `low_margin`: the zero-shot top-1 minus top-2 probability is below `margin_threshold` on one
   of those label sets (CLIP itself is unsure);
 - `extraction_failed`: a task's latest extraction is `invalid`, `truncated` or `error` (the image
   has no trustworthy VLM label for it);
 - `near_duplicate_conflict`: a near-duplicate image (CLIP cosine >= `near_duplicate_threshold`,
-  in this drop or an earlier one) carries a different VLM value for some field;
-- `people_count_mismatch`: `age_gender` describes a person while `scenery_people` lists nobody.
+  in this drop or an earlier one) carries a different VLM value for some choice, multi-choice
+  or yes/no field;
+- `consistency_violation`: a `consistency:` rule of the spec is broken (its `when_answered`
+  task answered while its `expect_entities` list is empty); `consistency_violations` names the
+  rules. A spec that declares no rule never raises it.
 
 score = 3*extraction_failed + 2*near_duplicate_conflict + (fields in disagreement)
-        + people_count_mismatch + (margin_threshold - margin) / margin_threshold when low.
+        + (rules broken) + (margin_threshold - margin) / margin_threshold when low.
 
 Only images with a score above 0 are queued, highest score first (then lowest margin, then
 image id). The queue holds at most `size(images in drop)` = max(top_n, ceil(top_fraction *
@@ -31,11 +35,12 @@ from typing import Any
 import polars as pl
 
 from core.clip.near_duplicates import DEFAULT_THRESHOLD
-from core.quality.fields import AGREEMENT_FIELDS
+from core.labels.spec import LabelsSpec
 from core.quality.outcome import CheckOutcome
 from core.review.signals import (
     OneConnection,
     Signals,
+    SpecView,
     near_duplicate_conflicts,
     read_signals,
 )
@@ -50,7 +55,7 @@ WEIGHTS = {
     "extraction_failed": 3.0,
     "near_duplicate_conflict": 2.0,
     "clip_vlm_disagree": 1.0,  # per field in disagreement
-    "people_count_mismatch": 1.0,
+    "consistency_violation": 1.0,  # per rule broken
     "low_margin": 1.0,  # times how far below the threshold the margin is
 }
 
@@ -70,8 +75,8 @@ COLUMNS = (
     "near_duplicate_conflict",
     "near_duplicate_of",
     "conflict_fields",
-    "people_count_mismatch",
-    "people_listed",
+    "consistency_violation",
+    "consistency_violations",
     "clip_model_id",
     "vlm_model_id",
     "created_at",
@@ -84,7 +89,8 @@ class QueueOptions:
     top_fraction: float = DEFAULT_TOP_FRACTION
     margin_threshold: float = DEFAULT_MARGIN_THRESHOLD
     near_duplicate_threshold: float = DEFAULT_THRESHOLD
-    fields: tuple[str, ...] = AGREEMENT_FIELDS  # compared between CLIP and the VLM
+    # compared between CLIP and the VLM; None: every spec field with a label set and agreement on
+    fields: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.top_n < 0 or not 0 <= self.top_fraction <= 1:
@@ -111,16 +117,21 @@ class QueueReport:
 
 
 def compute_queue(
-    warehouse: Warehouse, drop_id: str, options: QueueOptions = QueueOptions()
+    warehouse: Warehouse,
+    drop_id: str,
+    options: QueueOptions = QueueOptions(),
+    spec: LabelsSpec | None = None,
 ) -> QueueReport:
-    """Score every image of the drop; return the ranked, capped queue (nothing is written)."""
+    """Score every image of the drop under the labeling spec (default: the current one);
+    return the ranked, capped queue (nothing is written)."""
+    view = SpecView.of(spec)
     with warehouse.reader() as conn:
         signals, clip_model, vlm_model, vlm = read_signals(
-            OneConnection(conn), drop_id, options.fields
+            OneConnection(conn), drop_id, options.fields, view
         )
     ids = list(signals)
     near_duplicate_conflicts(
-        warehouse, drop_id, signals, vlm, vlm_model, options.near_duplicate_threshold
+        warehouse, drop_id, signals, vlm, vlm_model, options.near_duplicate_threshold, view
     )
     frame = _rank(drop_id, signals, options, clip_model, vlm_model)
     flagged = frame.height
@@ -134,7 +145,7 @@ def compute_queue(
                 "low_margin",
                 "extraction_failed",
                 "near_duplicate_conflict",
-                "people_count_mismatch",
+                "consistency_violation",
             )
         }
         if flagged
@@ -164,19 +175,18 @@ def _rank(
     rows = []
     for image_id, s in signals.items():
         low = s.margin is not None and s.margin < options.margin_threshold
-        mismatch = s.person_described and s.people_listed == 0
         flags = {
             "extraction_failed": bool(s.failed),
             "near_duplicate_conflict": s.conflict_of is not None,
             "clip_vlm_disagree": bool(s.disagree),
-            "people_count_mismatch": mismatch,
+            "consistency_violation": bool(s.violations),
             "low_margin": low,
         }
         score = (
             WEIGHTS["extraction_failed"] * flags["extraction_failed"]
             + WEIGHTS["near_duplicate_conflict"] * flags["near_duplicate_conflict"]
             + WEIGHTS["clip_vlm_disagree"] * len(s.disagree)
-            + WEIGHTS["people_count_mismatch"] * mismatch
+            + WEIGHTS["consistency_violation"] * len(s.violations)
             + (
                 WEIGHTS["low_margin"]
                 * (options.margin_threshold - s.margin)
@@ -203,8 +213,8 @@ def _rank(
                 "near_duplicate_conflict": flags["near_duplicate_conflict"],
                 "near_duplicate_of": s.conflict_of,
                 "conflict_fields": s.conflict_fields,
-                "people_count_mismatch": mismatch,
-                "people_listed": s.people_listed,
+                "consistency_violation": bool(s.violations),
+                "consistency_violations": s.violations,
                 "clip_model_id": clip_model,
                 "vlm_model_id": vlm_model,
                 "created_at": now,
@@ -235,8 +245,8 @@ def _rank(
         "near_duplicate_conflict": pl.Boolean,
         "near_duplicate_of": pl.String,
         "conflict_fields": pl.List(pl.String),
-        "people_count_mismatch": pl.Boolean,
-        "people_listed": pl.Int32,
+        "consistency_violation": pl.Boolean,
+        "consistency_violations": pl.List(pl.String),
         "clip_model_id": pl.String,
         "vlm_model_id": pl.String,
         "created_at": pl.Datetime("us", "UTC"),

@@ -14,14 +14,30 @@ from typing import Any
 import pyarrow as pa
 
 from core.clip.near_duplicates import near_duplicate_pairs
-from core.quality.fields import FIELDS
-from core.tasks.registry import TASKS
+from core.labels.derive import build_tasks
+from core.labels.loader import current_spec
+from core.labels.spec import LabelsSpec
+from core.quality.fields import LabelField, spec_fields
+from core.tasks.base import Task
 from core.warehouse import Warehouse
 from core.warehouse.queries import drop_image_paths, table_exists
 
-PEOPLE_TASK = "scenery_people"  # lists the people it sees
-PEOPLE_LIST = "people"
-PERSON_TASK = "age_gender"  # describes the most prominent person
+# Kinds compared between near-duplicates: a label from a fixed set (numbers and text vary).
+CONFLICT_KINDS = ("choice", "multi_choice", "yes_no")
+
+
+@dataclass(frozen=True)
+class SpecView:
+    """What the queue reads of a labeling spec: its tasks and labelled fields."""
+
+    spec: LabelsSpec
+    tasks: dict[str, Task]
+    fields: dict[str, LabelField]
+
+    @classmethod
+    def of(cls, spec: LabelsSpec | None = None) -> SpecView:
+        spec = current_spec() if spec is None else spec
+        return cls(spec, build_tasks(spec), {f.name: f for f in spec_fields(spec)})
 
 
 @dataclass
@@ -32,8 +48,8 @@ class Signals:
     failed: list[str] = field(default_factory=list)
     conflict_of: str | None = None
     conflict_fields: list[str] = field(default_factory=list)
-    people_listed: int | None = None
-    person_described: bool = False
+    answered: set[str] = field(default_factory=set)  # tasks whose latest result is ok
+    violations: list[str] = field(default_factory=list)  # broken consistency rules
 
 
 def query_drop(
@@ -61,18 +77,28 @@ def most_used(warehouse: Warehouse, table: str, ids: Sequence[str]) -> str | Non
     return str(rows[0][0]) if rows else None
 
 
+def value_sql(column: str, kind: str) -> str:
+    """A field's value as text: a multi-label set sorted and joined with `|` (order-free)."""
+    if kind == "multi_choice":
+        return f"array_to_string(list_sort(t.\"{column}\"), '|')"
+    return f'CAST(t."{column}" AS VARCHAR)'
+
+
 def vlm_values(
-    warehouse: Warehouse, ids: Sequence[str], model_id: str
+    warehouse: Warehouse, ids: Sequence[str], model_id: str, view: SpecView
 ) -> dict[tuple[str, str], str]:
-    """(image_id, field) -> the VLM's value, current task version, for fields of `FIELDS`."""
+    """(image_id, field) -> the VLM's value, current task version, for the spec's fields
+    holding a label from a fixed set."""
     values: dict[tuple[str, str], str] = {}
-    for name, spec in FIELDS.items():
-        task = TASKS.get(spec.task or "")
+    for name, spec in view.fields.items():
+        task = view.tasks.get(spec.task or "")
+        if spec.kind not in CONFLICT_KINDS:
+            continue
         if task is None or not spec.column or not table_exists(warehouse, f"task_{task.name}"):
             continue
         rows = query_drop(
             warehouse,
-            f'SELECT t.image_id, CAST(t."{spec.column}" AS VARCHAR) FROM "task_{task.name}" t'
+            f'SELECT t.image_id, {value_sql(spec.column, spec.kind)} FROM "task_{task.name}" t'
             " JOIN drop_ids USING (image_id) WHERE t.model_id = ? AND t.task_fingerprint = ?",
             ids,
             [model_id, task.fingerprint],
@@ -96,16 +122,22 @@ class OneConnection:
 
 
 def read_signals(
-    db: Any, drop_id: str, fields: Sequence[str]
+    db: Any, drop_id: str, fields: Sequence[str] | None, view: SpecView
 ) -> tuple[dict[str, Signals], str | None, str | None, dict[tuple[str, str], str]]:
-    """Every signal but near-duplicates, through one connection."""
+    """Every signal but near-duplicates, through one connection; `fields` (default: every
+    field with a label set and agreement on) are compared between CLIP and the VLM."""
+    if fields is None:
+        fields = [name for name, f in view.fields.items() if f.agreement]
+    fields = [name for name in fields if name in view.fields]
     drop = drop_image_paths(db, drop_id, order_by="image_id")
     signals = {image_id: Signals(path=path) for image_id, path in drop}
     ids = list(signals)
     clip_model = most_used(db, "clip_zero_shot", ids)
     vlm_model = most_used(db, "vlm_extractions", ids)
     label_sets = [
-        FIELDS[name].zero_shot_label_set for name in fields if FIELDS[name].zero_shot_label_set
+        view.fields[name].zero_shot_label_set
+        for name in fields
+        if view.fields[name].zero_shot_label_set
     ]
     top: dict[tuple[str, str], str] = {}  # (image_id, label set) -> CLIP's top label
     if clip_model and ids:
@@ -123,9 +155,9 @@ def read_signals(
             margin = float(ranked[0] - (ranked[1] if len(ranked) > 1 else 0.0))
             current = signals[image_id].margin
             signals[image_id].margin = margin if current is None else min(current, margin)
-    vlm = vlm_values(db, ids, vlm_model) if vlm_model else {}
+    vlm = vlm_values(db, ids, vlm_model, view) if vlm_model else {}
     if vlm_model and ids:
-        for task in TASKS.values():
+        for task in view.tasks.values():
             rows = query_drop(
                 db,
                 "SELECT image_id, arg_max(status, created_at) FROM vlm_extractions"
@@ -137,30 +169,53 @@ def read_signals(
             for image_id, status in rows:
                 if status != "ok":
                     signals[image_id].failed.append(f"{task.name}: {status}")
-                elif task.name == PERSON_TASK:
-                    signals[image_id].person_described = True
-        people_task = TASKS.get(PEOPLE_TASK)
-        child = f"task_{PEOPLE_TASK}__{PEOPLE_LIST}"
-        if people_task and table_exists(db, f"task_{PEOPLE_TASK}") and table_exists(db, child):
-            rows = query_drop(
-                db,
-                f'SELECT p.image_id, count(c.idx) FROM "task_{PEOPLE_TASK}" p'
-                " JOIN drop_ids USING (image_id)"
-                f' LEFT JOIN "{child}" c ON c.image_id = p.image_id AND c.model_id = p.model_id'
-                " AND c.task_fingerprint = p.task_fingerprint"
-                " WHERE p.model_id = ? AND p.task_fingerprint = ? GROUP BY p.image_id",
-                ids,
-                [vlm_model, people_task.fingerprint],
-            )
-            for image_id, listed in rows:
-                signals[image_id].people_listed = int(listed)
+                else:
+                    signals[image_id].answered.add(task.name)
+        consistency_violations(db, ids, vlm_model, view, signals)
     for image_id, s in signals.items():
         for name in fields:
-            clip_label = top.get((image_id, FIELDS[name].zero_shot_label_set or ""))
+            clip_label = top.get((image_id, view.fields[name].zero_shot_label_set or ""))
             value = vlm.get((image_id, name))
-            if clip_label is not None and value is not None and clip_label != value:
+            if clip_label is None or value is None:
+                continue
+            if view.fields[name].kind == "multi_choice":
+                differs = clip_label not in value.split("|")
+            else:
+                differs = clip_label != value
+            if differs:
                 s.disagree.append(f"{name}: clip={clip_label} vlm={value}")
     return signals, clip_model, vlm_model, vlm
+
+
+def consistency_violations(
+    db: Any, ids: Sequence[str], vlm_model: str, view: SpecView, signals: dict[str, Signals]
+) -> None:
+    """Each consistency rule of the spec: the `when_answered` task answered while the entity
+    list `expect_entities` is empty (current versions of both tasks, this VLM)."""
+    for rule in view.spec.consistency:
+        listing_name, entities = rule.expect_entities.split(".", 1)
+        listing = view.tasks.get(listing_name)
+        if listing is None or rule.when_answered not in view.tasks:
+            continue
+        parent = listing.tables.table
+        child = f"{parent}__{entities}"
+        if not (table_exists(db, parent) and table_exists(db, child)):
+            continue
+        rows = query_drop(
+            db,
+            f'SELECT p.image_id, count(c.idx) FROM "{parent}" p JOIN drop_ids USING (image_id)'
+            f' LEFT JOIN "{child}" c ON c.image_id = p.image_id AND c.model_id = p.model_id'
+            " AND c.task_fingerprint = p.task_fingerprint"
+            " WHERE p.model_id = ? AND p.task_fingerprint = ? GROUP BY p.image_id",
+            ids,
+            [vlm_model, listing.fingerprint],
+        )
+        for image_id, listed in rows:
+            s = signals[image_id]
+            if int(listed) == 0 and rule.when_answered in s.answered:
+                s.violations.append(
+                    f"{rule.name}: {rule.when_answered} answered, {rule.expect_entities} empty"
+                )
 
 
 def near_duplicate_conflicts(
@@ -170,6 +225,7 @@ def near_duplicate_conflicts(
     vlm: dict[tuple[str, str], str],
     vlm_model: str | None,
     threshold: float,
+    view: SpecView,
 ) -> None:
     """Mark images whose near-duplicate (same CLIP model) has a different VLM value."""
     if not vlm_model or not signals or not table_exists(warehouse, "clip_embeddings"):
@@ -196,7 +252,7 @@ def near_duplicate_conflicts(
     others = sorted(set(pairs["other_image_id"].to_list()) - set(signals))
     values = dict(vlm)
     if others:
-        values.update(vlm_values(warehouse, others, vlm_model))
+        values.update(vlm_values(warehouse, others, vlm_model, view))
     for image_id, other, _cosine, _in_drop in pairs.iter_rows():
         for mine, theirs in ((image_id, other), (other, image_id)):
             s = signals.get(mine)
@@ -204,7 +260,7 @@ def near_duplicate_conflicts(
                 continue
             differing = [
                 f"{name}: {values[(mine, name)]} vs {values[(theirs, name)]}"
-                for name in FIELDS
+                for name in view.fields
                 if (mine, name) in values
                 and (theirs, name) in values
                 and values[(mine, name)] != values[(theirs, name)]

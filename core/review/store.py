@@ -19,7 +19,10 @@ from urllib.parse import quote
 import duckdb
 import pyarrow as pa
 
-from core.quality.fields import FIELDS
+from core.labels.derive import build_tasks
+from core.labels.loader import current_spec
+from core.labels.spec import LabelsSpec
+from core.quality.fields import spec_fields
 from core.quality.labelled import LabelledImage, LabelledSet
 from core.review.labelstudio import (
     HumanLabel,
@@ -29,7 +32,6 @@ from core.review.labelstudio import (
     task_json,
 )
 from core.tasks.base import Task
-from core.tasks.registry import TASKS
 from core.warehouse import Warehouse
 
 HUMAN_LABELLED_SET = "human_labels"
@@ -39,6 +41,14 @@ DEFAULT_IMAGE_PREFIX = "/data/local-files/?d="
 def _tables(conn: duckdb.DuckDBPyConnection) -> set[str]:
     rows = conn.execute("SELECT table_name FROM information_schema.tables").fetchall()
     return {name for (name,) in rows}
+
+
+def _as_text(column: str, duck_type: str, alias: str = "t") -> str:
+    """A task column as `final_labels.value`: a multi-choice set sorted and joined with `|`
+    (the form a Label Studio import stores), anything else cast to text."""
+    if duck_type.endswith("[]"):
+        return f"array_to_string(list_sort({alias}.\"{column}\"), '|')"
+    return f'CAST({alias}."{column}" AS VARCHAR)'
 
 
 def final_labels_sql(present: set[str], tasks: Sequence[Task]) -> str:
@@ -54,10 +64,10 @@ def final_labels_sql(present: set[str], tasks: Sequence[Task]) -> str:
             " GROUP BY image_id)"
         )
         join = "l.image_id = t.image_id AND l.k.m = t.model_id AND l.k.f = t.task_fingerprint"
-        for column, _ in task.tables.columns:
+        for column, duck_type in task.tables.columns:
             parts.append(
                 f"SELECT t.image_id, '{task.name}' AS task, '{column}' AS field,"
-                f' CAST(t."{column}" AS VARCHAR) AS value, t.model_id,'
+                f" {_as_text(column, duck_type)} AS value, t.model_id,"
                 " NULL::VARCHAR AS list_field, NULL::INTEGER AS idx"
                 f' FROM "{table}" t JOIN {latest} l ON {join}'
             )
@@ -74,11 +84,11 @@ def final_labels_sql(present: set[str], tasks: Sequence[Task]) -> str:
                 f' FROM "{table}" t JOIN {latest} l ON {join}'
                 f' LEFT JOIN "{child.table}" c ON {child_join} GROUP BY t.image_id, t.model_id'
             )
-            for column, _ in child.columns:
+            for column, duck_type in child.columns:
                 parts.append(
                     f"SELECT t.image_id, '{task.name}',"
                     f" '{child.field}[' || c.idx || '].{column}',"
-                    f" CAST(c.\"{column}\" AS VARCHAR), t.model_id, '{child.field}', c.idx"
+                    f" {_as_text(column, duck_type, 'c')}, t.model_id, '{child.field}', c.idx"
                     f' FROM "{table}" t JOIN {latest} l ON {join}'
                     f' JOIN "{child.table}" c ON {child_join}'
                 )
@@ -120,7 +130,7 @@ def ensure_final_labels_view(conn: duckdb.DuckDBPyConnection, tasks: Sequence[Ta
     transaction); called by every queue write and review import, so new tasks join it."""
     conn.execute(
         "CREATE OR REPLACE VIEW final_labels AS "
-        + final_labels_sql(_tables(conn), list(tasks) or list(TASKS.values()))
+        + final_labels_sql(_tables(conn), list(tasks) or spec_tasks())
     )
 
 
@@ -142,7 +152,7 @@ def export_tasks(
     image_prefix: str = DEFAULT_IMAGE_PREFIX,
 ) -> list[dict[str, Any]]:
     """The drop's review queue as Label Studio tasks, in queue order, with the VLM's answers."""
-    tasks = list(tasks or TASKS.values())
+    tasks = list(tasks or spec_tasks())
     queue = warehouse.rows(
         "SELECT rank, image_id, path, score, reasons, disagree_fields, failed_tasks,"
         " conflict_fields, zero_shot_margin, vlm_model_id"
@@ -190,15 +200,22 @@ def export_tasks(
     return out
 
 
+def spec_tasks(spec: LabelsSpec | None = None) -> list[Task]:
+    """The tasks of a labeling spec (default: the current one), in spec order."""
+    return list(build_tasks(current_spec() if spec is None else spec).values())
+
+
 def write_export(
     warehouse: Warehouse,
     drop_id: str,
     out: Path,
     *,
     image_prefix: str = DEFAULT_IMAGE_PREFIX,
+    spec: LabelsSpec | None = None,
 ) -> tuple[Path, Path, int]:
-    """Write `<out>` (tasks JSON) and `<out stem>.label_config.xml`; returns both and the count."""
-    tasks = list(TASKS.values())
+    """Write `<out>` (tasks JSON) and `<out stem>.label_config.xml` for the spec's tasks
+    (default: the current spec); returns both and the count."""
+    tasks = spec_tasks(spec)
     items = export_tasks(warehouse, drop_id, tasks=tasks, image_prefix=image_prefix)
     out.parent.mkdir(parents=True, exist_ok=True)
     config = out.with_name(out.stem + ".label_config.xml")
@@ -211,7 +228,11 @@ def write_export(
 
 
 def write_human_labels(
-    warehouse: Warehouse, labels: Sequence[HumanLabel], *, source_file: str
+    warehouse: Warehouse,
+    labels: Sequence[HumanLabel],
+    *,
+    source_file: str,
+    tasks: Sequence[Task] = (),
 ) -> dict[str, int]:
     """Upsert the labels in one transaction; an unknown image rejects the whole file."""
     now = datetime.now(UTC)
@@ -257,18 +278,22 @@ def write_human_labels(
             )
         finally:
             conn.unregister("review_batch")
-        ensure_final_labels_view(conn)
+        ensure_final_labels_view(conn, tasks)
     return {"labels": len(labels) - int(newer), "kept_newer": int(newer)}
 
 
-def import_reviews(warehouse: Warehouse, path: Path) -> dict[str, int]:
-    """Validate a Label Studio JSON export whole, then write it whole (or nothing)."""
+def import_reviews(
+    warehouse: Warehouse, path: Path, spec: LabelsSpec | None = None
+) -> dict[str, int]:
+    """Validate a Label Studio JSON export whole against the spec's tasks (default: the current
+    spec), then write it whole (or nothing)."""
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         raise ReviewImportError(f"{path}: not UTF-8 text: {error}") from error
-    labels = parse_export(text, list(TASKS.values()), source=str(path))
-    counts = write_human_labels(warehouse, labels, source_file=str(path))
+    tasks = spec_tasks(spec)
+    labels = parse_export(text, tasks, source=str(path))
+    counts = write_human_labels(warehouse, labels, source_file=str(path), tasks=tasks)
     counts["images"] = len({h.image_id for h in labels})
     return counts
 
@@ -287,7 +312,8 @@ def human_labelled_set(warehouse: Warehouse) -> LabelledSet | None:
             " min(i.first_path) FROM human_labels h JOIN images i USING (image_id)"
             " GROUP BY h.image_id, h.task, h.field"
         ).fetchall()
-    by_column = {(f.task, f.column): f for f in FIELDS.values() if f.task and f.column}
+    fields = spec_fields(current_spec())
+    by_column = {(f.task, f.column): f for f in fields if f.task and f.column}
     items = [
         LabelledImage(
             image_id=image_id, path=path, field=by_column[(task, field)].name, label=value

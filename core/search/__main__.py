@@ -2,7 +2,8 @@
 
 python -m core.search "a dog on a beach" --k 20
 python -m core.search --like samples/chelsea.jpg --drop samples
-python -m core.search "people at night" --where "scenery = 'night_time'" --where "people.age_group = '20-29'"
+python -m core.search "a red shoe" --where "category = 'shoe'" --where "attributes contains 'red'"
+python -m core.search --like samples/a.jpg --where "item_count >= 2" --where "defects.severity > 1"
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         "--where",
         action="append",
         default=[],
-        help='"column op value" on a task column, e.g. "scenery = \'night_time\'" (repeatable; '
-        "all must hold)",
+        help='"column op value" on a field of the labeling spec, e.g. "category = \'shoe\'", '
+        '"attributes contains \'red\'", "item_count >= 2" (repeatable; all must hold)',
     )
     parser.add_argument("--model", help="model_id of the embeddings (needed if several are stored)")
     parser.add_argument("--pretrained", help="checkpoint path, for a fine-tuned model's id")

@@ -31,9 +31,10 @@ from core.clip.embed import embed_image_tensors, embed_texts
 from core.clip.loading import ClipModel, ModelSpec, load_model, standin_spec
 from core.clip.store import has_table, read_embeddings, table_for
 from core.ingest.decode import load_rgb
+from core.labels.derive import build_tasks
+from core.labels.loader import current_spec
 from core.search.filters import Filter, parse_where
 from core.search.index import SEARCH_NPROBE, open_index
-from core.tasks.registry import TASKS
 from core.warehouse import Warehouse
 from core.warehouse.queries import first_paths
 
@@ -298,7 +299,7 @@ def labels_of(warehouse: Warehouse, image_ids: Sequence[str], model_id: str) -> 
     tables = _existing_tables(warehouse)
     with warehouse.reader() as conn:
         conn.register("wanted", pa.table({"image_id": pa.array(list(image_ids), pa.string())}))
-        for task in TASKS.values():
+        for task in build_tasks(current_spec()).values():
             spec = task.tables
             if spec.table not in tables:
                 continue

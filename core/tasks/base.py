@@ -1,10 +1,12 @@
 """What an extraction task is, and everything derived from it.
 
-A task is a name, a short instruction and a pydantic model. From that one definition come the
+A task is a name, a short instruction and a pydantic model (built from the labeling spec by
+`core.labels.derive`). From that one definition come the
 prompt text, the JSON schema sent for constrained decoding, validation of what a model returns,
 a fingerprint that versions the task, and the DuckDB tables its `ok` results are flattened into:
-scalar fields become columns of `task_<name>`, each list of sub-models becomes a child table
-`task_<name>__<field>` with one row per item (`idx` keeps the model's order).
+scalar fields become columns of `task_<name>`, a list of enum values (multi-label) a list column
+(`VARCHAR[]`), each list of sub-models a child table `task_<name>__<field>` with one row per
+item (`idx` keeps the model's order).
 
 Every string and list in a task model must be bounded, so constrained decoding always ends:
 lists by `max_length` (JSON schema `maxItems`), free-text strings by a `pattern` with bounded
@@ -20,7 +22,7 @@ import json
 import re
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal, get_args, get_origin
 
@@ -60,7 +62,34 @@ def _duck_type(annotation: Any, where: str) -> str:
     raise TypeError(f"{where}: only scalars, Literals and lists of sub-models are supported")
 
 
+def _unwrap(annotation: Any) -> Any:
+    """`X | None` -> X; `Annotated[X, ...]` -> X."""
+    if _is_optional(annotation):
+        annotation = next(a for a in get_args(annotation) if a is not type(None))
+    if get_origin(annotation) is typing.Annotated:
+        annotation = get_args(annotation)[0]
+    return annotation
+
+
+def _scalar_list_item(annotation: Any) -> Any | None:
+    """The item type of a list of scalars or Literals (a multi-label field), else None."""
+    annotation = _unwrap(annotation)
+    if get_origin(annotation) is list:
+        (item,) = get_args(annotation)
+        if not (isinstance(item, type) and issubclass(item, BaseModel)):
+            return item
+    return None
+
+
+def _column_type(annotation: Any, where: str) -> str:
+    item = _scalar_list_item(annotation)
+    if item is not None:
+        return _duck_type(item, where) + "[]"
+    return _duck_type(_unwrap(annotation), where)
+
+
 def _list_item(annotation: Any) -> type[BaseModel] | None:
+    annotation = _unwrap(annotation)
     if get_origin(annotation) is list:
         (item,) = get_args(annotation)
         if isinstance(item, type) and issubclass(item, BaseModel):
@@ -103,6 +132,11 @@ def _check_bounded(node: Any, path: str) -> None:
     """Refuse schemas that let constrained decoding run forever or that xgrammar rejects."""
     if not isinstance(node, dict):
         return
+    for keyword in ("uniqueItems", "multipleOf", "format"):
+        if keyword in node:  # xgrammar accepts these and then emits what violates them
+            raise TypeError(f"{path}: the grammar cannot enforce `{keyword}`")
+    for option in node.get("anyOf", []):
+        _check_bounded(option, path)
     kind = node.get("type")
     if kind == "string" and "enum" not in node and "const" not in node:
         pattern = node.get("pattern")
@@ -187,6 +221,9 @@ class Task:
     goal: str
     model: type[TaskModel]
     max_completion_tokens: int = 256
+    # The spec this task was built from (`core.labels.spec.TaskSpec`): field kinds, ordinal,
+    # CLIP phrases, multi-label bounds. Not part of the fingerprint (the schema and prompt are).
+    spec: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z][a-z0-9_]{0,40}", self.name):
@@ -258,19 +295,16 @@ class Task:
         scalars: list[tuple[str, str]] = []
         children: list[ChildTable] = []
         for name, info in self.model.model_fields.items():
-            annotation = info.annotation
-            if _is_optional(annotation):
-                annotation = next(a for a in get_args(annotation) if a is not type(None))
-            item = _list_item(annotation)
+            item = _list_item(info.annotation)
             if item is None:
-                scalars.append((name, _duck_type(annotation, f"{self.name}.{name}")))
+                scalars.append((name, _column_type(info.annotation, f"{self.name}.{name}")))
                 continue
             sub_columns = []
             for sub_name, sub_info in item.model_fields.items():
                 if _list_item(sub_info.annotation) is not None:
                     raise TypeError(f"{self.name}.{name}.{sub_name}: nested lists not supported")
                 sub_columns.append(
-                    (sub_name, _duck_type(sub_info.annotation, f"{self.name}.{name}.{sub_name}"))
+                    (sub_name, _column_type(sub_info.annotation, f"{self.name}.{name}.{sub_name}"))
                 )
             children.append(ChildTable(name, f"task_{self.name}__{name}", tuple(sub_columns)))
         return TaskTables(f"task_{self.name}", tuple(scalars), tuple(children))
@@ -297,6 +331,21 @@ def _describe(schema: dict[str, Any], indent: str) -> list[str]:
     lines: list[str] = []
     for name, prop in schema.get("properties", {}).items():
         text = f"{indent}- {name}"
+        nullable = False
+        if "anyOf" in prop:  # `optional: true`: the value or null
+            options = [o for o in prop["anyOf"] if o.get("type") != "null"]
+            nullable = len(options) < len(prop["anyOf"])
+            prop = {**options[0], **{k: v for k, v in prop.items() if k != "anyOf"}}
+        items = prop.get("items", {})
+        if prop.get("type") == "array" and "enum" in items:
+            low, high = prop.get("minItems", 0), prop["maxItems"]
+            text += f": a list of {low} to {high} distinct values from " + ", ".join(
+                json.dumps(v) for v in items["enum"]
+            )
+            if prop.get("description"):
+                text += f" ({prop['description']})"
+            lines.append(text)
+            continue
         if prop.get("type") == "array":
             items = prop.get("items", {})
             text += f": a list of at most {prop['maxItems']} objects"
@@ -311,8 +360,14 @@ def _describe(schema: dict[str, Any], indent: str) -> list[str]:
             text += f": exactly {json.dumps(prop['const'])}"
         elif "pattern" in prop:
             text += f": {prop.get('type', 'string')} matching {prop['pattern']}"
+        elif prop.get("type") == "boolean":
+            text += ": true or false"
+        elif prop.get("type") in ("integer", "number") and "minimum" in prop:
+            text += f": {prop['type']} from {prop['minimum']} to {prop['maximum']}"
         else:
             text += f": {prop.get('type', 'value')}"
+        if nullable:
+            text += ", or null"
         if prop.get("description"):
             text += f" ({prop['description']})"
         lines.append(text)

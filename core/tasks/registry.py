@@ -1,13 +1,13 @@
-"""Every built-in extraction task by name. Adding a task: one module with a `TASK`, one line here."""
+"""Every extraction task by name, built from the labeling spec (`IMAGE_PIPELINE_LABELS`, default
+`labels/default.yaml`). Adding a task: a few lines of the spec, no code."""
 
 from __future__ import annotations
 
-from core.tasks import age_gender, basketball_action, scenery_people
+from core.labels.derive import build_tasks
+from core.labels.loader import current_spec
 from core.tasks.base import Task
 
-TASKS: dict[str, Task] = {
-    task.name: task for task in (scenery_people.TASK, age_gender.TASK, basketball_action.TASK)
-}
+TASKS: dict[str, Task] = build_tasks(current_spec())
 
 
 def get_task(name: str) -> Task:

@@ -1,19 +1,22 @@
-"""Label values shared by the VLM tasks and the CLIP zero-shot label sets.
+"""The bundled spec's values by name, for the local stand-in models and the tests written for the
+built-in tasks (`labels/default.yaml`, whatever `IMAGE_PIPELINE_LABELS` says).
 
-Both sides draw their allowed values from here, so a zero-shot label and an extracted field can be
-compared value for value (agreement checks, side-by-side evaluation).
+A compatibility layer: the pipeline reads a field's values from the spec in use
+(`core.quality.fields.FIELDS`, `Task.spec`); this module goes once the stand-ins serve any spec.
 """
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from core.labels.loader import default_spec
 
-Scenery = Literal["blue_sky", "cloudy", "golden_hour", "indoors", "night_time"]
-AgeBin = Literal["18-20", "21-30", "31-40", "41-50", "51-60"]
-Gender = Literal["female", "male"]
-BasketballAction = Literal["shooting", "dribbling", "passing"]
+_DEFAULT = default_spec()
 
-SCENERY: tuple[str, ...] = get_args(Scenery)
-AGE_BINS: tuple[str, ...] = get_args(AgeBin)  # ordinal: adjacent bins are neighbours
-GENDERS: tuple[str, ...] = get_args(Gender)
-BASKETBALL_ACTIONS: tuple[str, ...] = get_args(BasketballAction)
+
+def _values(task: str, field: str) -> tuple[str, ...]:
+    return tuple(_DEFAULT.task(task).field(field).values)
+
+
+SCENERY: tuple[str, ...] = _values("scenery_people", "scenery")
+AGE_BINS: tuple[str, ...] = _values("age_gender", "age_group")  # ordinal: adjacent bins
+GENDERS: tuple[str, ...] = _values("age_gender", "gender")
+BASKETBALL_ACTIONS: tuple[str, ...] = _values("basketball_action", "action")

@@ -301,7 +301,7 @@ def extraction_enums(
 def extraction_entity_counts(
     warehouse: Warehouse, drop_id: str, scope: ExtractionScope, constraints: TaskConstraints
 ) -> CheckOutcome:
-    """Child rows per extracted image (people per photo, ...) lie within the list's bounds."""
+    """Child rows per extracted image (entities per image) lie within the list's bounds."""
     params = scope.params(drop_id)
     parent = f"task_{scope.task}"
     offending: list[dict] = []

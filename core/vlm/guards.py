@@ -5,8 +5,9 @@ valid under the task's schema (which the writer and pydantic already guarantee).
   large enough that one answer is unlikely (a stuck or collapsed model, a prompt it ignores).
 - `extraction_refusals`: free-text fields holding a refusal or a non-answer ("unknown", "none",
   "sorry", empty), and failed results whose raw text is a refusal ("I'm sorry, I can't ...").
-- `extraction_people_consistency`: `age_gender` describes a person on an image where
-  `scenery_people` lists nobody: one of the two answers is wrong.
+- `extraction_<rule>_consistency`: one per `consistency:` rule of the labeling spec (none when
+  it declares none): a task answered on an image where another task's entity list is empty, so
+  one of the two answers is wrong.
 
 All are WARN and not blocking: they ask for a look, they do not stop the run.
 """
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from core.labels.loader import current_spec
+from core.labels.spec import ConsistencyRule
 from core.quality.outcome import (
     SAMPLE_ROWS,
     CheckOutcome,
@@ -32,7 +35,6 @@ from core.warehouse.queries import DROP_IMAGES, table_exists
 
 EXTRACTION_CONSTANT_ANSWERS = "extraction_constant_answers"
 EXTRACTION_REFUSALS = "extraction_refusals"
-EXTRACTION_PEOPLE_CONSISTENCY = "extraction_people_consistency"
 
 DEFAULT_MIN_IMAGES = 10  # fewer images of a drop can share one answer by chance
 # Whole answers that say "no answer" (lower case, trimmed).
@@ -206,82 +208,96 @@ def refusals(
     )
 
 
-def people_consistency(
+def consistency_check_name(rule: ConsistencyRule) -> str:
+    """The check name of a spec consistency rule (`extraction_<rule>_consistency`)."""
+    return f"extraction_{rule.name}_consistency"
+
+
+def consistency_check_names(rules: Sequence[ConsistencyRule] | None = None) -> list[str]:
+    """The check names of the rules (default: the current spec's), in spec order."""
+    rules = current_spec().consistency if rules is None else rules
+    return [consistency_check_name(rule) for rule in rules]
+
+
+def consistency(
     warehouse: Warehouse,
     drop_id: str,
     model_id: str,
-    person_task: Task,
-    people_task: Task,
+    rule: ConsistencyRule,
+    answered: Task,
+    listing: Task,
     *,
-    people_list: str = "people",
-    max_share: float = 0.25,
     min_images: int = DEFAULT_MIN_IMAGES,
 ) -> CheckOutcome:
-    """Share of images where `person_task` answered (it describes a person) while
-    `people_task` answered with an empty `people_list`: warn above `max_share`, judged only
-    on `min_images` or more images compared (a share of one image is no evidence)."""
-    parent = people_task.tables.table
-    child = f"{parent}__{people_list}"
+    """Share of images where `answered` (the rule's `when_answered` task) gave a valid answer
+    while `listing` answered with an empty entity list (`expect_entities`): warn above the
+    rule's `max_share`, judged only on `min_images` or more images compared (a share of one
+    image is no evidence)."""
+    name = consistency_check_name(rule)
+    entities = rule.expect_entities.split(".", 1)[1]
+    parent = listing.tables.table
+    child = f"{parent}__{entities}"
     params = {
         "drop": drop_id,
         "model": model_id,
-        "person": person_task.name,
-        "person_fp": person_task.fingerprint,
-        "people_fp": people_task.fingerprint,
+        "answered": answered.name,
+        "answered_fp": answered.fingerprint,
+        "listing_fp": listing.fingerprint,
     }
     with warehouse.reader() as conn:
         for table in ("vlm_extractions", parent, child):
             if not table_exists(conn, table):
-                return missing_table(EXTRACTION_PEOPLE_CONSISTENCY, table, "WARN")
+                return missing_table(name, table, "WARN")
         compared = records(
             conn,
             f"""
-            WITH described AS (
+            WITH answered AS (
                 SELECT x.image_id FROM vlm_extractions x JOIN ({DROP_IMAGES}) d USING (image_id)
-                WHERE x.task = $person AND x.model_id = $model AND x.task_fingerprint = $person_fp
+                WHERE x.task = $answered AND x.model_id = $model
+                    AND x.task_fingerprint = $answered_fp
                 GROUP BY x.image_id HAVING arg_max(x.status, x.created_at) = 'ok'
             ),
             listed AS (
-                SELECT p.image_id, count(c.idx) AS people
+                SELECT p.image_id, count(c.idx) AS listed
                 FROM {ident(parent)} p JOIN ({DROP_IMAGES}) d USING (image_id)
                 LEFT JOIN {ident(child)} c ON c.image_id = p.image_id
                     AND c.model_id = p.model_id AND c.task_fingerprint = p.task_fingerprint
-                WHERE p.model_id = $model AND p.task_fingerprint = $people_fp
+                WHERE p.model_id = $model AND p.task_fingerprint = $listing_fp
                 GROUP BY p.image_id
             )
-            SELECT l.image_id, l.people FROM listed l JOIN described USING (image_id)
+            SELECT l.image_id, l.listed FROM listed l JOIN answered USING (image_id)
             ORDER BY l.image_id
             """,
             params,
         )
-    nobody = [
-        {"image_id": row["image_id"], "people_listed": 0, "person_described": True}
+    empty = [
+        {"image_id": row["image_id"], "listed": 0, "answered": True}
         for row in compared
-        if row["people"] == 0
+        if row["listed"] == 0
     ]
-    rate = share(len(nobody), len(compared))
-    subject = f"{person_task.name} vs {people_task.name}/{model_id}"
-    counts = {"images_compared": len(compared), "person_but_nobody_listed": len(nobody)}
+    rate = share(len(empty), len(compared))
+    subject = f"{answered.name} vs {rule.expect_entities}/{model_id}"
+    counts = {"images_compared": len(compared), "answered_but_none_listed": len(empty)}
     if len(compared) < min_images:
         return too_few(
-            EXTRACTION_PEOPLE_CONSISTENCY,
+            name,
             have=len(compared),
             need=min_images,
             subject=subject,
-            threshold=max_share,
+            threshold=rule.max_share,
             counts=counts,
         )
     return CheckOutcome(
-        check_name=EXTRACTION_PEOPLE_CONSISTENCY,
-        passed=rate is None or rate <= max_share,
+        check_name=name,
+        passed=rate is None or rate <= rule.max_share,
         severity="WARN",
-        summary=f"{subject}: a person described but nobody listed on {len(nobody)} of"
-        f" {len(compared)} images"
-        + (f" ({rate:.0%}; warn above {max_share:.0%})" if rate is not None else ""),
+        summary=f"{subject}: {answered.name} answered but {rule.expect_entities} empty on"
+        f" {len(empty)} of {len(compared)} images"
+        + (f" ({rate:.0%}; warn above {rule.max_share:.0%})" if rate is not None else ""),
         value=rate,
-        threshold=max_share,
+        threshold=rule.max_share,
         counts=counts,
-        offending=nobody[:SAMPLE_ROWS],
+        offending=empty[:SAMPLE_ROWS],
     )
 
 
@@ -292,12 +308,11 @@ def guard_checks(
     tasks: Sequence[Task],
     *,
     min_images: int = DEFAULT_MIN_IMAGES,
-    max_people_mismatch: float = 0.25,
-    person_task: str = "age_gender",
-    people_task: str = "scenery_people",
+    rules: Sequence[ConsistencyRule] | None = None,
 ) -> dict[str, list[CheckOutcome]]:
-    """The model guards of every task (per task name), and the people consistency check under
-    `"<person_task>+<people_task>"` when both tasks ran; fold with `merge_outcomes`."""
+    """The model guards of every task (per task name), and one check per consistency rule
+    (default: the current spec's) under its `when_answered` task; fold with `merge_outcomes`."""
+    rules = current_spec().consistency if rules is None else rules
     out: dict[str, list[CheckOutcome]] = {}
     for task in tasks:
         scope = ExtractionScope(
@@ -308,25 +323,28 @@ def guard_checks(
             refusals(warehouse, drop_id, scope, task),
         ]
     by_name = {task.name: task for task in tasks}
-    if person_task in by_name and people_task in by_name:
-        out.setdefault(person_task, []).append(
-            people_consistency(
-                warehouse,
-                drop_id,
-                model_id,
-                by_name[person_task],
-                by_name[people_task],
-                max_share=max_people_mismatch,
-                min_images=min_images,
+    for rule in rules:
+        listing = rule.expect_entities.split(".", 1)[0]
+        if rule.when_answered in by_name and listing in by_name:
+            out.setdefault(rule.when_answered, []).append(
+                consistency(
+                    warehouse,
+                    drop_id,
+                    model_id,
+                    rule,
+                    by_name[rule.when_answered],
+                    by_name[listing],
+                    min_images=min_images,
+                )
             )
-        )
-    else:
-        out.setdefault(next(iter(out), "tasks"), []).append(
-            CheckOutcome(
-                check_name=EXTRACTION_PEOPLE_CONSISTENCY,
-                passed=True,
-                severity="WARN",
-                summary=f"needs both {person_task} and {people_task} in the run: nothing compared",
+        else:
+            out.setdefault(next(iter(out), "tasks"), []).append(
+                CheckOutcome(
+                    check_name=consistency_check_name(rule),
+                    passed=True,
+                    severity="WARN",
+                    summary=f"needs both {rule.when_answered} and {listing} in the run:"
+                    " nothing compared",
+                )
             )
-        )
     return out

@@ -137,7 +137,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             run_id            VARCHAR NOT NULL,
             model_id          VARCHAR NOT NULL,
             task              VARCHAR NOT NULL,      -- VLM task name, or the zero-shot label set
-            field             VARCHAR NOT NULL,      -- labelled field: scenery, age_group, ...
+            field             VARCHAR NOT NULL,      -- labelled field of the labeling spec
             source            VARCHAR NOT NULL,      -- 'clip_zero_shot', 'vlm' or 'knn'
             metric            VARCHAR NOT NULL,      -- accuracy, macro_f1, adjacent_accuracy, ...
             value             DOUBLE,
@@ -200,16 +200,16 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             score             DOUBLE NOT NULL,       -- weighted sum of the reasons below
             reasons           VARCHAR[] NOT NULL,    -- names of the reasons that hold
             clip_vlm_disagree BOOLEAN NOT NULL,
-            disagree_fields   VARCHAR[] NOT NULL,    -- e.g. ['scenery: clip=indoors vlm=cloudy']
+            disagree_fields   VARCHAR[] NOT NULL,    -- e.g. ['<field>: clip=<label> vlm=<label>']
             zero_shot_margin  DOUBLE,                -- smallest top-1 minus top-2 probability
             low_margin        BOOLEAN NOT NULL,
             extraction_failed BOOLEAN NOT NULL,
-            failed_tasks      VARCHAR[] NOT NULL,    -- e.g. ['age_gender: truncated']
+            failed_tasks      VARCHAR[] NOT NULL,    -- e.g. ['<task>: truncated']
             near_duplicate_conflict BOOLEAN NOT NULL,
             near_duplicate_of VARCHAR,               -- image_id of the conflicting near-duplicate
             conflict_fields   VARCHAR[] NOT NULL,
             people_count_mismatch BOOLEAN NOT NULL,
-            people_listed     INTEGER,               -- people in the scenery_people list
+            people_listed     INTEGER,               -- entities in the listing task (2113 drops it)
             clip_model_id     VARCHAR,
             vlm_model_id      VARCHAR,
             created_at        TIMESTAMPTZ NOT NULL,
@@ -219,8 +219,8 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         -- Corrections and confirmations from people (Label Studio exports, core/review).
         CREATE TABLE human_labels (
             image_id          VARCHAR NOT NULL,
-            task              VARCHAR NOT NULL,      -- extraction task, e.g. scenery_people
-            field             VARCHAR NOT NULL,      -- 'scenery', 'people.count', 'people[0].age_group'
+            task              VARCHAR NOT NULL,      -- extraction task of the labeling spec
+            field             VARCHAR NOT NULL,      -- '<field>', '<list>.count', '<list>[0].<field>'
             value             VARCHAR NOT NULL,
             reviewer          VARCHAR NOT NULL,      -- Label Studio user (e-mail or user id)
             reviewed_at       TIMESTAMPTZ NOT NULL,  -- the annotation's last update
@@ -274,7 +274,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             labelled_set      VARCHAR NOT NULL,      -- the configured set's path, or 'human_labels'
             model_id          VARCHAR NOT NULL,
             task              VARCHAR NOT NULL,      -- VLM task name, or the zero-shot label set
-            field             VARCHAR NOT NULL,      -- labelled field: scenery, age_group, ...
+            field             VARCHAR NOT NULL,      -- labelled field of the labeling spec
             source            VARCHAR NOT NULL,      -- 'clip_zero_shot', 'vlm' or 'knn'
             metric            VARCHAR NOT NULL,      -- accuracy, macro_f1, top1_accuracy, ...
             value             DOUBLE,
@@ -313,7 +313,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         -- rewritten whole for a drop on each materialization.
         CREATE TABLE label_agreement (
             drop_id           VARCHAR NOT NULL,
-            field             VARCHAR NOT NULL,      -- scenery, age_group
+            field             VARCHAR NOT NULL,      -- a field with CLIP-vs-VLM agreement
             clip_model_id     VARCHAR,               -- NULL: no CLIP labels to compare
             vlm_model_id      VARCHAR,               -- NULL: no VLM labels to compare
             images_compared   INTEGER NOT NULL,
@@ -337,6 +337,27 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         -- every plain name, whose `path` is its real name.
         ALTER TABLE image_files ADD COLUMN os_path BLOB;
         ALTER TABLE rejected_files ADD COLUMN os_path BLOB;
+        """,
+    ),
+    # Issue 18 (labeling spec): the queue's consistency signal follows the spec's `consistency:`
+    # rules instead of one built-in rule; rows written before keep their meaning: the old
+    # signal's name becomes their violation.
+    (
+        2113,
+        "review queue consistency rules from the labeling spec",
+        """
+        ALTER TABLE review_queue ADD COLUMN consistency_violation BOOLEAN DEFAULT false;
+        ALTER TABLE review_queue ADD COLUMN consistency_violations VARCHAR[] DEFAULT [];
+        UPDATE review_queue SET
+            consistency_violation = people_count_mismatch,
+            consistency_violations = CASE WHEN people_count_mismatch
+                THEN ['people_count_mismatch'] ELSE [] END,
+            reasons = list_transform(reasons, lambda r: CASE WHEN r = 'people_count_mismatch'
+                THEN 'consistency_violation' ELSE r END);
+        ALTER TABLE review_queue DROP COLUMN people_count_mismatch;
+        ALTER TABLE review_queue DROP COLUMN people_listed;
+        ALTER TABLE review_queue ALTER COLUMN consistency_violation SET NOT NULL;
+        ALTER TABLE review_queue ALTER COLUMN consistency_violations SET NOT NULL;
         """,
     ),
 ]

@@ -14,7 +14,6 @@ from assets.extraction import (
     ENTITY_COUNT_CHECK,
     ENUM_CHECK,
     LABEL_DRIFT_CHECK,
-    PEOPLE_CONSISTENCY_CHECK,
     REFUSALS_CHECK,
     TRUNCATION_CHECK,
     VALIDITY_CHECK,
@@ -24,6 +23,7 @@ from assets.extraction import (
 from assets.ingestion import images
 from core.tasks.base import Task
 from core.tasks.registry import TASKS
+from core.vlm.guards import consistency_check_names
 from core.vlm.standin import STANDIN_MODEL_ID
 from core.vlm.types import ExtractionResult, ImageInput, VLMBackend
 from doubles.vlm import INVALID_ERROR, ScriptedVLM, requested_batches
@@ -33,6 +33,8 @@ from resources.drop_folder import DropFolderResource
 from resources.sglang_server import SGLangServer
 from resources.vlm import VLM, VLMResource
 from resources.warehouse import WarehouseResource
+
+(PEOPLE_CONSISTENCY_CHECK,) = consistency_check_names()  # the bundled spec declares one rule
 
 
 def _resources(warehouse, drop_root, vlm: VLM):
@@ -148,7 +150,7 @@ def test_quality_checks_pass_on_the_stand_in_and_fail_on_a_planted_enum_value(
         LABEL_DRIFT_CHECK,
         CONSTANT_ANSWERS_CHECK,
         REFUSALS_CHECK,
-        PEOPLE_CONSISTENCY_CHECK,
+        PEOPLE_CONSISTENCY_CHECK,  # the bundled spec's one consistency rule
     }
     assert evaluations[ENUM_CHECK].passed and evaluations[ALL_ANSWERED_CHECK].passed
     with warehouse.transaction() as conn:  # a value constrained decoding should never allow

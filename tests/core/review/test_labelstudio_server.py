@@ -83,3 +83,62 @@ def test_the_queue_goes_through_label_studio_and_back_into_final_labels(
     again = import_reviews(warehouse, exported)
     assert again["labels"] == counts["labels"]
     assert warehouse.rows("SELECT count(*) FROM human_labels")[0][0] == counts["labels"]
+
+
+def test_a_user_spec_goes_through_label_studio_and_back(server, warehouse, tmp_path, monkeypatch):
+    """Every field kind of a user's spec: Label Studio accepts the config and the prefilled
+    answers, and a changed multi-choice, yes/no and number come back into final_labels."""
+    from tests.fixtures import user_spec
+
+    monkeypatch.setenv("IMAGE_PIPELINE_LABELS", str(user_spec.SPEC_PATH))
+    warehouse.ensure_schema()
+    ids = user_spec.plant(warehouse)
+    write_queue(warehouse, compute_queue(warehouse, user_spec.DROP))
+    tasks_file, config_file, count = write_export(
+        warehouse, user_spec.DROP, tmp_path / "products.json"
+    )
+    changes = {
+        "product__attributes": {"choices": ["leather", "worn"]},
+        "product__boxed": {"choices": ["no"]},
+        "product__fill": {"number": 0.75},
+    }
+    with server.client() as client:
+        project = client.post(
+            "/api/projects",
+            json={"title": "review products", "label_config": config_file.read_text()},
+        )
+        assert project.status_code == 201, project.text
+        pid = project.json()["id"]
+        imported = client.post(
+            f"/api/projects/{pid}/import", json=json.loads(tasks_file.read_text())
+        )
+        assert imported.status_code == 201, imported.text
+        assert imported.json()["task_count"] == count
+        listed = client.get("/api/tasks", params={"project": pid, "page_size": 100}).json()
+        twin = next(t for t in listed["tasks"] if t["data"]["image_id"] == ids["twin_b"])
+        (prediction,) = client.get("/api/predictions", params={"task": twin["id"]}).json()
+        result = prediction["result"]
+        for item in result:
+            if item["from_name"] in changes:
+                item["value"] = changes[item["from_name"]]
+        annotation = client.post(
+            f"/api/tasks/{twin['id']}/annotations/",
+            json={"result": result, "was_cancelled": False, "ground_truth": False},
+        )
+        assert annotation.status_code == 201, annotation.text
+        export = client.get(f"/api/projects/{pid}/export", params={"exportType": "JSON"})
+        assert export.status_code == 200, export.text
+    exported = tmp_path / "label-studio-export.json"
+    exported.write_bytes(export.content)
+    import_reviews(warehouse, exported)
+    rows = set(
+        warehouse.rows(
+            "SELECT field, value, model_value FROM final_labels"
+            " WHERE image_id = ? AND provenance = 'human'",
+            [ids["twin_b"]],
+        )
+    )
+    assert ("attributes", "leather|worn", "red|worn") in rows
+    assert ("boxed", "false", "true") in rows
+    assert ("fill", "0.75", "0.5") in rows
+    assert ("item_count", "1", "1") in rows  # confirmed, unchanged

@@ -38,7 +38,10 @@ def test_every_reason_flags_its_image_and_the_ranking_follows_the_score(warehous
     assert coins["near_duplicate_of"] == planted["hubble_deep_field.jpg"]
     assert coins["conflict_fields"] == ["scenery: indoors vs night_time"]
     rocket = by_name["rocket.jpg"][0]
-    assert rocket["reasons"] == ["people_count_mismatch"] and rocket["people_listed"] == 0
+    assert rocket["reasons"] == ["consistency_violation"]
+    assert rocket["consistency_violations"] == [
+        "people: age_gender answered, scenery_people.people empty"
+    ]
     # 3 (failed) > 2 (conflict; lower margin first) > 1 (disagree, mismatch; lower margin) > 0.8
     order = [planted[n] for n in ("coffee.jpg", "hubble_deep_field.jpg", "coins.jpg")]
     order += [planted[n] for n in ("camera.jpg", "rocket.jpg", "chelsea.jpg")]
@@ -51,7 +54,7 @@ def test_every_reason_flags_its_image_and_the_ranking_follows_the_score(warehous
         "low_margin": 1,
         "extraction_failed": 1,
         "near_duplicate_conflict": 2,
-        "people_count_mismatch": 1,
+        "consistency_violation": 1,
     }
 
 

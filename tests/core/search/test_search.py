@@ -139,9 +139,13 @@ def test_bad_where_is_rejected(text: str) -> None:
 def test_where_value_is_a_parameter_not_sql(planted, standin_clip) -> None:
     warehouse, _, _ = planted
     label_scenery_people(warehouse, {"img000": ("night_time", [])})
-    frame = search(warehouse, TEXT, where=["scenery = 'x'' OR ''1''=''1'"], clip=standin_clip)
+    frame = search(
+        warehouse, TEXT, where=["people.shirt_color = 'x'' OR ''1''=''1'"], clip=standin_clip
+    )
     assert frame.is_empty()  # the quote stayed inside the value
-    assert parse_where("scenery = 'it''s'").value == "it's"
+    assert parse_where("people.shirt_color = 'it''s'").value == "it's"
+    with pytest.raises(BadFilter, match="not a value of"):  # a choice field knows its values
+        parse_where("scenery = 'x'' OR ''1''=''1'")
 
 
 def test_unusable_queries_fail_clearly(planted, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import datetime as dt
 
 import pytest
 
+from core.labels.loader import default_spec
 from core.tasks.registry import get_task
 from core.vlm import guards
 from core.vlm.checks import ExtractionScope
@@ -19,6 +20,7 @@ AGE_GENDER = get_task("age_gender")
 SCOPE = ExtractionScope(
     task="scenery_people", model_id=VLM, task_fingerprint=SCENERY_PEOPLE.fingerprint
 )
+PEOPLE_CHECK = "extraction_people_consistency"  # the bundled rule keeps its check name
 SCENES = ["indoors", "cloudy", "blue_sky", "golden_hour", "night_time"]
 
 
@@ -96,17 +98,15 @@ def test_people_consistency_warns_when_a_person_is_described_but_nobody_listed(w
     ids = scenery_drop(wh, 4, lambda i: "indoors", lambda i: [person()] if i < 3 else [])
     for iid in ids:
         add_extraction(wh, iid, AGE_GENDER, VLM, "ok", {"age_group": "21-30", "gender": "male"})
-    good = guards.people_consistency(
-        wh, "d1", VLM, AGE_GENDER, SCENERY_PEOPLE, max_share=0.25, min_images=4
-    )
+    rule = default_spec().consistency[0]  # the bundled spec's people rule, max_share 0.25
+    good = guards.consistency(wh, "d1", VLM, rule, AGE_GENDER, SCENERY_PEOPLE, min_images=4)
+    assert good.check_name == PEOPLE_CHECK
     assert good.passed and good.value == 0.25
     plant_sql(wh, "DELETE FROM task_scenery_people__people WHERE image_id = ?", [ids[0]])
-    bad = guards.people_consistency(
-        wh, "d1", VLM, AGE_GENDER, SCENERY_PEOPLE, max_share=0.25, min_images=4
-    )
+    bad = guards.consistency(wh, "d1", VLM, rule, AGE_GENDER, SCENERY_PEOPLE, min_images=4)
     assert not bad.passed and bad.value == 0.5
     assert {row["image_id"] for row in bad.offending} == {ids[0], ids[3]}
-    assert bad.counts == {"images_compared": 4, "person_but_nobody_listed": 2}
+    assert bad.counts == {"images_compared": 4, "answered_but_none_listed": 2}
 
 
 def test_guard_checks_run_per_task_and_compare_people_only_when_both_tasks_ran(wh):
@@ -116,8 +116,17 @@ def test_guard_checks_run_per_task_and_compare_people_only_when_both_tasks_ran(w
     assert names == [
         guards.EXTRACTION_CONSTANT_ANSWERS,
         guards.EXTRACTION_REFUSALS,
-        guards.EXTRACTION_PEOPLE_CONSISTENCY,
+        PEOPLE_CHECK,
     ]
     assert "nothing compared" in alone["scenery_people"][-1].summary
     both = guards.guard_checks(wh, "d1", VLM, [SCENERY_PEOPLE, AGE_GENDER])
-    assert [o.check_name for o in both["age_gender"]][-1] == guards.EXTRACTION_PEOPLE_CONSISTENCY
+    assert [o.check_name for o in both["age_gender"]][-1] == PEOPLE_CHECK
+
+
+def test_a_spec_without_consistency_rules_has_no_consistency_guard(wh):
+    scenery_drop(wh, 2, lambda i: "indoors", lambda i: [])
+    spec = default_spec().model_copy(update={"consistency": ()})
+    assert guards.consistency_check_names(spec.consistency) == []
+    out = guards.guard_checks(wh, "d1", VLM, [SCENERY_PEOPLE, AGE_GENDER], rules=spec.consistency)
+    names = {o.check_name for outcomes in out.values() for o in outcomes}
+    assert names == {guards.EXTRACTION_CONSTANT_ANSWERS, guards.EXTRACTION_REFUSALS}

@@ -1,0 +1,183 @@
+"""From a spec to what the pipeline runs: `Task`s (schema, prompt, validation, tables) and label sets.
+
+Each task's pydantic model is built with `pydantic.create_model` from its fields, so the JSON
+schema, the prompt and the fingerprint come from the same machinery as before (`core.tasks.base`)
+and the bundled spec reproduces the built-in tasks byte for byte. Per kind:
+
+- `choice`: `Literal[values (, cannot_tell)]` -> `enum`; VARCHAR column;
+- `multi_choice`: `list[Literal[values]]` with min/max -> array of enum with `minItems`/`maxItems`;
+  VARCHAR[] column. The grammar cannot enforce distinct items (xgrammar accepts `uniqueItems` and
+  ignores it), so validation does: a repeated value is a schema violation, i.e. an `invalid`
+  result, never stored. Valid sets are stored in the spec's value order;
+- `yes_no`: bool -> BOOLEAN; `integer`/`number`: range -> BIGINT/DOUBLE;
+- `text`: a bounded anchored `pattern` -> VARCHAR;
+- `entities`: `list[sub-model]` with `maxItems` -> child table `task_<task>__<field>`;
+- `optional: true`: `X | None` (null allowed; the key stays required, objects stay closed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, Field, create_model
+
+from core.labels.label_set import LabelSet
+from core.labels.spec import (
+    ChoiceField,
+    EntitiesField,
+    IntegerField,
+    LabelsSpec,
+    MultiChoiceField,
+    NumberField,
+    TaskSpec,
+    TextField,
+    YesNoField,
+)
+from core.tasks.base import Task, TaskModel
+
+__all__ = [
+    "FieldColumn",
+    "build_label_sets",
+    "build_task",
+    "build_tasks",
+    "field_columns",
+    "model_name",
+]
+
+
+def model_name(name: str) -> str:
+    return "".join(part.capitalize() for part in name.split("_"))
+
+
+def _distinct_in_order(values: tuple[str, ...]):
+    order = {value: i for i, value in enumerate(values)}
+
+    def check(items: list[str]) -> list[str]:
+        seen: set[str] = set()
+        for item in items:
+            if item in seen:
+                raise ValueError(f"repeated value {item!r}: the values of a set must be distinct")
+            seen.add(item)
+        return sorted(items, key=order.__getitem__)
+
+    return check
+
+
+def _annotation(field: Any, owner: str) -> tuple[Any, Any]:
+    """(annotation, FieldInfo) of one field, as a hand-written task model would declare it."""
+    description = field.description
+    extra: dict[str, Any] = {}
+    if isinstance(field, ChoiceField):
+        annotation: Any = Literal[field.allowed]  # type: ignore[valid-type]
+        if field.cannot_tell:
+            hint = f'"{field.cannot_tell}" when the image does not show it'
+            description = f"{description}; {hint}" if description else hint
+    elif isinstance(field, MultiChoiceField):
+        item = Literal[field.values]  # type: ignore[valid-type]
+        annotation = Annotated[list[item], AfterValidator(_distinct_in_order(field.values))]
+        extra["max_length"] = field.max
+        if field.min:
+            extra["min_length"] = field.min
+    elif isinstance(field, YesNoField):
+        annotation = bool
+    elif isinstance(field, IntegerField):
+        annotation = int
+        extra |= {"ge": field.min, "le": field.max}
+    elif isinstance(field, NumberField):
+        annotation = float
+        extra |= {"ge": field.min, "le": field.max}
+    elif isinstance(field, TextField):
+        annotation = str
+        extra["pattern"] = field.json_pattern
+    elif isinstance(field, EntitiesField):
+        sub = create_model(  # type: ignore[call-overload]
+            model_name(f"{owner}_{field.name}"),
+            __base__=TaskModel,
+            **{s.name: _annotation(s, f"{owner}_{field.name}") for s in field.fields},
+        )
+        annotation = list[sub]
+        extra["max_length"] = field.max
+        if field.min:
+            extra["min_length"] = field.min
+    else:  # pragma: no cover - the spec's union is closed
+        raise TypeError(f"unknown field kind {type(field).__name__}")
+    if getattr(field, "optional", False):
+        annotation = annotation | None
+    return annotation, Field(description=description, **extra)
+
+
+def build_task(spec: TaskSpec) -> Task:
+    """The `Task` a task spec describes (raises TypeError/ValueError for what it cannot bound)."""
+    model = create_model(  # type: ignore[call-overload]
+        model_name(spec.name),
+        __base__=TaskModel,
+        **{field.name: _annotation(field, spec.name) for field in spec.fields},
+    )
+    return Task(
+        name=spec.name,
+        goal=spec.goal,
+        model=model,
+        max_completion_tokens=spec.max_completion_tokens,
+        spec=spec,
+    )
+
+
+def build_tasks(spec: LabelsSpec) -> dict[str, Task]:
+    return {task.name: build_task(task) for task in spec.tasks}
+
+
+def build_label_sets(spec: LabelsSpec) -> dict[str, LabelSet]:
+    """A label set per top-level choice field whose values have CLIP phrases, named by the
+    field's `labelled_as` (default: its name)."""
+    sets: dict[str, LabelSet] = {}
+    for task in spec.tasks:
+        for field in task.fields:
+            if not isinstance(field, ChoiceField | MultiChoiceField) or not field.phrases:
+                continue
+            zero_shot = field.zero_shot
+            multi = isinstance(field, MultiChoiceField)
+            kwargs: dict[str, Any] = {}
+            if zero_shot is not None:
+                kwargs["templates"] = zero_shot.templates
+                if multi:
+                    kwargs |= {"threshold": zero_shot.threshold, "top_k": zero_shot.top_k}
+            sets[field.label_name] = LabelSet(
+                name=field.label_name,
+                phrases={value: field.phrases[value] for value in field.values},
+                multi_label=multi,
+                **kwargs,
+            )
+    return sets
+
+
+@dataclass(frozen=True)
+class FieldColumn:
+    """Where one spec field's answers are stored: `table`.`column` of type `duck_type`."""
+
+    table: str  # task_<task>, or task_<task>__<entities> for an entity's field
+    column: str
+    duck_type: str  # VARCHAR, VARCHAR[], BOOLEAN, BIGINT, DOUBLE
+    field: Any  # the spec field (ChoiceField, MultiChoiceField, ...): kind, values, bounds
+    entities: str | None = None  # the entity list's field name, for a child table's column
+
+
+def field_columns(task: Task) -> list[FieldColumn]:
+    """Every stored field of a spec-built task, in spec order, with its table and column type."""
+    if task.spec is None:
+        raise ValueError(f"task {task.name!r} was not built from a labeling spec")
+    tables = task.tables
+    types = dict(tables.columns)
+    children = {child.field: child for child in tables.children}
+    out: list[FieldColumn] = []
+    for field in task.spec.fields:
+        if isinstance(field, EntitiesField):
+            child = children[field.name]
+            sub_types = dict(child.columns)
+            out += [
+                FieldColumn(child.table, sub.name, sub_types[sub.name], sub, field.name)
+                for sub in field.fields
+            ]
+        else:
+            out.append(FieldColumn(tables.table, field.name, types[field.name], field))
+    return out
