@@ -19,12 +19,11 @@ import json
 import sys
 from pathlib import Path
 
-from core.tasks.registry import TASKS
-from core.tasks.vocabulary import AGE_BINS, BASKETBALL_ACTIONS, GENDERS, SCENERY
 from core.vlm.model_cache import (
     MARKER,
     chat_template,
     save_atomically,
+    spec_corpus,
     train_bpe,
 )
 from core.vlm.prompt import SYSTEM_PROMPT
@@ -49,11 +48,11 @@ CHAT_TEMPLATE = chat_template(IMAGE_PLACEHOLDER)
 
 
 def _corpus() -> list[str]:
-    words = [*SCENERY, *AGE_BINS, *GENDERS, *BASKETBALL_ACTIONS]
+    instructions, schemas, words = spec_corpus()
     colours = "red blue green white black yellow grey dark light navy orange pink purple brown"
     lines = [SYSTEM_PROMPT, colours, '0123456789 abcdefghijklmnopqrstuvwxyz {}[]:,"']
-    lines += [task.instruction for task in TASKS.values()]
-    lines += [task.schema_json for task in TASKS.values()]
+    lines += instructions
+    lines += schemas
     lines += [json.dumps({"value": w}, separators=(",", ":")) for w in words]
     return lines * 8
 
