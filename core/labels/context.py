@@ -51,7 +51,7 @@ def context_problems(
     context_length: int,
     prompt_tokens: Callable[[Task], int],
     image_tokens: int = 0,
-    budget_factor: int = 1,
+    budget_factor: float = 1,
     max_completion_tokens: int | None = None,
     model: str = "the model",
 ) -> list[SpecProblem]:
@@ -60,11 +60,12 @@ def context_problems(
     problems = []
     for task in tasks:
         prompt = prompt_tokens(task)
-        budget = (max_completion_tokens or task.max_completion_tokens) * budget_factor
+        own = max_completion_tokens or task.max_completion_tokens
+        budget = int(own * budget_factor)
         needed = prompt + image_tokens + budget
         if needed > context_length:
             line, column = _task_line(file, task.name)
-            retry = f" x {budget_factor} (the truncation retry)" if budget_factor > 1 else ""
+            retry = f" x {budget_factor:g} (the truncation retry)" if budget_factor > 1 else ""
             problems.append(
                 SpecProblem(
                     line,
@@ -72,7 +73,7 @@ def context_problems(
                     f"task {task.name}",
                     f"does not fit {model}'s context of {context_length} tokens: prompt "
                     f"{prompt} + image {image_tokens} + answer budget "
-                    f"{budget // budget_factor}{retry} = {needed}; lower max_completion_tokens, "
+                    f"{own}{retry} = {needed}; lower max_completion_tokens, "
                     "shorten the descriptions, or use a model with a longer context",
                 )
             )
@@ -84,3 +85,52 @@ def check_context(tasks: Iterable[Task], **kwargs) -> None:
     problems = context_problems(tasks, **kwargs)
     if problems:
         raise SpecError(str(spec_path()), problems)
+
+
+def server_problems(
+    base_url: str,
+    tasks: Iterable[Task],
+    *,
+    api_key: str | None = None,
+    budget_factor: float = 1,
+    timeout_s: float = 10.0,
+) -> list[SpecProblem] | None:
+    """`context_problems` against an SGLang server: its `/v1/tokenize` renders each task's
+    messages with the server's chat template, counts the tokens and reports `max_model_len`.
+    The image's tokens are not counted here (the server's 400 for an oversized prompt covers
+    them, as a failure row). None when the server does not answer the endpoint (a router, an
+    older server): the context is then unknown and nothing is checked."""
+    import httpx
+
+    from core.vlm.prompt import SYSTEM_PROMPT
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    counts: dict[str, int] = {}
+    context: int | None = None
+    tasks = list(tasks)
+    with httpx.Client(base_url=base_url, headers=headers, timeout=timeout_s) as http:
+        for task in tasks:
+            messages = [
+                {"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "user", "content": task.instruction},
+            ]
+            try:
+                answer = http.post(
+                    "/v1/tokenize", json={"messages": messages, "add_generation_prompt": True}
+                )
+            except httpx.HTTPError:
+                return None
+            if answer.status_code != 200:
+                return None
+            body = answer.json()
+            counts[task.name] = int(body["count"])
+            context = int(body["max_model_len"])
+    if context is None:
+        return []
+    return context_problems(
+        tasks,
+        context_length=context,
+        prompt_tokens=lambda task: counts[task.name],
+        budget_factor=budget_factor,
+        model=f"the server at {base_url}",
+    )
