@@ -130,7 +130,7 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "run_id": "Dagster run id of the evaluation",
         "model_id": "the model evaluated",
         "task": "VLM task name, or the zero-shot label set",
-        "field": "labelled field: scenery, age_group, ...",
+        "field": "labelled field: a top-level field of the labeling spec (its labelled_as name)",
         "source": "'clip_zero_shot', 'vlm' or 'knn'",
         "metric": "accuracy, macro_f1, adjacent_accuracy, ...",
         "value": "the metric's value",
@@ -141,7 +141,7 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
     },
     "evaluation_inputs": {
         "labelled_set": "the configured labelled set's path, or 'human_labels'",
-        "field": "labelled field: scenery, age_group, ...",
+        "field": "labelled field: a top-level field of the labeling spec (its labelled_as name)",
         "predictor": "'zero_shot', 'vlm' or 'embedding_knn'",
         "model_id": _MODEL,
         "task": "VLM task name, or the zero-shot label set",
