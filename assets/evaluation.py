@@ -14,6 +14,7 @@ from assets.quality import record_and_report
 from core.quality import cross_stage as checks
 from core.quality.agreement import FieldAgreement, drop_agreement, write_agreement
 from core.quality.evaluation import (
+    KIND_METRICS,
     STANDIN_NOTE,
     IncrementalEvaluation,
     evaluate_changed,
@@ -64,6 +65,7 @@ def _agreement_metadata(agreements: list[FieldAgreement]) -> dict[str, object]:
                     "images": a.images_compared,
                     "agreed": a.agreed,
                     "rate": None if a.outcome.value is None else round(a.outcome.value, 4),
+                    "measure": a.measure,
                 }
                 for a in agreements
             ],
@@ -72,8 +74,9 @@ def _agreement_metadata(agreements: list[FieldAgreement]) -> dict[str, object]:
                 ("clip model", "string", "CLIP model that labelled most of the drop"),
                 ("vlm model", "string", "VLM model that labelled most of the drop"),
                 ("images", "int", "images both labelled"),
-                ("agreed", "int", "images where CLIP's top label equals the VLM's value"),
-                ("rate", "float", "agreed / images"),
+                ("agreed", "int", "images where CLIP's label (set) equals the VLM's"),
+                ("rate", "float", "agreed / images; multi-label: mean Jaccard of the sets"),
+                ("measure", "string", "exact (single choice) or jaccard (multi-label)"),
             ],
         )
     }
@@ -90,6 +93,14 @@ def _agreement_metadata(agreements: list[FieldAgreement]) -> dict[str, object]:
                     predicted_axis="vlm",
                 )
             )
+        if a.per_value and a.images_compared:
+            metadata[f"{a.field} per value"] = dg.MetadataValue.md(
+                "| value | both | CLIP only | VLM only |\n|---|---|---|---|\n"
+                + "\n".join(
+                    f"| {value} | {c['both']} | {c['clip_only']} | {c['vlm_only']} |"
+                    for value, c in a.per_value.items()
+                )
+            )
     return metadata
 
 
@@ -103,8 +114,9 @@ def _agreement_metadata(agreements: list[FieldAgreement]) -> dict[str, object]:
             AGREEMENT_CHECK,
             asset="label_agreement",
             description="Warns when CLIP zero-shot's top label equals the VLM's value on fewer "
-            "than `min_rate` of the drop's images, on each field of the labeling spec with "
-            "CLIP-vs-VLM agreement.",
+            "than `min_rate` of the drop's images (multi-label fields: when the mean Jaccard "
+            "of the two sets is below it), on each field of the labeling spec with CLIP-vs-VLM "
+            "agreement.",
         )
     ],
 )
@@ -139,12 +151,17 @@ RESULT_COLUMNS = {
     "coverage": ("float", "n / labelled images of the field"),
     "accuracy": ("float", "share of exact answers"),
     "macro_f1": ("float", "F1 averaged over the classes present"),
-    "adjacent": ("float", "answer within one age bin (ordinal fields)"),
+    "adjacent": ("float", "answer within one bin (ordinal fields; cannot_tell left out)"),
+    "f1": ("float", "yes/no fields: F1 of yes"),
+    "micro_f1": ("float", "multi-label: F1 over every value's counts pooled"),
+    "subset_accuracy": ("float", "multi-label: share of exactly right sets"),
+    "jaccard": ("float", "multi-label: mean |truth & answer| / |truth | answer|"),
+    "mae": ("float", "integer and number fields: mean absolute error"),
     "top1": ("float", "zero-shot kNN top-1 accuracy"),
     "top5": ("float", "zero-shot kNN top-5 accuracy (label sets of more than 5 classes)"),
     "this run": ("bool", "evaluated by this run (its inputs changed); else as of an earlier run"),
 }
-METRICS = ("coverage", "accuracy", "macro_f1", "adjacent", "top1", "top5")
+METRICS = ("coverage", "accuracy", "macro_f1", "adjacent", *KIND_METRICS, "top1", "top5")
 
 
 def set_name(source: str) -> str:
@@ -188,6 +205,7 @@ def _results_metadata(store: Warehouse, run_id: str, sets: list[LabelledSet]) ->
                 "accuracy": row["accuracy"],
                 "macro_f1": row["macro_f1"],
                 "adjacent": row["adjacent_accuracy"],
+                **{name: row[name] for name in KIND_METRICS},
                 "top1": row["top1"],
                 "top5": row["top5"],
                 "this run": row["run_id"] == run_id,
@@ -250,7 +268,9 @@ def evaluation(
     labelled_set: LabelledSetResource,
     clip_model: ClipModelResource,
 ) -> dg.MaterializeResult:
-    """Accuracy, macro-F1, adjacent-bin accuracy and zero-shot kNN top-k of every model against
+    """The metric of each field kind (single choice: accuracy, macro-F1, confusion; ordinal:
+    adjacent-bin accuracy; multi-label: per-value and micro/macro F1, subset accuracy, Jaccard;
+    yes/no: F1; integer and number: MAE) and zero-shot kNN top-k of every model against
     the labelled set and against `human_labels` (`evaluations`, one current row per labelled
     set, model, task, field, source and metric). Only what changed since the last run is
     evaluated: a unit's inputs are fingerprinted in `evaluation_inputs`."""

@@ -20,7 +20,8 @@ from assets.metadata import (
     records_table,
 )
 from assets.quality import record_and_report
-from core.labels.loader import current_spec
+from core.labels.describe import spec_markdown
+from core.labels.loader import current_spec, spec_path
 from core.quality import cross_stage
 from core.quality.cross_stage import LabelSource
 from core.quality.fields import FIELDS
@@ -234,7 +235,10 @@ PREVIEW_COLUMNS = {
     group_name=GROUP,
     kinds={"duckdb", "python"},
     pool="gpu",
-    metadata=definition_schema("vlm_extractions"),
+    metadata={
+        **definition_schema("vlm_extractions"),
+        "labeling spec": dg.MetadataValue.md(spec_markdown(current_spec(), str(spec_path()))),
+    },
     check_specs=[
         dg.AssetCheckSpec(
             ALL_ANSWERED_CHECK,

@@ -129,7 +129,7 @@ class _DroppedConnection(Exception):
 
 @dataclass
 class FakeSGLangConfig:
-    model_path: str = "standin/tiny-llava-v1"
+    model_path: str = "standin/tiny-llava-v2"  # the stand-in it serves (core.vlm.standin)
     served_model_name: str | None = None
     service_time_s: float = 0.0
     capacity: int = 8

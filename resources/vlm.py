@@ -17,6 +17,9 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field, PrivateAttr, model_validator
 
+from core.labels.context import server_problems
+from core.labels.loader import SpecError, spec_path
+from core.tasks.registry import TASKS
 from core.vlm.standin import STANDIN_MODEL_ID, ensure_standin
 from core.vlm.transformers_backend import DEFAULT_MODEL, TransformersBackend
 from core.vlm.types import VLMBackend
@@ -144,6 +147,19 @@ class VLMResource(VLM):
         except BaseException:
             client.close()
             raise
+        # A task whose prompt plus answer budget cannot fit the server's context is a spec
+        # error before any image is sent (core.labels.context).
+        problems = server_problems(
+            client.base_url,
+            TASKS.values(),
+            api_key=client.config.api_key,
+            budget_factor=client.config.truncation_budget_factor,
+        )
+        if problems:
+            client.close()
+            raise SpecError(str(spec_path()), problems)
+        if problems is None:
+            info(f"SGLang at {client.base_url} did not answer /v1/tokenize: context not checked")
         info(f"VLM backend: SGLang at {client.base_url}, model {client.model_id}")
         if client.model_id.startswith("standin/"):
             warn(STANDIN_BANNER.format(model_id=client.model_id))

@@ -237,8 +237,10 @@ def write_zero_shot(
     model_id: str,
     label_set: str,
     fingerprint: str,
+    decided: Sequence[Sequence[str]] | None = None,
 ) -> int:
-    """Upsert one batch of per-image label probabilities (inside the caller's transaction)."""
+    """Upsert one batch of per-image label probabilities (inside the caller's transaction);
+    `decided`: a multi-label set's chosen values per image (`LabelSet.decide`), else NULL."""
     if len(image_ids) == 0:
         return 0
     top = probabilities.argmax(axis=1)
@@ -248,14 +250,20 @@ def write_zero_shot(
             "top_label": pa.array([labels[i] for i in top], pa.string()),
             "top_probability": pa.array(probabilities[np.arange(len(top)), top], pa.float64()),
             "probs": pa.array([row.tolist() for row in probabilities], pa.list_(pa.float64())),
+            "decided": pa.array(
+                [list(d) for d in decided] if decided is not None else [None] * len(top),
+                pa.list_(pa.string()),
+            ),
         }
     )
     conn.register("zero_shot_batch", rows)
     try:
         conn.execute(
-            "INSERT OR REPLACE INTO clip_zero_shot"
-            " SELECT image_id, ?, ?, ?, top_label, top_probability, MAP(?::VARCHAR[], probs), ?"
-            " FROM zero_shot_batch",
+            "INSERT OR REPLACE INTO clip_zero_shot (image_id, model_id, label_set,"
+            " label_set_fingerprint, top_label, top_probability, probabilities, created_at,"
+            " labels)"
+            " SELECT image_id, ?, ?, ?, top_label, top_probability, MAP(?::VARCHAR[], probs), ?,"
+            " decided FROM zero_shot_batch",
             [model_id, label_set, fingerprint, list(labels), datetime.now(UTC)],
         ).fetchall()
     finally:

@@ -110,6 +110,9 @@ def label_drop(
                     model_id=clip.model_id,
                     label_set=name,
                     fingerprint=label_set.fingerprint,
+                    decided=[label_set.decide(row) for row in probs]
+                    if label_set.multi_label
+                    else None,
                 )
         log(f"clip_zero_shot {name}: {report.written[name]} images labelled, {len(done)} already")
     return report

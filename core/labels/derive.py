@@ -142,6 +142,8 @@ def build_label_sets(spec: LabelsSpec) -> dict[str, LabelSet]:
                 kwargs["templates"] = zero_shot.templates
                 if multi:
                     kwargs |= {"threshold": zero_shot.threshold, "top_k": zero_shot.top_k}
+            if isinstance(field, MultiChoiceField):
+                kwargs |= {"min_items": field.min, "max_items": field.max}
             sets[field.label_name] = LabelSet(
                 name=field.label_name,
                 phrases={value: field.phrases[value] for value in field.values},

@@ -1,9 +1,11 @@
 """CLIP zero-shot vs VLM agreement per drop: the `label_agreement` table and its check outcomes.
 
-Per field both labellers produce (`AGREEMENT_FIELDS`), the CLIP model and the VLM model that
-labelled most of the drop's images (current task version) are compared; the outcome is the
-`clip_vlm_agreement` check (`core.quality.cross_stage.agreement`), and its counts and confusion matrix
-are one `label_agreement` row per (drop, field), rewritten whole for the drop on every run.
+Per field both labellers produce (`COMPARED_FIELDS`: single choice, and multi-label by mean
+Jaccard), the CLIP model and the VLM model that labelled most of the drop's images (current task
+version) are compared; the outcome is the `clip_vlm_agreement` check
+(`core.quality.cross_stage.agreement`), and its counts and confusion matrix (single choice) or
+per-value counts (multi-label) are one `label_agreement` row per (drop, field), rewritten whole
+for the drop on every run.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pydantic import BaseModel
 
 from core.quality import cross_stage as checks
 from core.quality.cross_stage import LabelSource
-from core.quality.fields import AGREEMENT_FIELDS, FIELDS
+from core.quality.fields import COMPARED_FIELDS, FIELDS
 from core.quality.metrics import ConfusionMatrix
 from core.quality.outcome import CheckOutcome
 from core.tasks.registry import TASKS
@@ -38,6 +40,15 @@ class FieldAgreement(BaseModel):
         return self.outcome.counts.get("agreed", 0)
 
     @property
+    def measure(self) -> str:
+        """'exact' (same value) or 'jaccard' (multi-label: mean Jaccard of the two sets)."""
+        return str(self.outcome.details.get("measure", "exact"))
+
+    @property
+    def per_value(self) -> dict | None:
+        return self.outcome.details.get("per_value")
+
+    @property
     def confusion(self) -> ConfusionMatrix | None:
         raw = self.outcome.details.get("confusion")
         return ConfusionMatrix.model_validate(raw) if raw else None
@@ -49,8 +60,11 @@ def field_agreement(
     """Agreement on one field; passes with a note when either side has no labels yet."""
     field = FIELDS[field_name]
     task = TASKS[field.task or ""]
+    clip_source = (
+        LabelSource.zero_shot_set if field.kind == "multi_choice" else LabelSource.zero_shot
+    )
     clip_models = checks.models_of_drop(
-        warehouse, drop_id, LabelSource.zero_shot(field.zero_shot_label_set or "", "")
+        warehouse, drop_id, clip_source(field.zero_shot_label_set or "", "")
     )
     vlm_models = checks.models_of_drop(
         warehouse,
@@ -86,7 +100,7 @@ def field_agreement(
 
 
 def drop_agreement(warehouse: Warehouse, drop_id: str, min_rate: float) -> list[FieldAgreement]:
-    return [field_agreement(warehouse, drop_id, name, min_rate) for name in AGREEMENT_FIELDS]
+    return [field_agreement(warehouse, drop_id, name, min_rate) for name in COMPARED_FIELDS]
 
 
 def write_agreement(
@@ -112,6 +126,8 @@ def write_agreement(
             json.dumps(a.confusion.model_dump()) if a.confusion else None,
             run_id,
             at,
+            a.measure,
+            json.dumps(a.per_value) if a.per_value is not None else None,
         )
         for a in agreements
     ]
@@ -119,7 +135,10 @@ def write_agreement(
         conn.execute("DELETE FROM label_agreement WHERE drop_id = ?", [drop_id])
         if rows:
             conn.executemany(
-                "INSERT INTO label_agreement VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
+                "INSERT INTO label_agreement (drop_id, field, clip_model_id, vlm_model_id,"
+                " images_compared, agreed, agreement_rate, confusion, run_id, evaluated_at,"
+                " measure, per_value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
             )
     return len(rows)
 
@@ -129,6 +148,7 @@ def agreement_table(warehouse: Warehouse, drop_id: str | None = None) -> pl.Data
     where, params = ("WHERE drop_id = ?", [drop_id]) if drop_id else ("", [])
     return warehouse.query(
         "SELECT drop_id, field, clip_model_id, vlm_model_id, images_compared, agreed,"
-        f" agreement_rate, run_id FROM label_agreement {where} ORDER BY drop_id, field",
+        f" agreement_rate, measure, run_id FROM label_agreement {where}"
+        " ORDER BY drop_id, field",
         params,
     )

@@ -57,13 +57,24 @@ class LabelSource(BaseModel):
             filters["task_fingerprint"] = task_fingerprint
         return cls(table=f"task_{task}", column=column, filters=filters)
 
-    def select(self, alias: str = "s") -> tuple[str, dict[str, str]]:
-        """`SELECT image_id, label FROM ...` and its parameters (named `<alias>0`, `<alias>1`, ...)."""
+    @classmethod
+    def zero_shot_set(cls, label_set: str, model_id: str) -> LabelSource:
+        """A multi-label label set's decided values (`clip_zero_shot.labels`)."""
+        return cls(
+            table="clip_zero_shot",
+            column="labels",
+            filters={"label_set": label_set, "model_id": model_id},
+        )
+
+    def select(self, alias: str = "s", *, raw: bool = False) -> tuple[str, dict[str, str]]:
+        """`SELECT image_id, label FROM ...` and its parameters (named `<alias>0`, `<alias>1`, ...);
+        the label as text, or as stored with `raw` (a list column stays a list)."""
         where = " AND ".join(
             f"{alias}.{ident(name)} = ${alias}{i}" for i, name in enumerate(self.filters)
         )
+        column = f"{alias}.{ident(self.column)}"
         sql = (
-            f"SELECT {alias}.image_id, CAST({alias}.{ident(self.column)} AS VARCHAR) AS label"
+            f"SELECT {alias}.image_id, {column if raw else f'CAST({column} AS VARCHAR)'} AS label"
             f" FROM {ident(self.table)} {alias}" + (f" WHERE {where}" if where else "")
         )
         return sql, {f"{alias}{i}": value for i, value in enumerate(self.filters.values())}
@@ -185,9 +196,20 @@ def agreement(
     task_fingerprint: str | None = None,
     min_rate: float = 0.5,
 ) -> CheckOutcome:
-    """How often CLIP zero-shot's top label equals the VLM's value, with the confusion table."""
+    """How often CLIP zero-shot's top label equals the VLM's value, with the confusion table;
+    for a multi-label field, `multi_label_agreement`."""
     if not (field.zero_shot_label_set and field.task and field.column):
         raise ValueError(f"field {field.name!r} is not predicted by both CLIP and a VLM task")
+    if field.kind == "multi_choice":
+        return multi_label_agreement(
+            warehouse,
+            drop_id,
+            field,
+            clip_model_id=clip_model_id,
+            vlm_model_id=vlm_model_id,
+            task_fingerprint=task_fingerprint,
+            min_rate=min_rate,
+        )
     clip, clip_params = LabelSource.zero_shot(field.zero_shot_label_set, clip_model_id).select("c")
     vlm_source = LabelSource.task_field(field.task, field.column, vlm_model_id, task_fingerprint)
     vlm, vlm_params = vlm_source.select("v")
@@ -228,6 +250,71 @@ def agreement(
             "rows": "clip",
             "columns": "vlm",
         },
+    )
+
+
+def multi_label_agreement(
+    warehouse: Warehouse,
+    drop_id: str,
+    field: LabelField,
+    *,
+    clip_model_id: str,
+    vlm_model_id: str,
+    task_fingerprint: str | None = None,
+    min_rate: float = 0.5,
+) -> CheckOutcome:
+    """Agreement on a multi-label field: the mean Jaccard of CLIP's decided set (its label set's
+    decision rule) and the VLM's set over the images both labelled; `agreed` counts identical
+    sets, and per value: images where both, only CLIP or only the VLM chose it."""
+    clip, clip_params = LabelSource.zero_shot_set(
+        field.zero_shot_label_set or "", clip_model_id
+    ).select("c", raw=True)
+    vlm_source = LabelSource.task_field(
+        field.task or "", field.column or "", vlm_model_id, task_fingerprint
+    )
+    vlm, vlm_params = vlm_source.select("v", raw=True)
+    with warehouse.reader() as conn:
+        for table in ("clip_zero_shot", vlm_source.table):
+            if not table_exists(conn, table):
+                return missing_table(AGREEMENT, table, "WARN")
+        pairs = execute(
+            conn,
+            f"""
+            SELECT c.image_id, c.label, v.label FROM ({clip}) c JOIN ({vlm}) v USING (image_id)
+            WHERE c.image_id IN ({DROP_IMAGES}) AND c.label IS NOT NULL AND v.label IS NOT NULL
+            ORDER BY c.image_id
+            """,
+            {**clip_params, **vlm_params, "drop": drop_id},
+        ).fetchall()
+    sets = [(image_id, set(c), set(v)) for image_id, c, v in pairs]
+    jaccard = [len(c & v) / len(c | v) if c | v else 1.0 for _, c, v in sets]
+    rate = sum(jaccard) / len(jaccard) if jaccard else None
+    agreed = sum(c == v for _, c, v in sets)
+    per_value = {
+        value: {
+            "both": sum(value in c and value in v for _, c, v in sets),
+            "clip_only": sum(value in c and value not in v for _, c, v in sets),
+            "vlm_only": sum(value in v and value not in c for _, c, v in sets),
+        }
+        for value in field.values
+    }
+    return CheckOutcome(
+        check_name=AGREEMENT,
+        passed=rate is None or rate >= min_rate,
+        severity="WARN",
+        summary=f"{field.name}: CLIP {clip_model_id} and VLM {vlm_model_id} chose the same set "
+        f"on {agreed} of {len(sets)} images"
+        + (f"; mean Jaccard {rate:.1%} (warn below {min_rate:.0%})" if rate is not None else ""),
+        value=rate,
+        better="higher",
+        threshold=min_rate,
+        counts={"images_compared": len(sets), "agreed": agreed},
+        offending=[
+            {"image_id": image_id, "clip": sorted(c), "vlm": sorted(v)}
+            for image_id, c, v in sets
+            if c != v
+        ][:SAMPLE_ROWS],
+        details={"field": field.name, "measure": "jaccard", "per_value": per_value},
     )
 
 

@@ -46,13 +46,15 @@ from core.quality.metrics import (
     ConfusionMatrix,
     accuracy,
     adjacent_accuracy,
+    binary_f1,
     confusion_matrix,
     macro_f1,
+    mean_absolute_error,
+    multi_label_metrics,
     per_class_counts,
     ranked,
     top_k_accuracy,
 )
-from core.tasks.label_sets import LABEL_SETS
 from core.warehouse import Warehouse
 
 Source = Literal["clip_zero_shot", "vlm", "knn"]
@@ -61,6 +63,11 @@ STANDIN_NOTE = (
     "stand-in models with random weights: these numbers are meaningless; they show the code path "
     "works, not how well anything labels images"
 )
+
+
+# Metrics of the other field kinds: yes/no F1; multi-label micro-F1, subset accuracy, Jaccard;
+# integer and number MAE (see `_evaluate` and core.quality.metrics).
+KIND_METRICS = ("f1", "micro_f1", "subset_accuracy", "jaccard", "mae")
 
 
 def is_standin(model_id: str) -> bool:
@@ -114,6 +121,7 @@ class EvaluationReport(BaseModel):
                 "accuracy": r.metrics.get("accuracy"),
                 "macro_f1": r.metrics.get("macro_f1"),
                 "adjacent_accuracy": r.metrics.get("adjacent_accuracy"),
+                **{name: r.metrics.get(name) for name in KIND_METRICS},
                 "top1": r.metrics.get("top1_accuracy"),
                 "top5": r.metrics.get("top5_accuracy"),
                 "standin": r.standin,
@@ -126,9 +134,10 @@ class EvaluationReport(BaseModel):
             "model_id": pl.String,
             "n": pl.Int64,
             **dict.fromkeys(
-                ("coverage", "accuracy", "macro_f1", "adjacent_accuracy", "top1", "top5"),
+                ("coverage", "accuracy", "macro_f1", "adjacent_accuracy", *KIND_METRICS),
                 pl.Float64,
             ),
+            **dict.fromkeys(("top1", "top5"), pl.Float64),
             "standin": pl.Boolean,
         }
         return pl.DataFrame(rows, schema=schema)
@@ -146,6 +155,11 @@ class EvaluationReport(BaseModel):
         return f"**{self.banner}**\n\n{table}" if self.banner else table
 
 
+def _pairs(truth: dict[str, str], predictions: dict[str, str]) -> tuple[list[str], list, list]:
+    ids = sorted(set(truth) & set(predictions))
+    return ids, [truth[i] for i in ids], [predictions[i] for i in ids]
+
+
 def _evaluate(
     field: LabelField,
     source: Source,
@@ -156,16 +170,33 @@ def _evaluate(
     *,
     fingerprint: str | None = None,
 ) -> SourceEvaluation:
-    ids = sorted(set(truth) & set(predictions))
-    y_true = [truth[i] for i in ids]
-    y_pred = [predictions[i] for i in ids]
-    metrics = {
-        "coverage": len(ids) / len(truth),
-        "accuracy": accuracy(y_true, y_pred),
-        "macro_f1": macro_f1(y_true, y_pred),
-    }
-    if field.ordinal:
-        metrics["adjacent_accuracy"] = adjacent_accuracy(y_true, y_pred, field.values)
+    """The metrics of `field`'s kind over the labelled images with a prediction; values are in
+    the canonical text form of `core.quality.labelled.canonical` on both sides."""
+    ids, y_true, y_pred = _pairs(truth, predictions)
+    metrics: dict[str, float] = {"coverage": len(ids) / len(truth)}
+    per_class: list[ClassCounts] = []
+    confusion: ConfusionMatrix | None = None
+    if field.kind == "multi_choice":
+        sets_true = [frozenset(v.split("|")) - {""} for v in y_true]
+        sets_pred = [frozenset(v.split("|")) - {""} for v in y_pred]
+        found, per_class = multi_label_metrics(sets_true, sets_pred, field.values)
+        metrics |= found
+    elif field.kind in ("integer", "number"):
+        metrics["mae"] = mean_absolute_error([float(v) for v in y_true], [float(v) for v in y_pred])
+        if field.kind == "integer":
+            metrics["accuracy"] = accuracy(y_true, y_pred)
+    else:
+        values = ("true", "false") if field.kind == "yes_no" else field.values
+        metrics |= {"accuracy": accuracy(y_true, y_pred), "macro_f1": macro_f1(y_true, y_pred)}
+        if field.kind == "yes_no":
+            metrics["f1"] = binary_f1([v == "true" for v in y_true], [v == "true" for v in y_pred])
+        if field.ordinal:
+            off_scale = (field.cannot_tell,) if field.cannot_tell else ()
+            metrics["adjacent_accuracy"] = adjacent_accuracy(
+                y_true, y_pred, field.values, off_scale=off_scale
+            )
+        per_class = per_class_counts(y_true, y_pred, values)
+        confusion = confusion_matrix(y_true, y_pred, values)
     return SourceEvaluation(
         field=field.name,
         source=source,
@@ -175,12 +206,27 @@ def _evaluate(
         n_labelled=len(truth),
         n=len(ids),
         metrics=metrics,
-        per_class=per_class_counts(y_true, y_pred, field.values),
-        confusion=confusion_matrix(y_true, y_pred, field.values),
+        per_class=per_class,
+        confusion=confusion,
     )
 
 
-EVALUATION_VERSION = "2"  # bump when a metric's definition changes: every unit re-evaluates
+def _canonical_prediction(field: LabelField, value: object) -> str | None:
+    """A stored answer in the labelled sets' canonical text form; None for a null answer."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        chosen = {str(v) for v in value}
+        known = [v for v in field.values if v in chosen]
+        return "|".join(known + sorted(chosen - set(known)))
+    if field.kind == "number":
+        return repr(float(value))  # type: ignore[arg-type]
+    return str(value)
+
+
+EVALUATION_VERSION = "3"  # bump when a metric's definition changes: every unit re-evaluates
 Predictor = Literal["zero_shot", "vlm", "embedding_knn"]
 SOURCES: dict[str, tuple[Source, ...]] = {
     "zero_shot": ("clip_zero_shot", "knn"),
@@ -217,15 +263,20 @@ def _fingerprint(*parts: object) -> str:
 
 
 def input_units(
-    warehouse: Warehouse, labelled: LabelledSet, *, clip_identity: str = ""
+    warehouse: Warehouse,
+    labelled: LabelledSet,
+    *,
+    clip_identity: str = "",
+    fields: dict[str, LabelField] | None = None,
 ) -> list[Unit]:
     """Every unit the warehouse holds predictions for, with the fingerprint of its inputs.
 
     `clip_identity` names the CLIP model configuration that would embed the many-class texts;
     it is part of those units' fingerprints, so a new configuration re-evaluates them."""
+    fields = FIELDS if fields is None else fields
     units: list[Unit] = []
     for name in labelled.fields():
-        field = FIELDS[name]
+        field = fields[name]
         truth = labelled.labels(name)
         ids = sorted(truth)
         truth_hash = _fingerprint(sorted(truth.items()))
@@ -282,27 +333,39 @@ def _knn(
 
 
 def evaluate_unit(
-    warehouse: Warehouse, labelled: LabelledSet, unit: Unit, clip: ClipModel | None = None
+    warehouse: Warehouse,
+    labelled: LabelledSet,
+    unit: Unit,
+    clip: ClipModel | None = None,
+    *,
+    fields: dict[str, LabelField] | None = None,
 ) -> list[SourceEvaluation]:
     """The metrics of one unit, from its prediction rows."""
-    field = FIELDS[unit.field]
+    field = (FIELDS if fields is None else fields)[unit.field]
     truth = labelled.labels(unit.field)
     ids = sorted(truth)
     if unit.predictor == "zero_shot":
         rows = sql.zero_shot_rows(warehouse, unit.task, unit.model_id, ids)
-        tops = {image_id: top for image_id, top, _ in rows}
-        rankings = {image_id: ranked(probabilities) for image_id, _, probabilities in rows}
-        n_classes = len(LABEL_SETS[unit.task].labels)
+        if field.kind == "multi_choice":  # the set the label set's decision rule chose
+            chosen = {i: _canonical_prediction(field, d) for i, _, _, d in rows if d is not None}
+            decided = {i: v for i, v in chosen.items() if v is not None}
+            return [_evaluate(field, "clip_zero_shot", unit.model_id, unit.task, truth, decided)]
+        tops = {image_id: top for image_id, top, _, _ in rows}
+        rankings = {image_id: ranked(probabilities) for image_id, _, probabilities, _ in rows}
+        n_classes = max((len(p) for _, _, p, _ in rows), default=0)
         return [
             _evaluate(field, "clip_zero_shot", unit.model_id, unit.task, truth, tops),
             _knn(field, unit.model_id, unit.task, truth, rankings, n_classes),
         ]
     if unit.predictor == "vlm":
         by_fingerprint: dict[str, dict[str, str]] = {}
-        for fingerprint, image_id, value in sql.vlm_rows(
+        for fingerprint, image_id, raw in sql.vlm_rows(
             warehouse, field.task_table or "", field.column or "", unit.model_id, ids
         ):
-            by_fingerprint.setdefault(fingerprint, {})[image_id] = value
+            value = _canonical_prediction(field, raw)
+            by_fingerprint.setdefault(fingerprint, {})
+            if value is not None:  # a null answer is no prediction: it lowers coverage
+                by_fingerprint[fingerprint][image_id] = value
         if not by_fingerprint:
             return []
         # One task version per model: the one covering most labelled images (then by name).
@@ -324,15 +387,20 @@ def evaluate_unit(
 
 
 def evaluate(
-    warehouse: Warehouse, labelled: LabelledSet, *, run_id: str, clip: ClipModel | None = None
+    warehouse: Warehouse,
+    labelled: LabelledSet,
+    *,
+    run_id: str,
+    clip: ClipModel | None = None,
+    fields: dict[str, LabelField] | None = None,
 ) -> EvaluationReport:
     """Every unit, from scratch (no stored state read or written); many-class kNN units only
     for `clip`'s model."""
     results: list[SourceEvaluation] = []
-    for unit in input_units(warehouse, labelled):
+    for unit in input_units(warehouse, labelled, fields=fields):
         if unit.predictor == "embedding_knn" and (clip is None or clip.model_id != unit.model_id):
             continue
-        results += evaluate_unit(warehouse, labelled, unit, clip)
+        results += evaluate_unit(warehouse, labelled, unit, clip, fields=fields)
     return EvaluationReport(run_id=run_id, labelled_source=labelled.source, results=results)
 
 
@@ -405,6 +473,7 @@ def evaluate_changed(
     load_clip: Callable[[], ClipModel] | None = None,
     clip_identity: str = "",
     evaluated_at: dt.datetime | None = None,
+    fields: dict[str, LabelField] | None = None,
 ) -> IncrementalEvaluation:
     """Evaluate the units whose inputs changed since they were last evaluated, and replace their
     rows (and drop those of units whose predictions are gone) in one transaction.
@@ -415,7 +484,7 @@ def evaluate_changed(
     warehouse.ensure_schema()
     at = evaluated_at or dt.datetime.now(dt.UTC)
     stored = sql.stored_inputs(warehouse, labelled.source)
-    units = input_units(warehouse, labelled, clip_identity=clip_identity)
+    units = input_units(warehouse, labelled, clip_identity=clip_identity, fields=fields)
     changed = [u for u in units if stored.get(u.key) != u.fingerprint]
     unchanged = [u for u in units if stored.get(u.key) == u.fingerprint]
     present = {u.key for u in units}
@@ -431,7 +500,7 @@ def evaluate_changed(
             skipped[unit.describe()] = f"its class texts need {unit.model_id}; loaded: {loaded}"
             written.append((unit.key, unit.fingerprint, unit.images, unit.sources, []))
             continue
-        unit_results = evaluate_unit(warehouse, labelled, unit, clip)
+        unit_results = evaluate_unit(warehouse, labelled, unit, clip, fields=fields)
         results += unit_results
         rows = [row for r in unit_results for row in evaluation_rows(r, labelled.source)]
         written.append((unit.key, unit.fingerprint, unit.images, unit.sources, rows))

@@ -45,7 +45,8 @@ def zero_shot_hashes(warehouse: Warehouse, label_set: str, ids: Sequence[str]) -
     return _query_labelled(
         warehouse,
         "SELECT model_id, count(*), md5(string_agg(image_id || '|' || label_set_fingerprint"
-        " || '|' || top_label || '|' || CAST(probabilities AS VARCHAR), ',' ORDER BY image_id))"
+        " || '|' || top_label || '|' || CAST(probabilities AS VARCHAR) || '|'"
+        " || coalesce(CAST(labels AS VARCHAR), ''), ',' ORDER BY image_id))"
         " FROM clip_zero_shot JOIN labelled USING (image_id) WHERE label_set = ?"
         " GROUP BY model_id ORDER BY model_id",
         ids,
@@ -84,28 +85,30 @@ def embedding_hashes(warehouse: Warehouse, kind: str, ids: Sequence[str]) -> lis
 
 def zero_shot_rows(
     warehouse: Warehouse, label_set: str, model_id: str, ids: Sequence[str]
-) -> list[tuple[str, str, dict[str, float]]]:
-    """(image_id, top_label, probabilities) of one model's zero-shot labels."""
+) -> list[tuple[str, str, dict[str, float], list[str] | None]]:
+    """(image_id, top_label, probabilities, decided multi-label set or None) of one model's
+    zero-shot labels."""
     rows = _query_labelled(
         warehouse,
-        "SELECT image_id, top_label, map_entries(probabilities) FROM clip_zero_shot"
+        "SELECT image_id, top_label, map_entries(probabilities), labels FROM clip_zero_shot"
         " JOIN labelled USING (image_id) WHERE label_set = ? AND model_id = ? ORDER BY image_id",
         ids,
         [label_set, model_id],
     )
     return [
-        (image_id, top, {e["key"]: float(e["value"]) for e in entries or []})
-        for image_id, top, entries in rows
+        (image_id, top, {e["key"]: float(e["value"]) for e in entries or []}, decided)
+        for image_id, top, entries, decided in rows
     ]
 
 
 def vlm_rows(
     warehouse: Warehouse, table: str, column: str, model_id: str, ids: Sequence[str]
-) -> list[tuple[str, str, str]]:
-    """(task_fingerprint, image_id, value) of one model's extractions."""
+) -> list[tuple[str, str, object]]:
+    """(task_fingerprint, image_id, value as stored: text, list, bool, number or None) of one
+    model's extractions."""
     return _query_labelled(
         warehouse,
-        f'SELECT task_fingerprint, image_id, CAST("{column}" AS VARCHAR) FROM "{table}"'
+        f'SELECT task_fingerprint, image_id, "{column}" FROM "{table}"'
         " JOIN labelled USING (image_id) WHERE model_id = ? ORDER BY 1, 2",
         ids,
         [model_id],
@@ -184,6 +187,11 @@ def current_results(warehouse: Warehouse, labelled_set: str | None = None) -> pl
                round(max(value) FILTER (metric = 'accuracy'), 3) AS accuracy,
                round(max(value) FILTER (metric = 'macro_f1'), 3) AS macro_f1,
                round(max(value) FILTER (metric = 'adjacent_accuracy'), 3) AS adjacent_accuracy,
+               round(max(value) FILTER (metric = 'f1'), 3) AS f1,
+               round(max(value) FILTER (metric = 'micro_f1'), 3) AS micro_f1,
+               round(max(value) FILTER (metric = 'subset_accuracy'), 3) AS subset_accuracy,
+               round(max(value) FILTER (metric = 'jaccard'), 3) AS jaccard,
+               round(max(value) FILTER (metric = 'mae'), 3) AS mae,
                round(max(value) FILTER (metric = 'top1_accuracy'), 3) AS top1,
                round(max(value) FILTER (metric = 'top5_accuracy'), 3) AS top5,
                bool_or(starts_with(lower(model_id), 'standin')) AS standin,

@@ -104,10 +104,17 @@ def _fields(spec: LabelsSpec) -> dict[str, LabelField]:
 
 FIELDS: dict[str, LabelField] = _fields(current_spec())
 
-# Single-choice fields both CLIP zero-shot and a VLM task predict: the agreement checks compare
-# these (multi-label agreement is not computed yet).
+# Single-choice fields both CLIP zero-shot and a VLM task predict (the review queue compares
+# their top label with the VLM's value).
 AGREEMENT_FIELDS: tuple[str, ...] = tuple(
     name for name, field in FIELDS.items() if field.agreement and field.kind == "choice"
+)
+# Every field the `label_agreement` asset compares: the single-choice ones above and the
+# multi-label ones (by mean Jaccard, `core.quality.cross_stage.multi_label_agreement`).
+COMPARED_FIELDS: tuple[str, ...] = tuple(
+    name
+    for name, field in FIELDS.items()
+    if field.agreement and field.kind in ("choice", "multi_choice")
 )
 
 

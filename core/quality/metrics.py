@@ -7,7 +7,13 @@ Conventions, chosen to match what users of scikit-learn expect:
 - A confusion matrix has true labels as rows and predictions as columns, in the order given
   (vocabulary order), followed by any unexpected values in sorted order.
 - Adjacent-bin accuracy for ordinal labels counts a prediction as right when it is the true bin or
-  a neighbouring one; a prediction outside the ordering is wrong.
+  a neighbouring one; a prediction outside the ordering (e.g. "cannot tell") is wrong, and a truth
+  outside it is left out (it has no neighbours).
+- Multi-label sets: per value, precision/recall/F1 over the images (a value is a positive where
+  it is in the set); micro-F1 pools every value's counts, macro-F1 averages the values that occur
+  in a true or predicted set; subset accuracy is the share of exact sets; Jaccard is the mean over
+  images of |truth & prediction| / |truth | prediction| (two empty sets: 1).
+- Yes/no F1 takes yes (`true`) as the positive class. MAE is the mean absolute difference.
 """
 
 from __future__ import annotations
@@ -105,21 +111,98 @@ def confusion_matrix(
     return ConfusionMatrix(labels=order, matrix=matrix)
 
 
-def adjacent_accuracy(y_true: Sequence[str], y_pred: Sequence[str], order: Sequence[str]) -> float:
-    """Share of predictions within one bin of the truth on the ordinal scale `order`."""
+def adjacent_accuracy(
+    y_true: Sequence[str],
+    y_pred: Sequence[str],
+    order: Sequence[str],
+    *,
+    off_scale: Sequence[str] = (),
+) -> float:
+    """Share of predictions within one bin of the truth on the ordinal scale `order`.
+
+    Pairs whose truth is in `off_scale` (a "cannot tell" value) are left out; a prediction off
+    the scale is wrong."""
     _check_pairs(y_true, y_pred)
-    if not y_true:
+    rank = {label: i for i, label in enumerate(order) if label not in off_scale}
+    pairs = [(t, p) for t, p in zip(y_true, y_pred, strict=True) if t not in off_scale]
+    if not pairs:
         return float("nan")
-    rank = {label: i for i, label in enumerate(order)}
-    unknown = set(y_true) - set(rank)
+    unknown = {t for t, _ in pairs} - set(rank)
     if unknown:
         raise ValueError(
             f"true labels {sorted(unknown)} are not on the ordinal scale {list(order)}"
         )
-    hits = sum(
-        p in rank and abs(rank[p] - rank[t]) <= 1 for t, p in zip(y_true, y_pred, strict=True)
-    )
-    return hits / len(y_true)
+    hits = sum(p in rank and abs(rank[p] - rank[t]) <= 1 for t, p in pairs)
+    return hits / len(pairs)
+
+
+def multi_label_metrics(
+    y_true: Sequence[frozenset[str]],
+    y_pred: Sequence[frozenset[str]],
+    values: Sequence[str] = (),
+) -> tuple[dict[str, float], list[ClassCounts]]:
+    """Micro/macro F1, subset accuracy and mean Jaccard of predicted sets, and the per-value
+    counts (`values` first, in order, then any other value seen, sorted)."""
+    if len(y_true) != len(y_pred):
+        raise ValueError(f"{len(y_true)} label sets but {len(y_pred)} predictions")
+    seen = set().union(*y_true, *y_pred) if y_true else set()
+    order = list(values) + sorted(seen - set(values))
+    rows = []
+    for value in order:
+        support = sum(value in t for t in y_true)
+        predicted = sum(value in p for p in y_pred)
+        correct = sum(value in t and value in p for t, p in zip(y_true, y_pred, strict=True))
+        precision = correct / predicted if predicted else 0.0
+        recall = correct / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        rows.append(
+            ClassCounts(
+                label=value,
+                support=support,
+                predicted=predicted,
+                correct=correct,
+                precision=precision,
+                recall=recall,
+                f1=f1,
+            )
+        )
+    if not y_true:
+        nan = float("nan")
+        return {"micro_f1": nan, "macro_f1": nan, "subset_accuracy": nan, "jaccard": nan}, rows
+    tp = sum(r.correct for r in rows)
+    fp = sum(r.predicted - r.correct for r in rows)
+    fn = sum(r.support - r.correct for r in rows)
+    observed = [r for r in rows if r.support or r.predicted]
+    jaccard = [
+        len(t & p) / len(t | p) if t | p else 1.0 for t, p in zip(y_true, y_pred, strict=True)
+    ]
+    metrics = {
+        "micro_f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0,
+        "macro_f1": sum(r.f1 for r in observed) / len(observed) if observed else float("nan"),
+        "subset_accuracy": sum(t == p for t, p in zip(y_true, y_pred, strict=True)) / len(y_true),
+        "jaccard": sum(jaccard) / len(jaccard),
+    }
+    return metrics, rows
+
+
+def binary_f1(y_true: Sequence[bool], y_pred: Sequence[bool]) -> float:
+    """F1 of the positive class (yes); 0 when it has no true positive, NaN with no pairs."""
+    if len(y_true) != len(y_pred):
+        raise ValueError(f"{len(y_true)} labels but {len(y_pred)} predictions")
+    if not y_true:
+        return float("nan")
+    tp = sum(t and p for t, p in zip(y_true, y_pred, strict=True))
+    fp = sum(p and not t for t, p in zip(y_true, y_pred, strict=True))
+    fn = sum(t and not p for t, p in zip(y_true, y_pred, strict=True))
+    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+
+
+def mean_absolute_error(y_true: Sequence[float], y_pred: Sequence[float]) -> float:
+    if len(y_true) != len(y_pred):
+        raise ValueError(f"{len(y_true)} labels but {len(y_pred)} predictions")
+    if not y_true:
+        return float("nan")
+    return sum(abs(t - p) for t, p in zip(y_true, y_pred, strict=True)) / len(y_true)
 
 
 def ranked(probabilities: Mapping[str, float]) -> list[str]:

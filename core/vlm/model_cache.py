@@ -62,3 +62,25 @@ def save_atomically(target: Path, write: Callable[[Path], None], marker: dict[st
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def spec_corpus() -> tuple[list[str], list[str], list[str]]:
+    """(instructions, schemas, choice values) of the bundled spec's tasks, the text the stand-in
+    tokenizers are trained on. Always the bundled spec, whatever IMAGE_PIPELINE_LABELS says: the
+    checkpoint (and its model_id) must not depend on the spec in use. Another spec's prompts
+    still tokenize (byte-level BPE: every byte is a token), only into more tokens; the context
+    check (`core.labels.context`) says so before any image is sent when they would not fit."""
+    from core.labels.derive import build_tasks
+    from core.labels.loader import default_spec
+    from core.labels.spec import ChoiceField
+
+    spec = default_spec()
+    tasks = build_tasks(spec).values()
+    words = [
+        value
+        for task in spec.tasks
+        for field in task.fields
+        if isinstance(field, ChoiceField)
+        for value in field.values
+    ]
+    return [t.instruction for t in tasks], [t.schema_json for t in tasks], words

@@ -13,16 +13,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from core.tasks.registry import TASKS
-from core.tasks.vocabulary import AGE_BINS, BASKETBALL_ACTIONS, GENDERS, SCENERY
 from core.vlm.model_cache import (
     MARKER,
     chat_template,
     save_atomically,
+    spec_corpus,
     train_bpe,
 )
 
-STANDIN_VERSION = 1
+# v2: a 4096-token context (v1: 512), so a user's spec's prompts fit; same tokenizer and weights.
+STANDIN_VERSION = 2
 STANDIN_MODEL_ID = f"standin/tiny-llava-v{STANDIN_VERSION}"
 IMAGE_SIZE = 32
 PATCH_SIZE = 8
@@ -34,10 +34,10 @@ CHAT_TEMPLATE = chat_template(IMAGE_TOKEN)
 
 
 def _corpus() -> list[str]:
-    words = [*SCENERY, *AGE_BINS, *GENDERS, *BASKETBALL_ACTIONS]
+    instructions, schemas, words = spec_corpus()
     colours = "red blue green white black yellow grey dark light navy orange pink purple brown"
-    lines = [task.instruction for task in TASKS.values()]
-    lines += [task.schema_json for task in TASKS.values()]
+    lines = [*instructions]
+    lines += schemas
     lines += [json.dumps({"value": w}, separators=(",", ":")) for w in words]
     lines += [colours, '{"a":[{"b":"c d"}],"e":"f"}', "0123456789 abcdefghijklmnopqrstuvwxyz"]
     return lines * 4
@@ -89,7 +89,7 @@ def build_standin(target: Path, *, seed: int = 0) -> Path:
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=512,
+        max_position_embeddings=4096,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

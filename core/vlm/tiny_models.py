@@ -6,9 +6,12 @@ on this machine. Qwen2-VL because SGLang 0.5.23's model registry serves
 check). The checkpoint is a normal HF directory (config, safetensors, processor, tokenizer with a
 chat template) that SGLang loads like downloaded weights; its answers are meaningless.
 
-The byte-level BPE tokenizer is trained here on the tasks' own prompt text, with a vocabulary
-large enough that every built-in task prompt plus twice its token budget (the truncation retry)
-fits `CONTEXT_LENGTH`: a 400-token vocabulary made the scenery prompt ~900 tokens.
+The byte-level BPE tokenizer is trained here on the bundled spec's prompt text (always that spec,
+so the checkpoint does not depend on IMAGE_PIPELINE_LABELS; another spec's text still tokenizes,
+byte by byte where it must), with a vocabulary large enough that every bundled task's prompt plus
+twice its token budget (the truncation retry) fits `CONTEXT_LENGTH`: a 400-token vocabulary made
+the longest bundled prompt ~900 tokens. A spec whose prompts do not fit is refused before any
+image is sent (`core.labels.context`).
 
     python -m core.vlm.tiny_models OUT_DIR     # writes OUT_DIR/tiny-qwen2-vl-v1
 """
@@ -19,12 +22,11 @@ import json
 import sys
 from pathlib import Path
 
-from core.tasks.registry import TASKS
-from core.tasks.vocabulary import AGE_BINS, BASKETBALL_ACTIONS, GENDERS, SCENERY
 from core.vlm.model_cache import (
     MARKER,
     chat_template,
     save_atomically,
+    spec_corpus,
     train_bpe,
 )
 from core.vlm.prompt import SYSTEM_PROMPT
@@ -49,11 +51,11 @@ CHAT_TEMPLATE = chat_template(IMAGE_PLACEHOLDER)
 
 
 def _corpus() -> list[str]:
-    words = [*SCENERY, *AGE_BINS, *GENDERS, *BASKETBALL_ACTIONS]
+    instructions, schemas, words = spec_corpus()
     colours = "red blue green white black yellow grey dark light navy orange pink purple brown"
     lines = [SYSTEM_PROMPT, colours, '0123456789 abcdefghijklmnopqrstuvwxyz {}[]:,"']
-    lines += [task.instruction for task in TASKS.values()]
-    lines += [task.schema_json for task in TASKS.values()]
+    lines += instructions
+    lines += schemas
     lines += [json.dumps({"value": w}, separators=(",", ":")) for w in words]
     return lines * 8
 

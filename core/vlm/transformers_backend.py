@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from core.ingest.decode import load_rgb
+from core.labels.context import check_context
 from core.tasks.base import Task
 from core.vlm.prepare import prepare_images
 from core.vlm.prompt import chat_messages
@@ -61,6 +62,7 @@ class TransformersBackend(VLMBackend):
         self._processor: Any = None
         self._compiler: Any = None
         self._grammars: dict[str, Any] = {}
+        self._fits: set[str] = set()  # task fingerprints whose prompt fits the context
 
     @property
     def model_id(self) -> str:
@@ -166,6 +168,29 @@ class TransformersBackend(VLMBackend):
             chat_messages(task), add_generation_prompt=True, tokenize=False
         )
 
+    def _check_context(self, task: Task, prompt: str) -> None:
+        """The rendered prompt, the image's tokens and the answer budget must fit the model's
+        `max_position_embeddings` (`core.labels.context`); checked once per task version."""
+        if task.fingerprint in self._fits:
+            return
+        config = self._model.config
+        context = getattr(config.get_text_config(), "max_position_embeddings", None)
+        if context:
+            tokenizer = self._processor.tokenizer
+            image_processor = getattr(self._processor, "image_processor", None)
+            image_tokens = getattr(config, "image_seq_length", None) or (
+                getattr(image_processor, "max_pixels", 0) or 0
+            ) // (28 * 28)  # Qwen2-VL: one token per merged 28 px patch, at most max_pixels
+            check_context(
+                [task],
+                context_length=int(context),
+                prompt_tokens=lambda _: len(tokenizer(prompt, add_special_tokens=False).input_ids),
+                image_tokens=int(image_tokens),
+                max_completion_tokens=self.max_completion_tokens,
+                model=self.model_id,
+            )
+        self._fits.add(task.fingerprint)
+
     def prepare(self, images: Sequence[ImageInput]) -> list[PreparedImage]:
         """Each picture decoded once per run (at the DCT scale the processor needs), for all tasks."""
         return prepare_images(images, lambda data: load_rgb(data, min_side=self.min_image_side))
@@ -180,6 +205,7 @@ class TransformersBackend(VLMBackend):
         results: list[ExtractionResult] = []
         with self._lock:  # one generate at a time: the model is not thread-safe
             prompt = self.prompt(task)
+            self._check_context(task, prompt)  # a spec error before any image is sent
             for start in range(0, len(prepared), self.batch_size):
                 chunk = list(prepared[start : start + self.batch_size])
                 results += self._extract_chunk(chunk, task, prompt, max_tokens)

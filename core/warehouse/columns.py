@@ -100,6 +100,8 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "top_probability": "its probability",
         "probabilities": "every label's probability; they sum to 1",
         "created_at": _CREATED,
+        "labels": "multi-label sets: the values the decision rule chose (top_k, threshold, or "
+        "above 1/n); NULL for single choice",
     },
     "vlm_extractions": {
         "image_id": _IMAGE,
@@ -134,7 +136,7 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "run_id": "Dagster run id of the evaluation",
         "model_id": "the model evaluated",
         "task": "VLM task name, or the zero-shot label set",
-        "field": "labelled field of the labeling spec",
+        "field": "labelled field: a top-level field of the labeling spec (its labelled_as name)",
         "source": "'clip_zero_shot', 'vlm' or 'knn'",
         "metric": "accuracy, macro_f1, adjacent_accuracy, ...",
         "value": "the metric's value",
@@ -145,7 +147,7 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
     },
     "evaluation_inputs": {
         "labelled_set": "the configured labelled set's path, or 'human_labels'",
-        "field": "labelled field of the labeling spec",
+        "field": "labelled field: a top-level field of the labeling spec (its labelled_as name)",
         "predictor": "'zero_shot', 'vlm' or 'embedding_knn'",
         "model_id": _MODEL,
         "task": "VLM task name, or the zero-shot label set",
@@ -156,15 +158,19 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
     },
     "label_agreement": {
         "drop_id": _DROP,
-        "field": "the field both label (a spec field with CLIP-vs-VLM agreement)",
+        "field": "the labelled field both CLIP zero-shot and the VLM predict",
         "clip_model_id": "CLIP model of the zero-shot labels (NULL: none to compare)",
         "vlm_model_id": "VLM of the extraction labels (NULL: none to compare)",
         "images_compared": "images of the drop labelled by both",
-        "agreed": "of those, images where both give the same label",
-        "agreement_rate": "agreed / images_compared (NULL when none were compared)",
-        "confusion": "JSON counts: rows CLIP's label, columns the VLM's",
+        "agreed": "of those, images where both give the same label (multi-label: the same set)",
+        "agreement_rate": "agreed / images_compared, or for multi-label the mean Jaccard of the "
+        "two sets (see measure); NULL when none were compared",
+        "confusion": "JSON counts: rows CLIP's label, columns the VLM's (single choice)",
         "run_id": "Dagster run id that wrote the row",
         "evaluated_at": "when the agreement was computed",
+        "measure": "'exact' (single choice) or 'jaccard' (multi-label)",
+        "per_value": "multi-label: JSON per value, images where both, only CLIP or only the "
+        "VLM chose it",
     },
     "review_queue": {
         "drop_id": _DROP,

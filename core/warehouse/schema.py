@@ -360,6 +360,21 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE review_queue ALTER COLUMN consistency_violations SET NOT NULL;
         """,
     ),
+    # Issue 18 (labeling spec): multi-label fields in zero-shot and agreement.
+    (
+        2114,
+        "multi-label zero-shot sets and agreement",
+        """
+        -- A multi-label label set's decided values (LabelSet.decide: top_k, threshold, or above
+        -- the uniform share), in label order; NULL for a single-choice label set.
+        ALTER TABLE clip_zero_shot ADD COLUMN labels VARCHAR[];
+        -- How agreement_rate is measured: 'exact' (single choice: same value) or 'jaccard'
+        -- (multi-label: mean Jaccard of the two sets; `agreed` counts identical sets), and per
+        -- value of a multi-label field: images where both, only CLIP or only the VLM chose it.
+        ALTER TABLE label_agreement ADD COLUMN measure VARCHAR DEFAULT 'exact';
+        ALTER TABLE label_agreement ADD COLUMN per_value JSON;
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = max(number for number, _, _ in MIGRATIONS)

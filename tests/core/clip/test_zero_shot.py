@@ -7,7 +7,7 @@ import pytest
 
 from core.clip.zero_shot import classify, label_embeddings, probabilities
 from core.tasks.label_sets import LABEL_SETS, LabelSet
-from core.tasks.vocabulary import AGE_BINS, BASKETBALL_ACTIONS, SCENERY
+from tests.fixtures.vocabulary import AGE_BINS, BASKETBALL_ACTIONS, SCENERY
 
 
 def test_label_sets_use_the_shared_vocabulary():

@@ -93,3 +93,59 @@ def test_labelled_images_never_ingested_warn(wh):
     outcome = checks.labelled_images_ingested(wh, {ids[0]: "a.jpg", image_id("z"): "z.jpg"})
     assert (outcome.passed, outcome.severity, outcome.value) == (False, "WARN", 0.5)
     assert outcome.offending == [{"image_id": image_id("z"), "path": "z.jpg"}]
+
+
+def test_multi_label_agreement_by_mean_jaccard_with_per_value_counts(wh):
+    """A user's multi-label field (labels/examples/products.yaml `attributes`): CLIP's set from
+    its decision rule (top 2) against the VLM's set, stored as a label_agreement row."""
+    import numpy as np
+
+    from core.clip import store as clip_store
+    from core.labels.derive import build_label_sets, build_task
+    from core.labels.loader import load_spec
+    from core.quality.agreement import FieldAgreement, agreement_table, write_agreement
+    from core.quality.fields import spec_fields
+    from orchestration.settings import REPO_ROOT
+
+    spec = load_spec(REPO_ROOT / "labels" / "examples" / "products.yaml")
+    field = {f.name: f for f in spec_fields(spec)}["attributes"]
+    task = build_task(spec.task("product"))
+    label_set = build_label_sets(spec)["attributes"]  # metallic, dark, colourful, round
+    ids = add_drop(wh, "d1", ["a", "b", "c"], at=T0)
+    scores = np.array([[0.4, 0.4, 0.1, 0.1], [0.1, 0.1, 0.4, 0.4], [0.7, 0.1, 0.1, 0.1]])
+    decided = [label_set.decide(row) for row in scores]
+    assert decided == [["metallic", "dark"], ["colourful", "round"], ["metallic", "dark"]]
+    with wh.transaction() as conn:
+        clip_store.write_zero_shot(
+            conn,
+            ids,
+            scores,
+            labels=label_set.labels,
+            model_id=CLIP,
+            label_set="attributes",
+            fingerprint=label_set.fingerprint,
+            decided=decided,
+        )
+    answers = [["dark", "metallic"], ["round"], ["colourful"]]
+    base = {"category": "toy", "condition": "new", "packaged": False, "item_count": 1}
+    base |= {"fill": 0.5, "title": "x", "defects": []}
+    for iid, attributes in zip(ids, answers, strict=True):
+        add_extraction(wh, iid, task, VLM, "ok", base | {"attributes": attributes})
+    outcome = checks.agreement(
+        wh,
+        "d1",
+        field,
+        clip_model_id=CLIP,
+        vlm_model_id=VLM,
+        task_fingerprint=task.fingerprint,
+        min_rate=0.6,
+    )
+    # Jaccard 1, 1/2, 0 -> mean 1/2; one identical set
+    assert outcome.value == pytest.approx(0.5) and not outcome.passed
+    assert outcome.counts == {"images_compared": 3, "agreed": 1}
+    assert outcome.details["per_value"]["colourful"] == {"both": 0, "clip_only": 1, "vlm_only": 1}
+    assert outcome.details["per_value"]["round"] == {"both": 1, "clip_only": 0, "vlm_only": 0}
+    row = FieldAgreement(field="attributes", clip_model_id=CLIP, vlm_model_id=VLM, outcome=outcome)
+    write_agreement(wh, "d1", [row], run_id="r1")
+    stored = agreement_table(wh, "d1").row(0, named=True)
+    assert (stored["measure"], stored["agreed"], stored["agreement_rate"]) == ("jaccard", 1, 0.5)

@@ -16,7 +16,7 @@ from core.quality.metrics import (
     ranked,
     top_k_accuracy,
 )
-from core.tasks.vocabulary import AGE_BINS
+from tests.fixtures.vocabulary import AGE_BINS
 
 # Worked example: a a a b b c labelled, a a b b c c predicted.
 # Hits at positions 0, 1, 3, 5 -> accuracy 4/6.

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from core.tasks.base import Task, TaskModel, TaskOutputError
 from core.tasks.registry import TASKS, get_task
-from core.tasks.vocabulary import AGE_BINS, BASKETBALL_ACTIONS, GENDERS, SCENERY
+from tests.fixtures.vocabulary import AGE_BINS, BASKETBALL_ACTIONS, GENDERS, SCENERY
 
 
 def test_the_three_tasks_are_registered():
