@@ -230,8 +230,8 @@ def _task_row(task: Task, report: TaskReport | None, rows: int) -> dict[str, obj
             REFUSALS_CHECK,
             asset="vlm_extractions",
             description="Model guard: warns on free-text answers that are refusals or "
-            "non-answers ('unknown', 'none', empty) and on failed results whose raw text is a "
-            "refusal.",
+            "non-answers ('unknown', 'none', empty) and on failed results whose raw JSON holds "
+            "one as a string value.",
         ),
         dg.AssetCheckSpec(
             PEOPLE_CONSISTENCY_CHECK,
