@@ -91,6 +91,16 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def free_device_memory(device: torch.device) -> None:
+    """After a model's last reference is dropped: collect it now, and on CUDA hand the cached
+    blocks back, so the next holder of the `gpu` pool (another run's step) finds them free."""
+    import gc
+
+    gc.collect()
+    if device.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 GPU_POOL = "gpu"
 
 
