@@ -77,6 +77,7 @@ def release(spec: ModelSpec) -> bool:
     if clip is None:
         return False
     device = clip.device
+    clip.unload()  # a step's local name for it must not keep the weights on the device
     del clip
     free_device_memory(device)
     return True

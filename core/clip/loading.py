@@ -70,6 +70,11 @@ class ClipModel:
     def to_tensor(self, image: Image.Image) -> torch.Tensor:
         return self.preprocess(image)
 
+    def unload(self) -> None:
+        """Drop the weights, even while someone still holds this object, so the device memory
+        can be freed; the model cannot be used afterwards (AttributeError)."""
+        self.__dict__.pop("model", None)
+
     @property
     def min_decode_side(self) -> int:
         """JPEG draft decoding stops at twice the input size, so the exact resize stays sharp."""

@@ -27,6 +27,7 @@ def test_a_model_is_shared_while_held_and_released_by_its_last_holder(standin_ca
             assert again is first  # one load while held
         assert resource.spec() in clip_model._cache
     assert resource.spec() not in clip_model._cache  # the last holder released it
+    assert not hasattr(first, "model")  # its weights dropped though the caller holds the object
     assert lines[-1] == "CLIP model released: standin-tiny-clip/seed1"
     assert sum("released" in line for line in lines) == 1
     assert resource.options().kinds == ("global", "s2")
