@@ -186,15 +186,17 @@ def clip_embeddings(
     """L2-normalised CLIP vectors of the drop's images, one per (image, model, kind); only
     images without a vector for this model are embedded, so reruns and duplicates cost nothing."""
     store_ = warehouse.get()
-    clip = clip_model.load(warn=context.log.warning)
-    report = embed_drop(
-        store_,
-        drop_folder.path,
-        context.partition_key,
-        clip,
-        clip_model.options(),
-        log=context.log.info,
-    )
+    # The model is held only inside this step, which holds the `gpu` pool on CUDA.
+    with clip_model.loaded(info=context.log.info, warn=context.log.warning) as clip:
+        model_id = clip.model_id
+        report = embed_drop(
+            store_,
+            drop_folder.path,
+            context.partition_key,
+            clip,
+            clip_model.options(),
+            log=context.log.info,
+        )
     if report.failures:
         context.log.warning(
             f"{len(report.failures)} images could not be decoded: {report.failures[:5]}"
@@ -202,19 +204,19 @@ def clip_embeddings(
     outcomes = checks.embedding_checks_by_kind(
         store_,
         report.drop_id,
-        clip.model_id,
+        model_id,
         report.dims,
         norm_tolerance=config.norm_tolerance,
     )
     near, pairs = checks.near_duplicates(
         store_,
         report.drop_id,
-        clip.model_id,
+        model_id,
         report.dims["global"],
         config.near_duplicate_threshold,
     )
     near_metadata = {
-        "model_id": clip.model_id,
+        "model_id": model_id,
         "pairs_preview": preview_table(pairs.head(PREVIEW_ROWS)),
     }
     results = record_and_report(
@@ -228,7 +230,7 @@ def clip_embeddings(
         _embedding_metadata(report, store_)
         if report.images_in_drop
         else {
-            "model_id": clip.model_id,
+            "model_id": model_id,
             "images_in_drop": 0,
         }
     )
@@ -280,33 +282,35 @@ def clip_zero_shot(
     """Per image and label set, CLIP's probability for every label and the top label: the
     zero-shot baseline the VLM extractions are compared against."""
     store_ = warehouse.get()
-    clip = clip_model.load(warn=context.log.warning)
     unknown = sorted(set(config.label_sets) - set(LABEL_SETS))
     if unknown:
         raise dg.Failure(f"unknown label sets {unknown}; known: {sorted(LABEL_SETS)}")
     drop_id = context.partition_key
-    report = label_drop(
-        store_,
-        clip,
-        drop_id,
-        [LABEL_SETS[name] for name in config.label_sets],
-        log=context.log.info,
-    )
+    # The model is held only inside this step, which holds the `gpu` pool on CUDA.
+    with clip_model.loaded(info=context.log.info, warn=context.log.warning) as clip:
+        model_id = clip.model_id
+        report = label_drop(
+            store_,
+            clip,
+            drop_id,
+            [LABEL_SETS[name] for name in config.label_sets],
+            log=context.log.info,
+        )
     for name, missing in report.without_embedding.items():
         if missing:
             context.log.warning(
-                f"{missing} images of the drop have no {clip.model_id} embedding for {name}; "
+                f"{missing} images of the drop have no {model_id} embedding for {name}; "
                 "materialize clip_embeddings first"
             )
     distribution, preview, total = store.zero_shot_preview(
-        store_, drop_id, clip.model_id, rows=PREVIEW_ROWS
+        store_, drop_id, model_id, rows=PREVIEW_ROWS
     )
     per_set = {
         name: [
             *checks.zero_shot_checks(
                 store_,
                 drop_id,
-                clip.model_id,
+                model_id,
                 name,
                 labels=LABEL_SETS[name].labels,
                 fingerprint=LABEL_SETS[name].fingerprint,
@@ -314,7 +318,7 @@ def clip_zero_shot(
             cross_stage.label_drift(
                 store_,
                 drop_id,
-                LabelSource.zero_shot(name, clip.model_id),
+                LabelSource.zero_shot(name, model_id),
                 categories=LABEL_SETS[name].labels,
                 threshold=config.drift_threshold,
                 min_images=config.drift_min_images,
@@ -322,7 +326,7 @@ def clip_zero_shot(
             checks.zero_shot_collapse(
                 store_,
                 drop_id,
-                clip.model_id,
+                model_id,
                 name,
                 fingerprint=LABEL_SETS[name].fingerprint,
                 min_images=config.collapse_min_images,
@@ -339,7 +343,7 @@ def clip_zero_shot(
             "dagster/row_count": total,
             "dagster/table_name": "clip_zero_shot",
             "dagster/column_schema": column_schema(store_, "clip_zero_shot"),
-            "model_id": clip.model_id,
+            "model_id": model_id,
             "labelled_this_run": records_table(
                 [
                     {"label_set": name, "images_labelled": count}

@@ -2,15 +2,17 @@
 and the evaluation against labelled sets (`evaluations`), which each run brings up to date by
 evaluating only what changed since the last one."""
 
+from contextlib import ExitStack
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
-from assets.embeddings import clip_zero_shot
+from assets.embeddings import CLIP_POOL, clip_zero_shot
 from assets.extraction import vlm_extractions
 from assets.metadata import GROUP, definition_schema
 from assets.quality import record_and_report
+from core.clip.loading import ClipModel
 from core.quality import cross_stage as checks
 from core.quality.agreement import FieldAgreement, drop_agreement, write_agreement
 from core.quality.evaluation import (
@@ -252,6 +254,7 @@ def _results_metadata(store: Warehouse, run_id: str, sets: list[LabelledSet]) ->
     deps=[clip_zero_shot, vlm_extractions],
     group_name=GROUP,
     kinds={"duckdb", "python"},
+    pool=CLIP_POOL,  # it may load CLIP (kNN over ImageNet classes): on CUDA, in the `gpu` pool
     metadata=definition_schema("evaluations"),
     check_specs=[
         dg.AssetCheckSpec(
@@ -293,18 +296,31 @@ def evaluation(
     identity = f"{spec.derived_model_id()}|standin_fallback={clip_model.allow_standin_fallback}"
     sets = [s for s in (labelled, human) if s is not None]
     runs: list[IncrementalEvaluation] = []
-    for labelled_items in sets:
-        run = evaluate_changed(
-            store,
-            labelled_items,
-            run_id=context.run.run_id,
-            load_clip=lambda: clip_model.load(warn=context.log.warning),
-            clip_identity=identity,
-        )
-        context.log.info(f"{labelled_items.source}: {run.summary}")
-        for unit, reason in run.skipped.items():
-            context.log.warning(f"{unit}: not evaluated, {reason}")
-        runs.append(run)
+    with ExitStack() as held:  # CLIP, when a unit needs it, is released before the step ends
+        clip: list[ClipModel] = []
+
+        def load_clip() -> ClipModel:
+            if not clip:
+                clip.append(
+                    held.enter_context(
+                        clip_model.loaded(info=context.log.info, warn=context.log.warning)
+                    )
+                )
+            return clip[0]
+
+        for labelled_items in sets:
+            run = evaluate_changed(
+                store,
+                labelled_items,
+                run_id=context.run.run_id,
+                load_clip=load_clip,
+                clip_identity=identity,
+            )
+            context.log.info(f"{labelled_items.source}: {run.summary}")
+            for unit, reason in run.skipped.items():
+                context.log.warning(f"{unit}: not evaluated, {reason}")
+            runs.append(run)
+        clip.clear()
     metadata: dict[str, object] = {
         "dagster/table_name": "evaluations",
         "dagster/row_count": evaluation_row_count(store),

@@ -1,8 +1,9 @@
 """The `vlm_extractions` asset: structured labels from a vision-language model, per drop.
 
-One asset runs every configured task, so a launched SGLang server starts once per run and serves
-all tasks; results land in `vlm_extractions` and the typed `task_<name>` tables. It declares the
-`gpu` pool, which the instance limits to one step at a time.
+One asset runs every configured task, so a launched SGLang server starts once per run, inside this
+step, and serves all tasks; results land in `vlm_extractions` and the typed `task_<name>` tables.
+It declares the `gpu` pool, which the instance limits to one step at a time, and holds its model
+or server only while the step runs (`VLM.session`).
 """
 
 import json
@@ -287,8 +288,8 @@ PREVIEW_COLUMNS = {
             REFUSALS_CHECK,
             asset="vlm_extractions",
             description="Model guard: warns on free-text answers that are refusals or "
-            "non-answers ('unknown', 'none', empty) and on failed results whose raw text is a "
-            "refusal.",
+            "non-answers ('unknown', 'none', empty) and on failed results whose raw JSON holds "
+            "one as a string value.",
         ),
         *(
             dg.AssetCheckSpec(
@@ -313,17 +314,20 @@ def vlm_extractions(
     store = warehouse.get()
     drop_id = context.partition_key
     tasks = get_tasks(config.tasks)
-    backend = vlm.model  # opened for this step by the resource, closed when the step ends
-    model_id = backend.model_id
-    reports = extract_drop(
-        store,
-        backend,
-        drop_id,
-        drop_folder.path,
-        tasks,
-        batch_size=config.batch_size,
-        log=context.log.info,
-    )
+    # The model (or launched server) lives inside this block: this step holds the `gpu` pool,
+    # and the model is released (server stopped) before the step ends.
+    with vlm.session(context.log) as backend:
+        model_id = backend.model_id
+        reports = extract_drop(
+            store,
+            backend,
+            drop_id,
+            drop_folder.path,
+            tasks,
+            batch_size=config.batch_size,
+            log=context.log.info,
+        )
+        server = backend.server_metrics()
     outcomes = quality_outcomes(store, drop_id, model_id, tasks, config)
     validity_outcome = next(o for o in outcomes if o.check_name == VALIDITY_CHECK)
     statuses: dict[str, int] = {}  # latest result per image and task, summed over tasks
@@ -367,7 +371,6 @@ def vlm_extractions(
     )
     if this_run:
         metadata["this run"] = records_table([_run_row(r) for r in this_run], RUN_COLUMNS)
-    server = backend.server_metrics()
     if server:
         metadata["server_metrics"] = records_table(
             [{"metric": name, "value": value} for name, value in sorted(server.items())],

@@ -70,7 +70,12 @@ FAULT_MODES = (
     "whitespace",
     "extra_key",
     "bad_enum",
+    "501",
+    "507",
+    "520",
 )
+# Other 5xx a server or a proxy in front of it may answer (not SGLang's own): as `500`.
+OTHER_5XX = {"501": "Not Implemented", "507": "Insufficient Storage", "520": "Unknown Error"}
 AUTH_EXEMPT = ("/health", "/ready", "/metrics")  # prefixes, as sglang/srt/utils/auth.py
 IMAGE_TOKENS = 16  # the stand-in's image: (32 px / patch 8) ** 2 tokens
 FLEET_MODEL = "sim/llava-fleet"
@@ -559,6 +564,8 @@ class FakeSGLangServer:
             await asyncio.sleep(remaining)
         if mode == "500":
             return _error(500, "Internal server error", "InternalServerError")
+        if mode in OTHER_5XX:
+            return _error(int(mode), OTHER_5XX[mode], "ServerError")
         self.counters["requests"] += 1
         self.counters["served"] += 1
         self.counters["prompt_tokens"] += prompt_tokens

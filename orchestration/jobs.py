@@ -1,4 +1,5 @@
-"""The one job the sensor launches per drop: the whole chain, so GPU servers start once per run."""
+"""The one job the sensor launches per drop: the whole chain, a launched GPU server once per run
+(inside the extraction step)."""
 
 import dagster as dg
 

@@ -1,23 +1,27 @@
-"""The CLIP model as a Dagster resource: open_clip weights loaded once per run (per process).
+"""The CLIP model as a Dagster resource: open_clip weights loaded inside the step that uses them.
 
 `local` deployments may fall back to the offline stand-in when real weights cannot load, with a
 loud banner; `prod` deployments set `allow_standin_fallback=False` and fail instead. Nothing loads
-at import or construction: the first asset that asks calls `load()`.
+at import, construction or Dagster's resource set-up (which the in-process executor does for every
+resource when a run starts): a step enters `loaded()`, and the model is released when the last
+step holding it leaves, so a model on the GPU never outlives the step that holds the `gpu` pool.
 """
 
 import os
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
-from pydantic import Field, PrivateAttr
+from pydantic import Field
 
 from core.clip.loading import (
     ClipModel,
     ModelSpec,
     ModelUnavailable,
+    free_device_memory,
     hub_reachable,
     is_checkpoint_path,
     load_model,
@@ -35,7 +39,10 @@ def configured_device() -> str:
     return os.environ.get(DEVICE_ENV, "auto")
 
 
+# The models steps hold now, per spec, and how many holders each has: steps of one process
+# (and threads inside them) share a load; the last holder to leave releases it.
 _cache: dict[ModelSpec, ClipModel] = {}
+_holders: dict[ModelSpec, int] = {}
 _cache_lock = threading.Lock()
 
 STANDIN_BANNER = """
@@ -48,12 +55,32 @@ STANDIN_BANNER = """
 """
 
 
-def load_cached(spec: ModelSpec) -> ClipModel:
-    """One load per process and spec: runs, steps and tests share the loaded model."""
+def acquire(spec: ModelSpec) -> ClipModel:
+    """The model of `spec`, loaded unless a holder already has it; pair with `release`."""
     with _cache_lock:
         if spec not in _cache:
             _cache[spec] = load_model(spec)
+        _holders[spec] = _holders.get(spec, 0) + 1
         return _cache[spec]
+
+
+def release(spec: ModelSpec) -> bool:
+    """One holder fewer; the last one drops the model and frees its device memory. True when
+    the model was released."""
+    with _cache_lock:
+        left = _holders.get(spec, 0) - 1
+        if left > 0:
+            _holders[spec] = left
+            return False
+        _holders.pop(spec, None)
+        clip = _cache.pop(spec, None)
+    if clip is None:
+        return False
+    device = clip.device
+    clip.unload()  # a step's local name for it must not keep the weights on the device
+    del clip
+    free_device_memory(device)
+    return True
 
 
 class ClipModelResource(dg.ConfigurableResource):
@@ -101,8 +128,6 @@ class ClipModelResource(dg.ConfigurableResource):
         "or data/models/).",
     )
 
-    _loaded: ClipModel | None = PrivateAttr(default=None)
-
     def spec(self) -> ModelSpec:
         if self.precision not in {"fp32", "bf16", "fp16"}:
             raise ValueError(f"precision must be fp32, bf16 or fp16, not {self.precision!r}")
@@ -124,33 +149,46 @@ class ClipModelResource(dg.ConfigurableResource):
             gpu_decode=self.gpu_decode,
         )
 
-    def _standin(self, reason: str, warn: Callable[[str], None]) -> ClipModel:
-        spec = standin_spec(
+    def _standin_spec(self) -> ModelSpec:
+        return standin_spec(
             Path(self.standin_cache_dir), device=self.device, precision=self.spec().precision
         )
-        clip = load_cached(spec)
+
+    def _standin(self, reason: str, warn: Callable[[str], None]) -> tuple[ModelSpec, ClipModel]:
+        spec = self._standin_spec()
+        clip = acquire(spec)
         banner = STANDIN_BANNER.format(
             model_id=clip.model_id, wanted=self.spec().derived_model_id(), reason=reason
         )
         print(banner, file=sys.stderr, flush=True)
         warn(banner)
-        return clip
+        return spec, clip
 
-    def load(self, warn: Callable[[str], None] = print) -> ClipModel:
-        """The model, loaded on first call; later calls in this run return the same object."""
-        if self._loaded is not None:
-            return self._loaded
+    def _acquire(self, warn: Callable[[str], None]) -> tuple[ModelSpec, ClipModel]:
         spec = self.spec()
         wants_download = bool(spec.pretrained) and not is_checkpoint_path(spec.pretrained or "")
         if self.allow_standin_fallback and wants_download and not hub_reachable():
             # Skip a minute of hub retries when the machine is plainly offline.
-            clip = self._standin("the model hub is unreachable (offline)", warn)
-        else:
-            try:
-                clip = load_cached(spec)
-            except ModelUnavailable as error:
-                if not self.allow_standin_fallback:
-                    raise
-                clip = self._standin(str(error).splitlines()[0][:300], warn)
-        self._loaded = clip
-        return clip
+            return self._standin("the model hub is unreachable (offline)", warn)
+        try:
+            return spec, acquire(spec)
+        except ModelUnavailable as error:
+            if not self.allow_standin_fallback:
+                raise
+            return self._standin(str(error).splitlines()[0][:300], warn)
+
+    @contextmanager
+    def loaded(
+        self, info: Callable[[str], None] = print, warn: Callable[[str], None] = print
+    ) -> Iterator[ClipModel]:
+        """The model while inside (loaded on entry unless another holder has it); released on
+        exit, also on error: the step that enters this holds the model, and nothing after it."""
+        spec, clip = self._acquire(warn)
+        info(f"CLIP model loaded: {clip.model_id} on {clip.device} ({clip.dtype})")
+        model_id = clip.model_id
+        try:
+            yield clip
+        finally:
+            del clip
+            if release(spec):
+                info(f"CLIP model released: {model_id}")

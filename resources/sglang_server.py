@@ -1,5 +1,7 @@
-"""The SGLang server: a running one (or an sglang-router) by URL, or one we launch per run."""
+"""The SGLang server: a running one (or an sglang-router) by URL, or one we launch per step."""
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -110,8 +112,10 @@ class SGLangLaunch(dg.Config):
 class SGLangServer(dg.ConfigurableResource):
     """Exactly one of `url` or `launch`; with neither, asking for the server is an error.
 
-    With `launch`, the server starts when a step that needs it starts (never at import or
-    construction), and stops when the step ends, also when setup itself fails.
+    With `launch`, the server runs only inside `serving()`: the step that holds the `gpu` pool
+    enters it, so the server starts after that step starts and stops before it ends, also when
+    start-up itself fails. Dagster's own resource set-up (for every resource of a run, when the
+    run starts, with the in-process executor) starts nothing.
     """
 
     url: str | None = Field(default=None, description="Running server or sglang-router.")
@@ -137,11 +141,21 @@ class SGLangServer(dg.ConfigurableResource):
             raise dg.DagsterInvalidConfigError(
                 "SGLangServer: set `url` or `launch`, not both", [], None
             )
+
+    @contextmanager
+    def serving(self, log: Callable[[str], None] = print) -> Iterator[str]:
+        """The server's base URL while inside: with `launch`, the server (or the fleet behind
+        sglang-router) starts on entry and its process groups stop on exit; with `url`, the
+        running server's URL."""
+        if self.url and self.launch:
+            raise RuntimeError("SGLangServer: set `url` or `launch`, not both")
         if self.launch is None:
+            yield self.base_url
             return
+        if self._process is not None or self._fleet is not None:
+            raise RuntimeError("SGLangServer: this resource is already serving")
         launch = self.launch
         settings = launch.settings()
-        logger = context.log
         if launch.data_parallel > 1:
             fleet = SGLangFleet(
                 settings,
@@ -151,10 +165,15 @@ class SGLangServer(dg.ConfigurableResource):
                 api_key=self.api_key,
                 ready_timeout_s=launch.ready_timeout_s,
                 stop_grace_s=launch.stop_grace_s,
-                log=logger.info if logger else print,
+                log=log,
             )
             fleet.start()  # stops every process it started if any never becomes ready
             self._fleet = fleet
+            try:
+                yield fleet.url
+            finally:
+                self._fleet = None
+                fleet.stop()
             return
         process = SGLangProcess(
             settings,
@@ -162,18 +181,15 @@ class SGLangServer(dg.ConfigurableResource):
             api_key=self.api_key,
             ready_timeout_s=launch.ready_timeout_s,
             stop_grace_s=launch.stop_grace_s,
-            log=logger.info if logger else print,
+            log=log,
         )
         process.start()  # stops the process group itself if it never becomes ready
         self._process = process
-
-    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        if self._fleet is not None:
-            self._fleet.stop()
-            self._fleet = None
-        if self._process is not None:
-            self._process.stop()
+        try:
+            yield process.url
+        finally:
             self._process = None
+            process.stop()
 
     @property
     def base_url(self) -> str:
@@ -183,6 +199,8 @@ class SGLangServer(dg.ConfigurableResource):
             return self._process.url
         if self.url:
             return self.url.rstrip("/")
+        if self.launch is not None:
+            raise RuntimeError("SGLangServer: a launched server has a URL only inside serving()")
         raise RuntimeError("SGLangServer has neither `url` nor `launch` configured")
 
     def client(self, model_id: str | None = None) -> SGLangClient:
@@ -201,12 +219,12 @@ class SGLangServer(dg.ConfigurableResource):
 
     @property
     def process(self) -> SGLangProcess | None:
-        """The launched server (launch mode, inside a step), for its pid and start-up time."""
+        """The launched server (launch mode, inside serving()), for its pid and start-up time."""
         return self._process
 
     @property
     def fleet(self) -> SGLangFleet | None:
-        """The launched servers and router (launch mode with data_parallel > 1, inside a step)."""
+        """The launched servers and router (launch mode, data_parallel > 1, inside serving())."""
         return self._fleet
 
     def metrics(self) -> dict[str, float]:

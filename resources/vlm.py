@@ -1,11 +1,13 @@
 """The vision-language model the extraction asset talks to, as one resource.
 
-`VLM` is what the asset needs: a `VLMBackend` (`vlm.model`), opened on first use inside a run
-and closed by Dagster when the run's resources are torn down (also when a step fails). It lives on
-the copy of the resource Dagster makes for the run; the configured resource never holds one, and
-outside a run there is none. `VLMResource` is the deployment's implementation:
-SGLang over HTTP (its server a nested `SGLangServer` resource, launched for the run when
-configured so) or transformers in-process. Test implementations live in `doubles/`.
+`VLM` is what the asset needs: `with vlm.session(log) as backend:` opens a `VLMBackend` (an
+in-process model loaded, or an SGLang server launched and its client checked) and closes it on
+exit: model released, server stopped. The extraction step enters it, so what it holds lives
+inside the step that holds the `gpu` pool and no longer. Dagster's own resource set-up opens
+nothing: the in-process executor sets up every resource of a run when the run starts, before
+ingestion, outside the pool. `VLMResource` is the deployment's implementation: SGLang over HTTP
+(its server a nested `SGLangServer` resource, launched for the step when configured so) or
+transformers in-process. Test implementations live in `doubles/`.
 """
 
 from abc import ABC, abstractmethod
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 import dagster as dg
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import Field, model_validator
 
 from core.labels.context import server_problems
 from core.labels.loader import SpecError, spec_path
@@ -36,43 +38,25 @@ STANDIN_BANNER = """
 
 
 class VLM(dg.ConfigurableResource, ABC):
-    """A VLM backend per run: built by `open_backend` when a step first asks, closed at the end.
+    """A VLM backend per step: built by `open_backend` on entering `session`, closed on exit.
 
-    Assets declare `vlm: VLM` and use `vlm.model`; implementations only say how to open one.
-    The backend opens on first use, not when Dagster sets the resource up: the in-process
-    executor sets up every resource when the run starts, and a VLM server that is down must fail
-    the extraction step, not the ingestion and CLIP steps before it.
+    Assets declare `vlm: VLM` and enter `vlm.session(context.log)`; implementations only say how
+    to open one. A VLM server that is down fails the step that enters the session, not the
+    ingestion and CLIP steps before it.
     """
-
-    _log: dg.DagsterLogManager | None = PrivateAttr(default=None)
-    _in_execution: bool = PrivateAttr(default=False)
-    _backend: VLMBackend | None = PrivateAttr(default=None)
 
     @abstractmethod
     def open_backend(self, log: dg.DagsterLogManager | None = None) -> VLMBackend:
         """A ready backend (checked before any work is sent); the caller closes it."""
 
     @contextmanager
-    def yield_for_execution(self, context: dg.InitResourceContext) -> Iterator["VLM"]:
-        self._log, self._in_execution = context.log, True
+    def session(self, log: dg.DagsterLogManager | None = None) -> Iterator[VLMBackend]:
+        """The backend, open while inside; closed (model released) on exit, also on error."""
+        backend = self.open_backend(log)
         try:
-            yield self
+            yield backend
         finally:
-            backend, self._backend, self._in_execution = self._backend, None, False
-            if backend is not None:
-                backend.close()
-
-    @property
-    def model(self) -> VLMBackend:
-        """The backend, opened on first use in this run and closed when the run ends."""
-        if not self._in_execution:
-            raise RuntimeError(
-                f"{type(self).__name__}: the backend is open only inside a run that requires "
-                "this resource (or call open_backend() and close it yourself)"
-            )
-        if self._backend is None:
-            self._backend = self.open_backend(self._log)
-        return self._backend
+            backend.close()
 
 
 def _say(log: dg.DagsterLogManager | None) -> tuple[Callable[[str], None], Callable[[str], None]]:
@@ -83,8 +67,8 @@ class VLMResource(VLM):
     """The backend chosen by `backend`. `prod` configurations set `allow_standin=False`.
 
     `sglang` (a nested resource) names the server for backend `sglang` and is left out for
-    `transformers`; with `launch`, Dagster starts the server before this resource opens and stops
-    it after this resource closes.
+    `transformers`; with `launch`, `session` starts the server before it opens the client and
+    stops it after the client closes.
     """
 
     backend: Literal["transformers", "sglang"] = "transformers"
@@ -109,6 +93,16 @@ class VLMResource(VLM):
         if self.backend == "transformers" and self.sglang is not None and self.sglang.configured:
             raise ValueError("VLMResource: `sglang` is for backend='sglang', not 'transformers'")
         return self
+
+    @contextmanager
+    def session(self, log: dg.DagsterLogManager | None = None) -> Iterator[VLMBackend]:
+        if self.backend != "sglang" or self.sglang is None or self.sglang.launch is None:
+            with super().session(log) as backend:
+                yield backend
+            return
+        info, _ = _say(log)
+        with self.sglang.serving(log=info), super().session(log) as backend:
+            yield backend
 
     def open_backend(self, log: dg.DagsterLogManager | None = None) -> VLMBackend:
         info, warn = _say(log)

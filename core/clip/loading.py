@@ -70,6 +70,11 @@ class ClipModel:
     def to_tensor(self, image: Image.Image) -> torch.Tensor:
         return self.preprocess(image)
 
+    def unload(self) -> None:
+        """Drop the weights, even while someone still holds this object, so the device memory
+        can be freed; the model cannot be used afterwards (AttributeError)."""
+        self.__dict__.pop("model", None)
+
     @property
     def min_decode_side(self) -> int:
         """JPEG draft decoding stops at twice the input size, so the exact resize stays sharp."""
@@ -89,6 +94,16 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def free_device_memory(device: torch.device) -> None:
+    """After a model's last reference is dropped: collect it now, and on CUDA hand the cached
+    blocks back, so the next holder of the `gpu` pool (another run's step) finds them free."""
+    import gc
+
+    gc.collect()
+    if device.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 GPU_POOL = "gpu"

@@ -2,15 +2,19 @@
 validated extractions as LLaVA-style instruction data for fine-tuning a smaller model.
 
 Tables stream from DuckDB to files with `COPY ... TO` on a read-only connection, so exporting a
-large warehouse needs no memory beyond DuckDB's buffers and never blocks writers for long.
+large warehouse needs no memory beyond DuckDB's buffers and never blocks writers for long. The
+LLaVA file is written the same way: DuckDB copies the selected rows to a scratch Parquet file,
+which is read back and turned into records `EXPORT_BATCH_ROWS` at a time.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import pyarrow.parquet as pq
 from pydantic import BaseModel, ValidationError
 
 from core.labels.derive import build_tasks
@@ -18,6 +22,7 @@ from core.labels.loader import current_spec
 from core.labels.spec import LabelsSpec
 from core.warehouse import Warehouse
 
+EXPORT_BATCH_ROWS = 512  # LLaVA records made and written per batch: memory is one batch's
 FORMATS = {"parquet": "(FORMAT parquet)", "jsonl": "(FORMAT json)"}
 # Model ids of the locally built random-weight VLM stand-in (core/vlm/standin.py): its labels are
 # meaningless, so exports leave them out unless asked.
@@ -134,7 +139,8 @@ def export_instruction_data(
     image_root: str | Path | None = None,
     include_standin: bool = False,
 ) -> InstructionExport:
-    """Validated extractions of `task` as a LLaVA fine-tuning file (a JSON list of records).
+    """Validated extractions of `task` as a LLaVA fine-tuning file (a JSON list of records),
+    written as the rows are read, in batches: memory does not grow with the table.
 
     One record per image: its latest `ok` result (optionally of one model and task version),
     naming its `model_id`. Stand-in models' results are left out unless `include_standin`.
@@ -156,34 +162,50 @@ def export_instruction_data(
     """
     if not include_standin:
         filters.append(_NOT_STANDIN.format(column="x.model_id"))
-    rows = warehouse.rows(
-        f"""
+    latest = f"""
         SELECT x.image_id, i.first_path,
-               arg_max(CAST(x.parsed_json AS VARCHAR), x.created_at),
-               arg_max(x.model_id, x.created_at)
+               arg_max(CAST(x.parsed_json AS VARCHAR), x.created_at) AS parsed,
+               arg_max(x.model_id, x.created_at) AS model_used
         FROM vlm_extractions x JOIN images i USING (image_id)
         WHERE {" AND ".join(filters)}
         GROUP BY x.image_id, i.first_path ORDER BY i.first_path
-        """,
-        params,
-    )
-    left_out = int(warehouse.rows(every, params)[0][0]) - len(rows)
-    records, skipped = [], 0
-    for image_id, first_path, parsed, model_used in rows:
-        answer = json.loads(parsed)
-        if model is not None:
-            try:
-                answer = model.model_validate(answer).model_dump(mode="json")
-            except ValidationError:
-                skipped += 1
-                continue
-        image = str(Path(image_root) / first_path) if image_root else first_path
-        records.append(llava_conversation(image, instruction, answer, image_id, model_used))
+        """
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(records, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    records = skipped = 0
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".llava-") as work:
+        # DuckDB writes the selected rows to a scratch file (the read lock is held only for
+        # that); the records are then made and written one batch at a time, never all at once.
+        rows_file = Path(work) / "rows.parquet"
+        with warehouse.reader() as conn:
+            conn.execute(f"COPY ({latest}) TO {_literal(rows_file)} (FORMAT parquet)", params)
+            total = conn.execute(every, params).fetchone()
+        partial = Path(work) / out.name
+        with partial.open("w", encoding="utf-8") as sink:
+            sink.write("[")
+            for batch in pq.ParquetFile(rows_file).iter_batches(batch_size=EXPORT_BATCH_ROWS):
+                for row in batch.to_pylist():
+                    answer = json.loads(row["parsed"])
+                    if model is not None:
+                        try:
+                            answer = model.model_validate(answer).model_dump(mode="json")
+                        except ValidationError:
+                            skipped += 1
+                            continue
+                    first_path = row["first_path"]
+                    image = str(Path(image_root) / first_path) if image_root else first_path
+                    record = llava_conversation(
+                        image, instruction, answer, row["image_id"], row["model_used"]
+                    )
+                    sink.write(",\n" if records else "\n")
+                    sink.write(json.dumps(record, ensure_ascii=False, indent=1))
+                    records += 1
+            sink.write("\n]\n")
+        partial.replace(out)  # a reader never sees half a file
+        read = records + skipped
+    left_out = int(total[0] if total else 0) - read
     return InstructionExport(
-        path=str(out), records=len(records), skipped_invalid=skipped, standin_left_out=left_out
+        path=str(out), records=records, skipped_invalid=skipped, standin_left_out=left_out
     )
 
 

@@ -4,7 +4,8 @@ valid under the task's schema (which the writer and pydantic already guarantee).
 - `extraction_constant_answers`: the model gave one answer for a field on every image of a drop
   large enough that one answer is unlikely (a stuck or collapsed model, a prompt it ignores).
 - `extraction_refusals`: free-text fields holding a refusal or a non-answer ("unknown", "none",
-  "sorry", empty), and failed results whose raw text is a refusal ("I'm sorry, I can't ...").
+  "sorry", empty), and failed results (`invalid`, `truncated`, ...) whose raw JSON holds one as a
+  string value (`"shirt_color":"i cannot tell`) or whose raw text is prose that opens like one.
 - `extraction_<rule>_consistency`: one per `consistency:` rule of the labeling spec (none when
   it declares none): a task answered on an image where another task's entity list is empty, so
   one of the two answers is wrong.
@@ -14,6 +15,7 @@ All are WARN and not blocking: they ask for a look, they do not stop the run.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from core.labels.loader import current_spec
@@ -54,7 +56,18 @@ NON_ANSWERS = (
     "sorry",
 )
 # A refusal's opening words (a regular expression on the lower-cased text).
-REFUSAL = r"^\s*(i'?m sorry|i am sorry|sorry,|i cannot|i can'?t|i am unable|i'?m unable|as an ai)"
+_REFUSAL_WORDS = r"i'?m sorry|i am sorry|sorry|i cannot|i can'?t|i am unable|i'?m unable|as an ai"
+REFUSAL = rf"^\s*({_REFUSAL_WORDS})"
+# Where a refusal can show in a failed result's raw text. Constrained decoding writes only the
+# task's JSON (possibly cut short), never prose, so a refusal is a string value that opens like
+# one, or a whole non-answer value (`"shirt_color":"unknown"`); prose from a server that
+# ignored the grammar still opens the text.
+RAW_REFUSAL = (
+    rf'(^\s*|"\s*)({_REFUSAL_WORDS})'
+    + r'|:"\s*('
+    + "|".join(re.escape(word) for word in NON_ANSWERS if word)
+    + r')?\s*"'
+)
 
 
 def _column_types(task: Task) -> list[tuple[tuple[str, str], str]]:
@@ -138,8 +151,14 @@ def refusals(
     warehouse: Warehouse, drop_id: str, scope: ExtractionScope, task: Task
 ) -> CheckOutcome:
     """Free-text answers (columns without an enum) that are refusals or non-answers, and the
-    latest failed result per image whose raw text opens like a refusal."""
-    params = {**scope.params(drop_id), "non_answers": list(NON_ANSWERS), "refusal": REFUSAL}
+    latest failed result per image whose raw text holds a refusal (`RAW_REFUSAL`): a typed table
+    has no row for a failed result, so its raw JSON is the only place its answer shows."""
+    params = {
+        **scope.params(drop_id),
+        "non_answers": list(NON_ANSWERS),
+        "refusal": REFUSAL,
+        "raw_refusal": RAW_REFUSAL,
+    }
     enums = task_constraints(task.name, task.model).enums
     text_columns = [
         (table, column)
@@ -185,7 +204,8 @@ def refusals(
                     FROM vlm_extractions x JOIN ({DROP_IMAGES}) d USING (image_id)
                     WHERE x.task = $task AND {scope.where("x")} GROUP BY x.image_id
                 )
-                WHERE status <> 'ok' AND regexp_matches(lower(coalesce(raw_text, '')), $refusal)
+                WHERE status <> 'ok'
+                  AND regexp_matches(lower(coalesce(raw_text, '')), $raw_refusal)
                 ORDER BY image_id
                 """,
                 params,

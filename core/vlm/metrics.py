@@ -1,30 +1,44 @@
-"""SGLang's Prometheus `/metrics`, reduced to the few numbers asset metadata shows."""
+"""SGLang's Prometheus `/metrics`, reduced to the few numbers asset metadata shows.
+
+A server with several ranks (data parallel, tensor parallel) writes one series per rank. How
+they combine depends on the metric's `# TYPE`: counters (and the `_count`/`_sum` of histograms
+and summaries) add up over ranks; gauges (a hit rate, a share of the KV pool, requests running
+on a rank) are averaged, so a rate stays a rate. A series without a `# TYPE` line is a counter
+when its name ends in `_total`, else a gauge. Parsing is `prometheus_client`'s own.
+"""
 
 from __future__ import annotations
 
 import math
-import re
 
-_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
+from prometheus_client.parser import text_string_to_metric_families
+
+ADDITIVE_TYPES = frozenset({"counter", "histogram", "summary", "gaugehistogram"})
 
 
 def parse_prometheus(text: str) -> dict[str, float]:
-    """Sum each metric over its label sets (DP ranks, TP ranks...): name -> value."""
-    totals: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        match = _LINE.match(line)
-        if not match:
-            continue
-        try:
-            value = float(match.group(3))
-        except ValueError:
-            continue
-        if math.isnan(value):
-            continue
-        totals[match.group(1)] = totals.get(match.group(1), 0.0) + value
-    return totals
+    """Sample name -> counters summed over their label sets, gauges averaged; NaN skipped.
+
+    Histogram buckets are left out (their `le` label is not a rank)."""
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    additive: dict[str, bool] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if "le" in sample.labels or "quantile" in sample.labels:
+                continue
+            value = float(sample.value)
+            if math.isnan(value):
+                continue
+            name = sample.name
+            if family.type == "unknown":
+                adds = name.endswith("_total")
+            else:
+                adds = family.type in ADDITIVE_TYPES
+            additive[name] = adds
+            sums[name] = sums.get(name, 0.0) + value
+            counts[name] = counts.get(name, 0) + 1
+    return {name: total if additive[name] else total / counts[name] for name, total in sums.items()}
 
 
 def summarize(metrics: dict[str, float]) -> dict[str, float]:

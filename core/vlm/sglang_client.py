@@ -14,8 +14,8 @@ token limit; a client that connects by URL cannot know how the server was starte
 `constraint="json_schema"` sends `response_format` and refuses a server whose
 `/get_server_info` says whitespace is free.
 
-Connection errors, timeouts, 408, 429 and 5xx (SGLang answers 503 when its queue is full) are
-retried with exponential backoff and full jitter, within an overall deadline per image; other
+Connection errors, timeouts, 408, 429 and every 5xx (SGLang answers 503 when its queue is full;
+proxies 520-524) are retried with exponential backoff and full jitter, within an overall deadline per image; other
 4xx are the request's fault: recorded as `rejected` (server message, file paths trimmed), never
 retried. 401/403 fail the whole call at once (a wrong key is no image's fault). A `length`
 finish is recorded as truncated and retried once with a larger token budget. Whatever comes back
@@ -49,7 +49,16 @@ from core.vlm.sglang_request import (
 )
 from core.vlm.types import ExtractionResult, ImageInput, PreparedImage, VLMBackend, judge
 
-RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+# 408 and every 5xx (a proxy's 520-524, 507 out of storage, 501 from a gateway...) are the
+# server's trouble, never the request's: retried. Other 4xx are final (`rejected`).
+RETRYABLE_4XX = frozenset({408})
+
+
+def retryable(status: int) -> bool:
+    """Whether an answer with this HTTP status is worth sending again (busy ones aside)."""
+    return status in RETRYABLE_4XX or 500 <= status <= 599
+
+
 POOL_SHARD = 16
 
 
@@ -385,7 +394,7 @@ class SGLangClient(VLMBackend):
                     busy_answers += 1
                     busy = True
                     last_error = error_text(response)
-                elif status in RETRYABLE_STATUS:
+                elif retryable(status):
                     retry_transport = True
                     last_error = error_text(response)
                 elif status != 200:

@@ -96,7 +96,27 @@ class TransformersBackend(VLMBackend):
         self._compiler = xgr.GrammarCompiler(info)
         eos = stop_ids if isinstance(stop_ids, list) else [stop_ids]
         self._eos = {int(t) for t in eos if t is not None}
-        self.log(f"loaded {self.model_path} in {time.monotonic() - started:.1f}s on {self.device}")
+        self.log(
+            f"VLM model loaded: {self.model_path} in {time.monotonic() - started:.1f}s "
+            f"on {self.device}"
+        )
+
+    def close(self) -> None:
+        """Release the model: its weights leave the device (CUDA's cached blocks too), so the
+        next step that takes the `gpu` pool finds the memory free. A later batch reloads it."""
+        with self._load_lock:
+            if self._model is None:
+                return
+            self._model = self._processor = self._compiler = None
+            self._grammars = {}
+        import gc
+
+        import torch
+
+        gc.collect()
+        if torch.cuda.is_available() and str(self.device).startswith("cuda"):
+            torch.cuda.empty_cache()
+        self.log(f"VLM model released: {self.model_path} from {self.device}")
 
     def grammar(self, schema_json: str) -> Any:
         """Compact-JSON grammar for a schema string, compiled once per string."""

@@ -52,6 +52,15 @@ def test_benchmark_writes_its_table_as_json(tmp_path: Path):
     assert results["peer_clip_retrieval_img_s"] is None and results["ours_over_peer"] is None
     assert "no-such-venv" in results["peer_note"] and "not found" in results["peer_note"]
     assert results["bf16_vs_fp32_min_cosine"] >= 0.99
+    # The headline compares equal precision (naive is fp32); the precision gain is apart.
+    assert results["naive_precision"] == "fp32"
+    assert results["ours_over_naive"] == round(
+        results["ours_fp32_img_s"] / results["naive_img_s"], 2
+    )
+    assert results["precision_gain"] == round(results["ours_img_s"] / results["ours_fp32_img_s"], 2)
+    assert results["ours_bf16_over_naive"] == round(
+        results["ours_img_s"] / results["naive_img_s"], 2
+    )
 
 
 def test_flop_count_of_vit_b_32_matches_its_architecture():

@@ -62,21 +62,18 @@ def fleet_resource() -> Iterator[tuple[SGLangServer, SGLangFleet]]:
         backoff_max_s=2.0,
     )
     started = time.monotonic()
-    resource.setup_for_execution(dg.build_init_resource_context())
-    fleet = resource.fleet
-    assert fleet is not None
-    print(
-        f"\n2 SGLang servers + router ready after {time.monotonic() - started:.0f}s "
-        f"(servers {[round(s.started_s or 0) for s in fleet.servers]} s, "
-        f"router {fleet.router_started_s:.1f}s)"
-    )
-    groups = [p.process.pid for p in (fleet.router, *fleet.servers) if p.process is not None]
-    try:
+    with resource.serving():
+        fleet = resource.fleet
+        assert fleet is not None
+        print(
+            f"\n2 SGLang servers + router ready after {time.monotonic() - started:.0f}s "
+            f"(servers {[round(s.started_s or 0) for s in fleet.servers]} s, "
+            f"router {fleet.router_started_s:.1f}s)"
+        )
+        groups = [p.process.pid for p in (fleet.router, *fleet.servers) if p.process is not None]
         yield resource, fleet
-    finally:
-        resource.teardown_after_execution(dg.build_init_resource_context())
-        for group in groups:  # every server's and the router's process group is gone
-            assert not wait_group_gone(group), f"processes left in group {group}"
+    for group in groups:  # every server's and the router's process group is gone
+        assert not wait_group_gone(group), f"processes left in group {group}"
 
 
 def _requests_per_server(fleet: SGLangFleet) -> list[float]:

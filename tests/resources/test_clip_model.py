@@ -11,16 +11,25 @@ from core.clip.standin import STANDIN_MODEL
 from resources.clip_model import ClipModelResource
 
 
-def test_a_local_checkpoint_loads_once_per_resource(standin_cache: Path):
+def test_a_model_is_shared_while_held_and_released_by_its_last_holder(standin_cache: Path):
+    from resources import clip_model
+
     resource = ClipModelResource(
         model_name=STANDIN_MODEL,
         pretrained=str(standin_cache / STANDIN_MODEL / "seed1.pt"),
         device="cpu",
         s2_scales=[1, 2],
     )
-    first = resource.load()
-    assert first.model_id == "standin-tiny-clip/seed1"
-    assert resource.load() is first
+    lines: list[str] = []
+    with resource.loaded(info=lines.append) as first:
+        assert first.model_id == "standin-tiny-clip/seed1"
+        with resource.loaded(info=lines.append) as again:
+            assert again is first  # one load while held
+        assert resource.spec() in clip_model._cache
+    assert resource.spec() not in clip_model._cache  # the last holder released it
+    assert not hasattr(first, "model")  # its weights dropped though the caller holds the object
+    assert lines[-1] == "CLIP model released: standin-tiny-clip/seed1"
+    assert sum("released" in line for line in lines) == 1
     assert resource.options().kinds == ("global", "s2")
 
 
@@ -32,16 +41,16 @@ def test_local_falls_back_to_the_standin_with_a_banner(standin_cache: Path, tmp_
         allow_standin_fallback=True,
         standin_cache_dir=str(standin_cache),
     )
-    clip = resource.load(warn=warnings.append)
-    assert clip.is_standin and clip.model_id == "standin-tiny-clip/seed0"
+    with resource.loaded(warn=warnings.append) as clip:
+        assert clip.is_standin and clip.model_id == "standin-tiny-clip/seed0"
     assert "USING THE OFFLINE STAND-IN" in warnings[0] and "missing.pt" in warnings[0]
     assert "USING THE OFFLINE STAND-IN" in capsys.readouterr().err
 
 
 def test_prod_never_falls_back(tmp_path: Path):
     resource = ClipModelResource(pretrained=str(tmp_path / "missing.pt"), device="cpu")
-    with pytest.raises(ModelUnavailable):
-        resource.load()
+    with pytest.raises(ModelUnavailable), resource.loaded():
+        pass
 
 
 def test_precision_is_validated():
@@ -63,8 +72,8 @@ def test_the_standin_test_implementation_loads_through_the_resource_path(standin
     from doubles.clip import StandinClip
 
     resource = StandinClip(standin_cache_dir=str(standin_cache), seed=1)
-    clip = resource.load()
-    assert clip.model_id == "standin-tiny-clip/seed1" and clip.is_standin
+    with resource.loaded() as clip:
+        assert clip.model_id == "standin-tiny-clip/seed1" and clip.is_standin
     assert resource.spec().pretrained == str(standin_cache / STANDIN_MODEL / "seed1.pt")
     with pytest.raises(ValueError, match="precision"):
         StandinClip(standin_cache_dir=str(standin_cache), precision="int8").spec()

@@ -29,8 +29,10 @@ def test_the_transformers_vlm_runs_on_cuda_when_present(monkeypatch: pytest.Monk
 def _clip_pools(device: str) -> str:
     code = (
         "from assets.embeddings import clip_embeddings, clip_zero_shot;"
+        "from assets.evaluation import evaluation;"
         "from assets.extraction import vlm_extractions;"
-        "print(clip_embeddings.op.pool, clip_zero_shot.op.pool, vlm_extractions.op.pool)"
+        "print(clip_embeddings.op.pool, clip_zero_shot.op.pool, vlm_extractions.op.pool,"
+        " evaluation.op.pool)"
     )
     env = {**os.environ, "IMAGE_PIPELINE_CLIP_DEVICE": device}
     out = subprocess.run(
@@ -41,5 +43,6 @@ def _clip_pools(device: str) -> str:
 
 
 def test_clip_steps_on_cuda_join_the_gpu_pool():
-    assert _clip_pools("cuda") == ["gpu", "gpu", "gpu"]
-    assert _clip_pools("cpu") == ["None", "None", "gpu"]
+    """evaluation may load CLIP (kNN over ImageNet classes), so it joins the pool with them."""
+    assert _clip_pools("cuda") == ["gpu", "gpu", "gpu", "gpu"]
+    assert _clip_pools("cpu") == ["None", "None", "gpu", "None"]

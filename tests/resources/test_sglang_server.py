@@ -107,13 +107,16 @@ def test_missing_executable_names_the_cause():
         process.start()
 
 
-def test_the_resource_launches_for_the_step_and_stops_when_the_run_ends(pidfile):
+def test_the_resource_launches_inside_serving_and_stops_when_the_block_ends(pidfile):
     seen: dict[str, object] = {}
 
     @dg.asset
-    def probe(sglang: SGLangServer) -> None:
-        seen["ready"] = httpx.get(f"{sglang.base_url}/ready").status_code
-        seen["url"] = sglang.base_url
+    def probe(context, sglang: SGLangServer) -> None:
+        assert not pidfile.exists()  # Dagster's resource set-up started nothing
+        with sglang.serving(log=context.log.info) as url:
+            seen["ready"] = httpx.get(f"{sglang.base_url}/ready").status_code
+            seen["url"] = url
+        assert _wait_gone(*_pids(pidfile))  # stopped before the step ends
 
     resource = SGLangServer(
         launch=SGLangLaunch(
@@ -129,12 +132,13 @@ def test_the_resource_launches_for_the_step_and_stops_when_the_run_ends(pidfile)
     assert "s3cret-key" not in logs
 
 
-def test_the_resource_stops_the_server_when_setup_fails(monkeypatch, pidfile):
+def test_the_resource_stops_the_server_when_start_up_fails(monkeypatch, pidfile):
     monkeypatch.setenv("FAKE_SGLANG_READY_AFTER_S", "600")
 
     @dg.asset
     def probe(sglang: SGLangServer) -> None:
-        raise AssertionError("never runs")
+        with sglang.serving():
+            raise AssertionError("never runs")
 
     resource = SGLangServer(
         launch=SGLangLaunch(

@@ -24,16 +24,17 @@ FAKE = [sys.executable, str(REPO_ROOT / "doubles" / "sglang_launch_server.py")]
 
 def _probe(seen: dict[str, object]) -> dg.AssetsDefinition:
     @dg.asset
-    def probe(vlm: VLM) -> None:
-        seen["backend"] = vlm.model
-        seen["model_id"] = vlm.model.model_id
-        if isinstance(vlm, VLMResource) and vlm.sglang is not None:
-            seen["ready"] = httpx.get(f"{vlm.sglang.base_url}/ready").status_code
+    def probe(context, vlm: VLM) -> None:
+        with vlm.session(context.log) as backend:
+            seen["backend"] = backend
+            seen["model_id"] = backend.model_id
+            if isinstance(vlm, VLMResource) and vlm.sglang is not None:
+                seen["ready"] = httpx.get(f"{vlm.sglang.base_url}/ready").status_code
 
     return probe
 
 
-def test_a_nested_launched_server_starts_before_the_backend_and_stops_after_the_step(
+def test_a_nested_launched_server_starts_before_the_backend_and_stops_with_the_session(
     tmp_path, monkeypatch
 ):
     pidfile = tmp_path / "pids"
@@ -45,9 +46,9 @@ def test_a_nested_launched_server_starts_before_the_backend_and_stops_after_the_
     assert result.success
     assert isinstance(seen["backend"], SGLangClient)
     assert seen["model_id"] == "m" and seen["ready"] == 200  # the launched server's /model_info
-    assert _wait_gone(*_pids(pidfile))  # stopped with the step
-    with pytest.raises(RuntimeError, match="only inside a run"):
-        _ = resource.model  # the configured resource never held the step's backend
+    assert _wait_gone(*_pids(pidfile))  # stopped with the session
+    with pytest.raises(RuntimeError, match="only inside serving"):
+        _ = resource.sglang.base_url  # type: ignore[union-attr]  # no server outside a session
 
 
 def test_the_sglang_backend_talks_to_the_nested_server_by_url():
@@ -111,21 +112,31 @@ class _JournalVLM(VLM):
         return _Journal(self.path)
 
 
-def test_the_backend_opens_once_on_first_use_and_closes_when_the_run_ends(tmp_path):
+def test_the_backend_opens_with_the_session_and_closes_when_it_ends(tmp_path):
     journal = tmp_path / "journal"
 
     @dg.asset
-    def twice(vlm: VLM) -> None:
-        assert vlm.model is vlm.model  # one backend for the run, opened on first use
-        assert journal.read_text() == "opened\n"
+    def inside(context, vlm: VLM) -> None:
+        assert not journal.exists()  # Dagster's resource set-up opened nothing
+        with vlm.session(context.log) as backend:
+            assert backend.model_id == "journal"
+            assert journal.read_text() == "opened\n"
+        assert journal.read_text() == "opened\nclosed\n"  # closed before the step ends
+
+    @dg.asset
+    def failing(context, vlm: VLM) -> None:
+        with vlm.session(context.log):
+            raise ValueError("the step fails")
 
     @dg.asset
     def never(vlm: VLM) -> None:
         pass
 
     resource = _JournalVLM(path=str(journal))
-    assert dg.materialize([twice], resources={"vlm": resource}).success
-    assert journal.read_text() == "opened\nclosed\n"
+    assert dg.materialize([inside], resources={"vlm": resource}).success
+    journal.unlink()
+    assert not dg.materialize([failing], resources={"vlm": resource}, raise_on_error=False).success
+    assert journal.read_text() == "opened\nclosed\n"  # closed on the error too
     journal.unlink()
     assert dg.materialize([never], resources={"vlm": resource}).success
-    assert not journal.exists()  # a run that never asks opens no backend (no server checked)
+    assert not journal.exists()  # a step that never enters a session opens no backend

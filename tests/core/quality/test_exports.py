@@ -170,3 +170,50 @@ def test_the_exported_human_turn_is_the_inference_prompt_of_every_task(
         for record in records:
             assert record["system"] == system["content"]
             assert record["conversations"][0] == {"from": "human", "value": rendered}
+
+
+def test_the_llava_export_streams_in_bounded_memory(warehouse, tmp_path):
+    """Thousands of `ok` rows: the file is written as rows are read, so Python's peak memory is
+    a batch's worth, a small part of the file it writes (materialising holds all of it)."""
+    import tracemalloc
+
+    from core.vlm import store as vlm_store
+    from core.vlm.types import ExtractionResult
+
+    count = 6000
+    names = [f"img{i:05d}" for i in range(count)]
+    warehouse.ensure_schema()
+    plant_sql(  # the drop's images, in bulk (add_drop inserts one at a time)
+        warehouse,
+        "INSERT INTO images SELECT sha256(n), 100, 'JPEG', 'RGB', 64, 48, NULL, 1, NULL, [],"
+        " 'd1', 'd1/' || n || '.jpg', ? FROM unnest(?) AS t(n)",
+        [T0, names],
+    )
+    ids = [r[0] for r in warehouse.rows("SELECT image_id FROM images ORDER BY first_path")]
+    answer = {"scenery": "indoors", "people": PEOPLE}
+    vlm_store.write_batch(
+        warehouse,
+        SCENERY_PEOPLE,
+        "m",
+        "d1",
+        [ExtractionResult(image_id=iid, status="ok", parsed=answer) for iid in ids],
+    )
+    out = tmp_path / "llava.json"
+    tracemalloc.start()
+    try:
+        result = export_instruction_data(
+            warehouse,
+            out,
+            task="scenery_people",
+            instruction=SCENERY_PEOPLE.instruction,
+            model=SceneryPeople,
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    records = json.loads(out.read_text())
+    assert result.records == len(records) == count
+    assert [r["id"] for r in records] == ids
+    assert records[-1]["image"] == f"d1/{names[-1]}.jpg"
+    size = out.stat().st_size
+    assert peak < size / 4, f"peak {peak / 1e6:.1f} MB for a {size / 1e6:.1f} MB file"

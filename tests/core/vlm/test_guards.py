@@ -94,6 +94,48 @@ def test_refusals_in_free_text_and_in_failed_results_warn(wh):
     assert outcome.counts == {"text_answers": 3, "non_answers": 2, "refused_results": 1}
 
 
+def _grammar_accepts(task, text: str) -> bool:
+    """Whether the task's constrained decoding (the grammar every request carries) can end in
+    `text`: xgrammar, as SGLang and the transformers backend use it."""
+    import xgrammar
+    from xgrammar.testing import _is_grammar_accept_string
+
+    from core.vlm.sglang_request import compact_ebnf
+
+    grammar = xgrammar.Grammar.from_ebnf(compact_ebnf(task.schema_json))
+    return _is_grammar_accept_string(grammar, text)
+
+
+def test_refusals_show_inside_the_constrained_json_of_failed_results(wh):
+    """Constrained decoding never writes prose: a refusal shows as a string value of the JSON,
+    in a result that failed (cut at the token limit, or invalid), where no typed row holds it."""
+    ids = scenery_drop(wh, 4, lambda i: "indoors", lambda i: [person(shirt="dark blue")])
+    cut = '{"scenery":"indoors","people":[{"age_group":"21-30","shirt_color":"i cannot tell wh'
+    refused = '{"scenery":"indoors","people":[{"age_group":"21-30","shirt_color":"sorry"}]}'
+    prose = "I'm sorry, I can't help with identifying people."
+    assert _grammar_accepts(SCENERY_PEOPLE, cut + 'o"}]}')  # a prefix decoding can produce
+    assert _grammar_accepts(SCENERY_PEOPLE, refused)
+    assert not _grammar_accepts(SCENERY_PEOPLE, prose)  # what the guard used to look for
+    fine = '{"scenery":"indoors","people":[{"age_group":"21-30","shirt_color":"navy'
+    for iid, status, raw in (
+        (ids[0], "truncated", cut),
+        (ids[1], "invalid", refused),
+        (ids[2], "truncated", fine),
+    ):
+        plant_sql(
+            wh,
+            "UPDATE vlm_extractions SET status = ?, raw_text = ? WHERE image_id = ?",
+            [status, raw, iid],
+        )
+    outcome = guards.refusals(wh, "d1", SCOPE, SCENERY_PEOPLE)
+    assert not outcome.passed
+    assert {(row["column"], row["image_id"]) for row in outcome.offending} == {
+        ("raw_text", ids[0]),
+        ("raw_text", ids[1]),
+    }
+    assert outcome.counts["refused_results"] == 2
+
+
 def test_people_consistency_warns_when_a_person_is_described_but_nobody_listed(wh):
     ids = scenery_drop(wh, 4, lambda i: "indoors", lambda i: [person()] if i < 3 else [])
     for iid in ids:

@@ -76,6 +76,20 @@ def test_503_500_and_dropped_connections_are_retried():
     assert [r.attempts for r in results] == [3, 2, 2]
 
 
+def test_every_5xx_is_retried_not_rejected():
+    """501, 507 and a proxy's 520 are the server's trouble, not the request's: retried like 500."""
+    images = _images(3)
+    faults = {
+        _key(images[0].path): ["501"],
+        _key(images[1].path): ["507", "507"],
+        _key(images[2].path): ["520"],
+    }
+    with _serve(faults) as server:
+        results = _client(server.url).extract(images, TASK)
+    assert [r.status for r in results] == ["ok", "ok", "ok"], [r.error for r in results]
+    assert [r.attempts for r in results] == [2, 3, 2]
+
+
 def test_transport_retries_are_bounded_and_end_in_an_error_row():
     images = _images(2)
     faults = {_key(images[0].path): ["500"] * 10}
