@@ -17,7 +17,7 @@ from typing import Any
 from core.ingest.decode import load_rgb
 from core.tasks.base import Task
 from core.vlm.prepare import prepare_images
-from core.vlm.prompt import chat_messages
+from core.vlm.prompt import DEFAULT_LAYOUT, Layout, chat_messages
 from core.vlm.types import ExtractionResult, ImageInput, PreparedImage, VLMBackend, judge
 
 DEFAULT_MODEL = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
@@ -45,6 +45,8 @@ class TransformersBackend(VLMBackend):
         max_completion_tokens: int | None = None,
         min_image_side: int = 384,
         threads: int | None = None,
+        layout: Layout = DEFAULT_LAYOUT,
+        share_image_prefix: bool = True,
         log: Callable[[str], None] | None = None,
     ) -> None:
         self.model_path = str(model_path)
@@ -54,6 +56,10 @@ class TransformersBackend(VLMBackend):
         self.max_completion_tokens = max_completion_tokens
         self.min_image_side = min_image_side
         self.threads = threads
+        self.layout = layout
+        # Image first + one prefill of the image for all its tasks (core/vlm/shared_prefix.py);
+        # False: one batched generate per task, every task encoding the image again.
+        self.share_image_prefix = share_image_prefix and layout == "image_first"
         self.log = log or (lambda _: None)
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
@@ -153,18 +159,94 @@ class TransformersBackend(VLMBackend):
         lengths = inputs["attention_mask"].sum(dim=1).tolist()
         results = []
         for row, length in zip(output[:, prompt_len:].tolist(), lengths, strict=True):
-            stop_at = next((i for i, t in enumerate(row) if t in self._eos), None)
-            tokens = row if stop_at is None else row[:stop_at]
-            text = self._processor.tokenizer.decode(tokens, skip_special_tokens=True)
-            finish = "length" if stop_at is None else "stop"
-            results.append((text, finish, int(length), len(tokens) + (stop_at is not None)))
+            text, finish, completion_tokens = self._finish(row)
+            results.append((text, finish, int(length), completion_tokens))
         return results
+
+    def _finish(self, row: list[int]) -> tuple[str, str, int]:
+        """(text, finish_reason, completion tokens) of generated ids, cut at the first stop."""
+        stop_at = next((i for i, t in enumerate(row) if t in self._eos), None)
+        tokens = row if stop_at is None else row[:stop_at]
+        text = self._processor.tokenizer.decode(tokens, skip_special_tokens=True)
+        return text, "length" if stop_at is None else "stop", len(tokens) + (stop_at is not None)
 
     def prompt(self, task: Task) -> str:
         self._load()
         return self._processor.apply_chat_template(
-            chat_messages(task), add_generation_prompt=True, tokenize=False
+            chat_messages(task, layout=self.layout), add_generation_prompt=True, tokenize=False
         )
+
+    def extract_tasks(
+        self, jobs: Sequence[tuple[Task, Sequence[PreparedImage]]]
+    ) -> list[list[ExtractionResult]]:
+        """Image-major: each image encoded and prefilled once for all of its tasks."""
+        if not self.share_image_prefix:
+            return super().extract_tasks(jobs)
+        self._load()
+        by_image: dict[str, list[tuple[int, int]]] = {}
+        for j, (_, prepared) in enumerate(jobs):
+            for i, item in enumerate(prepared):
+                by_image.setdefault(item.image.image_id, []).append((j, i))
+        out: list[list[Any]] = [[None] * len(prepared) for _, prepared in jobs]
+        with self._lock:  # one generate at a time: the model is not thread-safe
+            for places in by_image.values():
+                item = jobs[places[0][0]][1][places[0][1]]
+                tasks = [jobs[j][0] for j, _ in places]
+                for (j, i), result in zip(places, self._extract_image(item, tasks), strict=True):
+                    out[j][i] = result
+        return out
+
+    def _extract_image(self, item: PreparedImage, tasks: list[Task]) -> list[ExtractionResult]:
+        """All tasks of one image from one prefill of its shared prefix; a failure fails this
+        image's rows only."""
+        import torch
+        from xgrammar.contrib.hf import LogitsProcessor
+
+        from core.vlm.shared_prefix import generate_shared
+
+        started = time.monotonic()
+        if item.error is not None or item.payload is None:
+            error = item.error or "cannot read image: not prepared"
+            return [self._failure(item.image, error, started) for _ in tasks]
+        budgets = [self.max_completion_tokens or t.max_completion_tokens for t in tasks]
+        try:
+            encoded = [
+                self._processor(images=[item.payload], text=[self.prompt(t)], return_tensors="pt")
+                .to(self.device)
+                .data
+                for t in tasks
+            ]
+            answers, _, shared = generate_shared(
+                self._model,
+                encoded,
+                max_new_tokens=budgets,
+                logits_processors=[[LogitsProcessor(self.grammar(t.schema_json))] for t in tasks],
+                pad_token_id=self._processor.tokenizer.pad_token_id,
+            )
+        except (RuntimeError, ValueError, torch.cuda.OutOfMemoryError) as error:
+            message = f"{type(error).__name__}: {error}"
+            return [self._failure(item.image, message, started) for _ in tasks]
+        latency_ms = (time.monotonic() - started) * 1000 / len(tasks)
+        results = []
+        for index, (task, row, budget) in enumerate(zip(tasks, answers, budgets, strict=True)):
+            text, finish, completion_tokens = self._finish(row)
+            verdict = judge(task, text, finish, budget)
+            results.append(
+                ExtractionResult(
+                    image_id=item.image.image_id,
+                    status=verdict.status,
+                    raw_text=text,
+                    parsed=verdict.parsed,
+                    error=verdict.error,
+                    latency_ms=latency_ms,
+                    prompt_tokens=int(encoded[index]["input_ids"].shape[1]),
+                    completion_tokens=completion_tokens,
+                    # the first task prefilled the shared prefix; the others reused it
+                    cached_tokens=shared if index else 0,
+                    attempts=1,
+                )
+            )
+        return results
 
     def prepare(self, images: Sequence[ImageInput]) -> list[PreparedImage]:
         """Each picture decoded once per run (at the DCT scale the processor needs), for all tasks."""
