@@ -1,4 +1,4 @@
-"""One image, several prompts, one prefill of the image: generation from a shared KV prefix.
+"""Images, several prompts each, one prefill per image: generation from a shared KV prefix.
 
 With the image first (`core/vlm/prompt.py`), every task's prompt for one image starts with the
 same tokens: system turn, user header, the image's vision tokens. This runs the model (and its
@@ -35,7 +35,7 @@ def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
 
 
 def prefill(model: Any, encoded: dict[str, Any], length: int) -> Any:
-    """Run the model over the first `length` tokens of one encoded prompt (image included);
+    """Run the model over the first `length` tokens of an encoded batch (images included);
     returns its KV cache."""
     import torch
 
@@ -58,25 +58,36 @@ def generate_shared(
     logits_processors: Sequence[list[Any]] | None = None,
     pad_token_id: int | None = None,
     output_scores: bool = False,
-) -> tuple[list[list[int]], list[list[Any]] | None, int]:
-    """Greedy answers for prompts of ONE image (each encoded alone, batch 1), prefilling their
-    common prefix once. Returns the new token ids per prompt, their per-step scores (the
-    processed logits, when `output_scores`) and the prefix length shared."""
+    **generate_kwargs: Any,
+) -> tuple[list[list[list[int]]], list[list[Any]] | None, int]:
+    """Greedy answers of several prompts (one encoding per prompt) over the SAME batch of images,
+    prefilling the images' common prefix once.
+
+    Each `encoded[t]` is the processor's left-padded batch of prompt t over the same images in
+    the same order. Left padding makes every row's prefix (padding, system turn, image) the same
+    for all prompts, since a row's padding depends only on its image, so one prefill of the
+    common prefix serves every prompt, and each prompt is then generated as a batch from a copy
+    of its KV cache. Returns the new token ids per prompt and row, the per-step processed logits
+    per prompt (when `output_scores`) and the prefix length shared.
+    """
     import torch
 
-    ids = [e["input_ids"][0].tolist() for e in encoded]
-    shared = common_prefix_length(ids)
+    rows = encoded[0]["input_ids"].shape[0]
+    shared = min(
+        common_prefix_length([e["input_ids"][row].tolist() for e in encoded]) for row in range(rows)
+    )
     # generate needs at least one uncached token per prompt
-    shared = min(shared, *(len(i) - 1 for i in ids))
+    shared = min(shared, *(int(e["input_ids"].shape[1]) - 1 for e in encoded))
     cache = prefill(model, encoded[0], shared)
-    answers: list[list[int]] = []
+    answers: list[list[list[int]]] = []
     scores: list[list[Any]] | None = [] if output_scores else None
     for index, prompt in enumerate(encoded):
         input_ids = prompt["input_ids"]
+        mask = prompt.get("attention_mask")
         with torch.inference_mode():
             out = model.generate(
                 input_ids=input_ids,
-                attention_mask=torch.ones_like(input_ids),
+                attention_mask=mask if mask is not None else torch.ones_like(input_ids),
                 past_key_values=copy.deepcopy(cache) if index < len(encoded) - 1 else cache,
                 max_new_tokens=max_new_tokens[index],
                 do_sample=False,
@@ -84,8 +95,9 @@ def generate_shared(
                 pad_token_id=pad_token_id,
                 return_dict_in_generate=True,
                 output_scores=output_scores,
+                **generate_kwargs,
             )
-        answers.append(out.sequences[0, input_ids.shape[1] :].tolist())
+        answers.append(out.sequences[:, input_ids.shape[1] :].tolist())
         if scores is not None:
-            scores.append([step[0] for step in out.scores])
+            scores.append(list(out.scores))
     return answers, scores, shared

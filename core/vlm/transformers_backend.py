@@ -179,74 +179,108 @@ class TransformersBackend(VLMBackend):
     def extract_tasks(
         self, jobs: Sequence[tuple[Task, Sequence[PreparedImage]]]
     ) -> list[list[ExtractionResult]]:
-        """Image-major: each image encoded and prefilled once for all of its tasks."""
+        """Image-major: each batch of images encoded and prefilled once for all its tasks."""
         if not self.share_image_prefix:
             return super().extract_tasks(jobs)
         self._load()
-        by_image: dict[str, list[tuple[int, int]]] = {}
+        # Images asked the same tasks go together, in batches of `batch_size`.
+        places: dict[str, list[tuple[int, int]]] = {}
         for j, (_, prepared) in enumerate(jobs):
             for i, item in enumerate(prepared):
-                by_image.setdefault(item.image.image_id, []).append((j, i))
+                places.setdefault(item.image.image_id, []).append((j, i))
+        groups: dict[tuple[int, ...], list[str]] = {}
+        for image_id, where in places.items():
+            groups.setdefault(tuple(j for j, _ in where), []).append(image_id)
         out: list[list[Any]] = [[None] * len(prepared) for _, prepared in jobs]
         with self._lock:  # one generate at a time: the model is not thread-safe
-            for places in by_image.values():
-                item = jobs[places[0][0]][1][places[0][1]]
-                tasks = [jobs[j][0] for j, _ in places]
-                for (j, i), result in zip(places, self._extract_image(item, tasks), strict=True):
-                    out[j][i] = result
+            for task_ids, image_ids in groups.items():
+                tasks = [jobs[j][0] for j in task_ids]
+                for start in range(0, len(image_ids), self.batch_size):
+                    chunk = image_ids[start : start + self.batch_size]
+                    items = [jobs[places[i][0][0]][1][places[i][0][1]] for i in chunk]
+                    for image_id, results in zip(
+                        chunk, self._extract_shared(items, tasks), strict=True
+                    ):
+                        for (j, i), result in zip(places[image_id], results, strict=True):
+                            out[j][i] = result
         return out
 
-    def _extract_image(self, item: PreparedImage, tasks: list[Task]) -> list[ExtractionResult]:
-        """All tasks of one image from one prefill of its shared prefix; a failure fails this
-        image's rows only."""
+    def _extract_shared(
+        self, items: list[PreparedImage], tasks: list[Task]
+    ) -> list[list[ExtractionResult]]:
+        """Per image, one result per task, from one prefill of the images' shared prefix. An
+        unreadable image fails alone; a failing batch is retried image by image."""
         import torch
         from xgrammar.contrib.hf import LogitsProcessor
 
         from core.vlm.shared_prefix import generate_shared
 
         started = time.monotonic()
-        if item.error is not None or item.payload is None:
-            error = item.error or "cannot read image: not prepared"
-            return [self._failure(item.image, error, started) for _ in tasks]
-        budgets = [self.max_completion_tokens or t.max_completion_tokens for t in tasks]
-        try:
-            encoded = [
-                self._processor(images=[item.payload], text=[self.prompt(t)], return_tensors="pt")
-                .to(self.device)
-                .data
-                for t in tasks
-            ]
-            answers, _, shared = generate_shared(
-                self._model,
-                encoded,
-                max_new_tokens=budgets,
-                logits_processors=[[LogitsProcessor(self.grammar(t.schema_json))] for t in tasks],
-                pad_token_id=self._processor.tokenizer.pad_token_id,
-            )
-        except (RuntimeError, ValueError, torch.cuda.OutOfMemoryError) as error:
-            message = f"{type(error).__name__}: {error}"
-            return [self._failure(item.image, message, started) for _ in tasks]
-        latency_ms = (time.monotonic() - started) * 1000 / len(tasks)
-        results = []
-        for index, (task, row, budget) in enumerate(zip(tasks, answers, budgets, strict=True)):
-            text, finish, completion_tokens = self._finish(row)
-            verdict = judge(task, text, finish, budget)
-            results.append(
-                ExtractionResult(
-                    image_id=item.image.image_id,
-                    status=verdict.status,
-                    raw_text=text,
-                    parsed=verdict.parsed,
-                    error=verdict.error,
-                    latency_ms=latency_ms,
-                    prompt_tokens=int(encoded[index]["input_ids"].shape[1]),
-                    completion_tokens=completion_tokens,
-                    # the first task prefilled the shared prefix; the others reused it
-                    cached_tokens=shared if index else 0,
-                    attempts=1,
+        readable = [item for item in items if item.error is None and item.payload is not None]
+        answers: dict[str, list[ExtractionResult]] = {}
+        for item in items:
+            if item not in readable:
+                error = item.error or "cannot read image: not prepared"
+                answers[item.image.image_id] = [
+                    self._failure(item.image, error, started) for _ in tasks
+                ]
+        if readable:
+            budgets = [self.max_completion_tokens or t.max_completion_tokens for t in tasks]
+            pictures = [item.payload for item in readable]
+            try:
+                encoded = [
+                    self._processor(
+                        images=pictures,
+                        text=[self.prompt(t)] * len(pictures),
+                        return_tensors="pt",
+                        padding=True,
+                    )
+                    .to(self.device)
+                    .data
+                    for t in tasks
+                ]
+                outputs, _, shared = generate_shared(
+                    self._model,
+                    encoded,
+                    max_new_tokens=budgets,
+                    logits_processors=[
+                        [LogitsProcessor(self.grammar(t.schema_json))] for t in tasks
+                    ],
+                    pad_token_id=self._processor.tokenizer.pad_token_id,
                 )
-            )
-        return results
+            except (RuntimeError, ValueError, torch.cuda.OutOfMemoryError) as error:
+                if len(readable) == 1:
+                    message = f"{type(error).__name__}: {error}"
+                    failure = [self._failure(readable[0].image, message, started) for _ in tasks]
+                    answers[readable[0].image.image_id] = failure
+                else:  # isolate the bad one
+                    for item in readable:
+                        answers[item.image.image_id] = self._extract_shared([item], tasks)[0]
+                return [answers[item.image.image_id] for item in items]
+            latency_ms = (time.monotonic() - started) * 1000 / len(readable)
+            for row, item in enumerate(readable):
+                results = []
+                for t, (task, budget) in enumerate(zip(tasks, budgets, strict=True)):
+                    text, finish, completion_tokens = self._finish(outputs[t][row])
+                    verdict = judge(task, text, finish, budget)
+                    mask = encoded[t]["attention_mask"][row]
+                    results.append(
+                        ExtractionResult(
+                            image_id=item.image.image_id,
+                            status=verdict.status,
+                            raw_text=text,
+                            parsed=verdict.parsed,
+                            error=verdict.error,
+                            latency_ms=latency_ms,
+                            prompt_tokens=int(mask.sum()),
+                            completion_tokens=completion_tokens,
+                            # the first task prefilled the shared prefix; the others reused it
+                            cached_tokens=int(mask[:shared].sum()) if t else 0,
+                            attempts=1,
+                        )
+                    )
+                answers[item.image.image_id] = results
+        return [answers[item.image.image_id] for item in items]
 
     def prepare(self, images: Sequence[ImageInput]) -> list[PreparedImage]:
         """Each picture decoded once per run (at the DCT scale the processor needs), for all tasks."""
