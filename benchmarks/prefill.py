@@ -340,6 +340,57 @@ def measure_combined(
     return per_image, statuses
 
 
+def run_transformers(photos: list[ImageInput]) -> dict[str, dict[str, Any]]:
+    """The in-process backend on the same photos (production `prepare`: decoded at the DCT
+    scale whose shorter side is still >= 384 px), old layout vs shared image prefix: images/s,
+    prompt tokens computed per image (prompt - reused prefix) and vision-encoder passes per
+    image (counted on the model's vision tower)."""
+    from core.vlm.tiny_models import TINY_QWEN2_VL_PHOTO_ID, ensure_tiny_qwen2_vl
+    from core.vlm.transformers_backend import TransformersBackend
+    from resources.model_cache import default_model_cache
+
+    model_dir = ensure_tiny_qwen2_vl(Path(default_model_cache()), photo=True)
+    tasks = list(TASKS.values())
+    out = {}
+    for name, layout, share in (
+        ("instruction_first", "instruction_first", False),
+        ("image_first_shared_prefix", "image_first", True),
+    ):
+        backend = TransformersBackend(
+            model_dir, model_id=TINY_QWEN2_VL_PHOTO_ID, layout=layout, share_image_prefix=share
+        )
+        backend._load()
+        encoded = [0]
+
+        def count(_module: Any, args: tuple, kwargs: dict, encoded: list[int] = encoded) -> None:
+            grid = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
+            encoded[0] += int(grid.shape[0]) if grid is not None else 0
+
+        backend._model.model.visual.register_forward_pre_hook(count, with_kwargs=True)
+        backend.extract_tasks([(task, backend.prepare(photos[:1])) for task in tasks])  # warm-up
+        encoded[0] = 0
+        started = time.perf_counter()
+        prepared = backend.prepare(photos)
+        outputs = backend.extract_tasks([(task, prepared) for task in tasks])
+        seconds = time.perf_counter() - started
+        results = [r for per_task in outputs for r in per_task]
+        n = len(photos)
+        out[name] = {
+            "images": n,
+            "images_per_s": round(n / seconds, 3),
+            "seconds": round(seconds, 1),
+            "prompt_tokens_per_image": round(sum(r.prompt_tokens or 0 for r in results) / n, 1),
+            "computed_prompt_tokens_per_image": round(
+                sum((r.prompt_tokens or 0) - (r.cached_tokens or 0) for r in results) / n, 1
+            ),
+            "vision_encoder_passes_per_image": round(encoded[0] / n, 2),
+            "statuses": dict(Counter(r.status for r in results)),
+        }
+        print(f"transformers {name}: {out[name]}", flush=True)
+        backend.close()
+    return out
+
+
 def start_server(flight: int) -> tuple[Any, str, str]:
     from core.vlm.sglang_launcher import SGLangProcess
     from orchestration.sglang_cpu import photo_vlm_launch
@@ -387,6 +438,12 @@ def main() -> None:
         default=",".join([*LAYOUTS, "combined"]),
         help="comma-separated subset of: " + ", ".join([*LAYOUTS, "combined"]),
     )
+    parser.add_argument(
+        "--transformers-images",
+        type=int,
+        default=4,
+        help="photos for the in-process backend's before/after (0: skip)",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
@@ -404,6 +461,7 @@ def main() -> None:
         process, url, key = start_server(args.max_in_flight)
     prompts = Prompts(ensure_tiny_qwen2_vl(Path(default_model_cache()), photo=True))
     results: dict[str, dict[str, Any]] = {}
+    in_process: dict[str, dict[str, Any]] = {}
     try:
         with tempfile.TemporaryDirectory() as tmp:
             photos = make_photos(Path(tmp), args.images)
@@ -431,10 +489,23 @@ def main() -> None:
                     "combined", per_image, seconds, before, server_counters(url, key), statuses
                 )
                 print(f"combined: {results['combined']}", flush=True)
+            if process is not None:  # the server's memory back before loading the model here
+                process.stop()
+                process = None
+            if args.transformers_images:
+                in_process = run_transformers(photos[: args.transformers_images])
     finally:
         if process is not None:
             process.stop()
     table(results)
+    if in_process:
+        print("\ntransformers backend (in-process, CPU):")
+        for name, row in in_process.items():
+            print(
+                f"  {name:<28} images/s {row['images_per_s']:<8g} computed prompt tokens/image "
+                f"{row['computed_prompt_tokens_per_image']:<8g} encoder passes/image "
+                f"{row['vision_encoder_passes_per_image']:g}"
+            )
     for label, name in (("today", TODAY), ("chosen", CHOSEN)):
         if name in results:
             print(f"{label} ({name}): computed / bound = {results[name]['computed_over_bound']}")
@@ -449,6 +520,7 @@ def main() -> None:
             "today": TODAY,
             "chosen": CHOSEN,
             "layouts": results,
+            "transformers": in_process,
         },
         args.out,
     )
