@@ -160,8 +160,15 @@ def run_client(
     url: str, key: str | None, photos: list[ImageInput], layout: Layout, stagger: bool, flight: int
 ) -> tuple[dict[str, dict[str, ExtractionResult]], float]:
     """Every task over the photos through the production client and run loop."""
+    # invalid_retries=0: a re-asked answer's row records only the re-ask, whose prompt is all in
+    # the cache, which would hide the first ask's prefill and vision-encoder pass.
     config = SGLangClientConfig(
-        base_url=url, api_key=key, max_in_flight=flight, layout=layout, stagger_tasks=stagger
+        base_url=url,
+        api_key=key,
+        max_in_flight=flight,
+        layout=layout,
+        stagger_tasks=stagger,
+        invalid_retries=0,
     )
     client = SGLangClient(config)
     client.check_ready()
