@@ -124,13 +124,15 @@ $(PEER_STAMP): $(STAMP)
 ## The embedding benchmark's peer (clip-retrieval) in its own venv, .venv-clip-retrieval/.
 bench-peer-venv: $(PEER_STAMP)
 
-## Run the speed benchmarks (about 7 minutes on a quiet 2-core machine, the search benchmark's
+## Run the speed benchmarks (about 7 minutes on a quiet 2-core machine without the prefill
+## benchmark, whose real-server run is timed in docs/extraction.md; the search benchmark's
 ## 1M size included); JSON lands in data/bench/. SEARCH_SIZES: e.g. make bench SEARCH_SIZES=100000
 SEARCH_SIZES ?= 100000 1000000
-bench: $(STAMP) $(PEER_STAMP)
+bench: $(STAMP) $(PEER_STAMP) $(SGLANG_STAMP)
 	$(BIN)/python benchmarks/ingest.py --out data/bench/ingest.json
 	$(BIN)/python benchmarks/embed.py --out data/bench/embed.json
 	$(BIN)/python benchmarks/extract_client.py --out data/bench/extract_client.json
+	$(BIN)/python benchmarks/prefill.py --out data/bench/prefill.json
 	$(BIN)/python benchmarks/sensor_tick.py --out data/bench/sensor_tick.json
 	$(BIN)/python benchmarks/review.py --out data/bench/review.json
 	$(BIN)/python benchmarks/search.py --sizes $(SEARCH_SIZES) --out data/bench/search.json

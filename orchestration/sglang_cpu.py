@@ -7,11 +7,19 @@ on the tiny random-weight Qwen2-VL that `core.vlm.tiny_models` builds under data
 
 from __future__ import annotations
 
+import json
 import platform
 import sys
 from pathlib import Path
 
-from core.vlm.tiny_models import CONTEXT_LENGTH, TINY_QWEN2_VL_ID, ensure_tiny_qwen2_vl
+from core.vlm.tiny_models import (
+    CONTEXT_LENGTH,
+    PHOTO_CONTEXT_LENGTH,
+    PHOTO_MAX_PIXELS,
+    TINY_QWEN2_VL_ID,
+    TINY_QWEN2_VL_PHOTO_ID,
+    ensure_tiny_qwen2_vl,
+)
 from orchestration.settings import REPO_ROOT
 from resources.model_cache import default_model_cache
 from resources.sglang_server import SGLangLaunch
@@ -58,5 +66,50 @@ def tiny_vlm_launch(
         compact_json=compact_json,
         extra_args=["--max-total-tokens", str(KV_CACHE_TOKENS), *(extra_args or [])],
         env={"SGLANG_IMAGE_MAX_PIXELS": str(TINY_IMAGE_MAX_PIXELS)},
+        **fields,
+    )
+
+
+def photo_vlm_launch(
+    *,
+    extra_args: list[str] | None = None,
+    compact_json: bool = True,
+    embedding_cache_mb: int | None = None,
+    **fields: object,
+) -> SGLangLaunch:
+    """The tiny Qwen2-VL with production pixel limits (`photo` variant): a 1536x1152 photo is
+    2,255 vision tokens, in a 4,096-token context. `embedding_cache_mb` sets the server's
+    vision-embedding cache (`SGLANG_VLM_CACHE_SIZE_MB`, SGLang's default 100): 0 makes the
+    vision encoder run for every request whose image is not in the prefix cache, as on a GPU
+    server whose cache holds fewer images than it has requests in flight.
+
+    SGLang 0.5.23 loads every `qwen2_vl` image processor with `longest_edge` 1,003,520 px
+    (`srt/utils/hf_transformers/processor.py`): at most 1,280 vision tokens, whatever the
+    checkpoint says (a 1536x1152 photo: 1,230). `--mm-process-config` passes the checkpoint's
+    own limit with every image, as a production launch that wants Qwen2-VL's resolution must."""
+    model = ensure_tiny_qwen2_vl(Path(default_model_cache()), photo=True)
+    size = {"shortest_edge": 4 * 28 * 28, "longest_edge": PHOTO_MAX_PIXELS}
+    mm_config = json.dumps({"image": {"size": size}}, separators=(",", ":"))
+    env = {"SGLANG_IMAGE_MAX_PIXELS": str(PHOTO_MAX_PIXELS)}
+    if embedding_cache_mb is not None:
+        env["SGLANG_VLM_CACHE_SIZE_MB"] = str(embedding_cache_mb)
+    return SGLangLaunch.cpu_engine(
+        model,
+        SGLANG_PYTHON,
+        served_model_name=TINY_QWEN2_VL_PHOTO_ID,
+        context_length=PHOTO_CONTEXT_LENGTH,
+        compact_json=compact_json,
+        extra_args=[
+            "--max-total-tokens",
+            str(4 * KV_CACHE_TOKENS),
+            "--mm-process-config",
+            mm_config,
+            # One new sequence per prefill batch: the CPU engine's vision encoder over several
+            # 2,255-token images at once took 15.8 GB and was OOM-killed on this 23 GB host.
+            "--prefill-max-requests",
+            "1",
+            *(extra_args or []),
+        ],
+        env=env,
         **fields,
     )

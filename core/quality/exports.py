@@ -110,10 +110,15 @@ def llava_conversation(
     image: str, instruction: str, answer: dict, image_id: str, model_id: str
 ) -> dict:
     """One LLaVA-style training record laid out as inference prompts the model
-    (`core.vlm.prompt.chat_messages`): the system prompt, then the instruction and the image in
-    that order, then the JSON answer; and the model that gave it (so a training set never mixes
-    models unknowingly)."""
-    from core.vlm.prompt import SYSTEM_PROMPT
+    (`core.vlm.prompt.chat_messages`): the system prompt, then the image and the instruction in
+    the prompt layout's order, then the JSON answer; and the model that gave it (so a training
+    set never mixes models unknowingly)."""
+    from core.vlm.prompt import SYSTEM_PROMPT, user_content
+
+    human = "\n".join(
+        part["text"] if isinstance(part, dict) else part
+        for part in user_content(instruction, "<image>")
+    )
 
     return {
         "id": image_id,
@@ -121,7 +126,7 @@ def llava_conversation(
         "image": image,
         "system": SYSTEM_PROMPT,
         "conversations": [
-            {"from": "human", "value": f"{instruction}\n<image>"},
+            {"from": "human", "value": human},
             {"from": "gpt", "value": json.dumps(answer, ensure_ascii=False, separators=(",", ":"))},
         ],
     }

@@ -25,6 +25,7 @@ is validated again with pydantic.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -40,6 +41,7 @@ from pydantic import BaseModel, Field
 from core.tasks.base import Task
 from core.vlm.metrics import parse_prometheus, summarize
 from core.vlm.prepare import data_url, jpeg_payload, prepare_images
+from core.vlm.prompt import DEFAULT_LAYOUT, Layout
 from core.vlm.sglang_request import (
     compact_ebnf,
     encode_image,
@@ -76,6 +78,48 @@ AUTH_STATUS = frozenset({401, 403})
 _log = logging.getLogger(__name__)
 
 
+class PriorityGate:
+    """A semaphore whose priority waiters go first: an image's later tasks run before other
+    images' first tasks, while the image is still in the server's prefix cache."""
+
+    def __init__(self, slots: int) -> None:
+        self._free = slots
+        self._waiters: tuple[collections.deque, collections.deque] = (
+            collections.deque(),
+            collections.deque(),
+        )
+
+    @contextlib.asynccontextmanager
+    async def slot(self, priority: bool = False):
+        if self._free > 0 and not any(self._waiters):
+            self._free -= 1
+        else:
+            waiter = asyncio.get_running_loop().create_future()
+            queue = self._waiters[0 if priority else 1]
+            queue.append(waiter)
+            try:
+                await waiter  # the releaser handed its slot to us
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._release()  # handed over just as we were cancelled: pass it on
+                elif waiter in queue:
+                    queue.remove(waiter)
+                raise
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        for queue in self._waiters:
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    return
+        self._free += 1
+
+
 class SGLangUnavailable(RuntimeError):
     """The server cannot be reached or is not ready; the message names the URL and the cause."""
 
@@ -105,6 +149,16 @@ class SGLangClientConfig(BaseModel):
         default="ebnf",
         description="ebnf: a compact grammar per request (safe on any server); json_schema: "
         "response_format, needs a server started with --constrained-json-disable-any-whitespace.",
+    )
+    layout: Layout = Field(
+        default=DEFAULT_LAYOUT,
+        description="image_first: the image before the instruction, so an image's tasks share "
+        "its prefill; instruction_first: the old layout (benchmarks/prefill.py compares them).",
+    )
+    stagger_tasks: bool = Field(
+        default=True,
+        description="Send an image's other tasks once its first task has answered, so they find "
+        "the image in the server's prefix cache instead of all prefilling it at once.",
     )
     max_attempts: int = Field(default=5, ge=1, description="Tries per image on transport errors.")
     backoff_base_s: float = Field(default=0.5, ge=0)
@@ -279,7 +333,7 @@ class SGLangClient(VLMBackend):
         shards = -(-self.config.max_in_flight // POOL_SHARD)
         per_shard = -(-self.config.max_in_flight // shards)
         limits = httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
-        gate = asyncio.Semaphore(self.config.max_in_flight)
+        gate = PriorityGate(self.config.max_in_flight)
         async with contextlib.AsyncExitStack() as stack:
             pools = [
                 await stack.enter_async_context(
@@ -292,25 +346,22 @@ class SGLangClient(VLMBackend):
                 )
                 for _ in range(shards)
             ]
-            pending = [
-                asyncio.ensure_future(self._one(pools[i % shards], gate, image, task, model))
-                for i, (task, image) in enumerate(
-                    (task, image) for task, prepared in jobs for image in prepared
-                )
-            ]
+            flat = [(task, image) for task, prepared in jobs for image in prepared]
+            pending = self._schedule(flat, pools, gate, model)
             try:
-                results = await asyncio.gather(*pending)
+                results = [r for group in await asyncio.gather(*pending) for r in group]
             except BaseException:
                 for job in pending:  # a 401 (or a cancel): nothing of this batch is kept
                     job.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
                 raise
-        transport_failed = [r for r, _ in results if r.status == "error" and r.attempts]
-        if results and not any(reached for _, reached in results):
+        ordered = [outcome for _, outcome in sorted(results, key=lambda item: item[0])]
+        transport_failed = [r for r, _ in ordered if r.status == "error" and r.attempts]
+        if ordered and not any(reached for _, reached in ordered):
             # No request of the batch reached the server: it went away. Fail loudly; the caller
             # writes nothing for this batch, and a rerun resumes here.
             raise SGLangUnavailable(
-                f"SGLang server at {self.base_url} stopped answering: {results[0][0].error}"
+                f"SGLang server at {self.base_url} stopped answering: {ordered[0][0].error}"
             )
         if transport_failed and not await asyncio.to_thread(self._server_answers):
             # Some requests were in flight when the server died: the batch is not written at
@@ -321,17 +372,57 @@ class SGLangClient(VLMBackend):
             )
         out, start = [], 0
         for _, prepared in jobs:
-            out.append([result for result, _ in results[start : start + len(prepared)]])
+            out.append([result for result, _ in ordered[start : start + len(prepared)]])
             start += len(prepared)
         return out
+
+    def _schedule(
+        self,
+        flat: Sequence[tuple[Task, PreparedImage]],
+        pools: Sequence[httpx.AsyncClient],
+        gate: PriorityGate,
+        model: str,
+    ) -> list[asyncio.Future]:
+        """One future per image (`stagger_tasks`) or per request, each resolving to
+        [(position in `flat`, (result, reached))]."""
+        shards = len(pools)
+        if not self.config.stagger_tasks:
+            return [
+                asyncio.ensure_future(self._at(i, pools[i % shards], gate, image, task, model))
+                for i, (task, image) in enumerate(flat)
+            ]
+        by_image: dict[str, list[int]] = {}
+        for i, (_, image) in enumerate(flat):
+            by_image.setdefault(image.image.image_id, []).append(i)
+
+        async def image_tasks(positions: list[int]) -> list[tuple[int, Any]]:
+            # The first task prefills the image; the others then find it in the prefix cache.
+            # They go ahead of other images' first tasks (priority), so the image is still
+            # cached when they run. Each keeps its own retries and row: a failed first task
+            # does not stop them.
+            first, *rest = positions
+            http = pools[first % shards]
+            task, image = flat[first]
+            done = [(first, await self._one(http, gate, image, task, model))]
+            followers = [
+                self._one(http, gate, flat[i][1], flat[i][0], model, priority=True) for i in rest
+            ]
+            done += list(zip(rest, await asyncio.gather(*followers), strict=True))
+            return done
+
+        return [asyncio.ensure_future(image_tasks(p)) for p in by_image.values()]
+
+    async def _at(self, position: int, *args: Any) -> list[tuple[int, Any]]:
+        return [(position, await self._one(*args))]
 
     async def _one(
         self,
         http: httpx.AsyncClient,
-        gate: asyncio.Semaphore,
+        gate: PriorityGate,
         prepared: PreparedImage,
         task: Task,
         model: str,
+        priority: bool = False,
     ) -> tuple[ExtractionResult, bool]:
         """The image's result, and whether any request reached the server."""
         started = time.monotonic()
@@ -362,10 +453,10 @@ class SGLangClient(VLMBackend):
             return self._result(image, "error", started, attempts, error=error), True
 
         while True:
-            body = request_body(task, url, model, budget, config.constraint)
+            body = request_body(task, url, model, budget, config.constraint, config.layout)
             retry_transport = busy = False
             try:
-                async with gate:
+                async with gate.slot(priority):
                     now = time.monotonic()
                     deadline = deadline or now + config.image_deadline_s
                     if now >= deadline:

@@ -15,7 +15,7 @@ import httpx
 
 from core.tasks.base import Task
 from core.vlm.prepare import jpeg_payload
-from core.vlm.prompt import chat_messages
+from core.vlm.prompt import DEFAULT_LAYOUT, Layout, chat_messages
 
 MAX_ERROR_CHARS = 400
 # Server-side file paths (tracebacks, pydantic dumps): not for users, and they leak the layout.
@@ -55,10 +55,11 @@ def request_body(
     model: str,
     max_tokens: int,
     constraint: Literal["ebnf", "json_schema"] = "ebnf",
+    layout: Layout = DEFAULT_LAYOUT,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": model,
-        "messages": chat_messages(task, image_url),
+        "messages": chat_messages(task, image_url, layout),
         "temperature": 0,
         "max_completion_tokens": max_tokens,
     }

@@ -13,7 +13,14 @@ twice its token budget (the truncation retry) fits `CONTEXT_LENGTH`: a 400-token
 the longest bundled prompt ~900 tokens. A spec whose prompts do not fit is refused before any
 image is sent (`core.labels.context`).
 
-    python -m core.vlm.tiny_models OUT_DIR     # writes OUT_DIR/tiny-qwen2-vl-v1
+    python -m core.vlm.tiny_models OUT_DIR           # writes OUT_DIR/tiny-qwen2-vl-v1
+    python -m core.vlm.tiny_models OUT_DIR photo     # writes OUT_DIR/tiny-qwen2-vl-photo-v1
+
+Two variants share the weights' shapes and the tokenizer; only the image limits differ. `tiny`
+(the tests' default) caps an image at 16 vision tokens so prompts stay short. `photo` keeps
+production pixel limits: Qwen2-VL's 28-px tokens with `max_pixels` such that a 1536x1152 photo
+is 55x41 = 2,255 vision tokens, in a 4,096-token context (image + instruction + twice the
+budget), so prefill and prefix-cache measurements see realistic vision-token counts.
 """
 
 from __future__ import annotations
@@ -34,6 +41,11 @@ from core.vlm.prompt import SYSTEM_PROMPT
 TINY_QWEN2_VL_VERSION = 1
 TINY_QWEN2_VL_ID = f"standin/tiny-qwen2-vl-v{TINY_QWEN2_VL_VERSION}"
 CONTEXT_LENGTH = 2048  # --context-length of the servers we launch on it
+# The `photo` variant: production pixel limits (a 1536x1152 photo -> 1540x1148 px = 2,255 tokens).
+PHOTO_VERSION = 1
+TINY_QWEN2_VL_PHOTO_ID = f"standin/tiny-qwen2-vl-photo-v{PHOTO_VERSION}"
+PHOTO_MAX_PIXELS = 2304 * 28 * 28
+PHOTO_CONTEXT_LENGTH = 4096
 VOCAB_SIZE = 2048
 SPECIAL_TOKENS = [
     "<|endoftext|>",
@@ -73,8 +85,9 @@ def build_tokenizer():
     )
 
 
-def build_tiny_qwen2_vl(target: Path, *, seed: int = 0) -> Path:
-    """Write the checkpoint to `target` atomically (a half-built dir never appears)."""
+def build_tiny_qwen2_vl(target: Path, *, seed: int = 0, photo: bool = False) -> Path:
+    """Write the checkpoint to `target` atomically (a half-built dir never appears); `photo`
+    gives it production pixel limits instead of the 16-token cap."""
     import torch
     from transformers import (
         Qwen2VLConfig,
@@ -97,7 +110,7 @@ def build_tiny_qwen2_vl(target: Path, *, seed: int = 0) -> Path:
             "num_hidden_layers": 2,
             "num_attention_heads": 4,
             "num_key_value_heads": 2,
-            "max_position_embeddings": 2 * CONTEXT_LENGTH,
+            "max_position_embeddings": 2 * (PHOTO_CONTEXT_LENGTH if photo else CONTEXT_LENGTH),
             "rope_scaling": {"type": "mrope", "mrope_section": mrope},
             "rope_parameters": {
                 "rope_type": "default",
@@ -129,8 +142,10 @@ def build_tiny_qwen2_vl(target: Path, *, seed: int = 0) -> Path:
         torch_dtype="float32",
     )
     model = Qwen2VLForConditionalGeneration(config).to(torch.float32).eval()
-    # At most 16 patches of 28 px: an image is 4 to 16 tokens, so prompts stay short.
-    image_processor = Qwen2VLImageProcessor(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16)
+    # `tiny`: at most 16 patches of 28 px, an image is 4 to 16 tokens, so prompts stay short.
+    # `photo`: up to 2,304 tokens of 28 px, as a production Qwen2-VL server would see a photo.
+    max_pixels = PHOTO_MAX_PIXELS if photo else 28 * 28 * 16
+    image_processor = Qwen2VLImageProcessor(min_pixels=28 * 28 * 4, max_pixels=max_pixels)
     processor = Qwen2VLProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
@@ -146,19 +161,25 @@ def build_tiny_qwen2_vl(target: Path, *, seed: int = 0) -> Path:
             json.dumps({"eos_token_id": ids["<|im_end|>"], "max_new_tokens": 32})
         )
 
-    marker = {"model_id": TINY_QWEN2_VL_ID, "seed": seed, "random_weights": True}
+    model_id = TINY_QWEN2_VL_PHOTO_ID if photo else TINY_QWEN2_VL_ID
+    marker = {"model_id": model_id, "seed": seed, "random_weights": True}
     return save_atomically(target, write, marker)
 
 
-def ensure_tiny_qwen2_vl(cache_dir: Path) -> Path:
+def ensure_tiny_qwen2_vl(cache_dir: Path, *, photo: bool = False) -> Path:
     """The checkpoint's directory under the model cache `cache_dir`, built on first use."""
-    target = Path(cache_dir) / f"tiny-qwen2-vl-v{TINY_QWEN2_VL_VERSION}"
+    name = (
+        f"tiny-qwen2-vl-photo-v{PHOTO_VERSION}"
+        if photo
+        else f"tiny-qwen2-vl-v{TINY_QWEN2_VL_VERSION}"
+    )
+    target = Path(cache_dir) / name
     if not (target / MARKER).exists():
-        build_tiny_qwen2_vl(target)
+        build_tiny_qwen2_vl(target, photo=photo)
     return target
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        raise SystemExit("usage: python -m core.vlm.tiny_models MODEL_CACHE_DIR")
-    print(ensure_tiny_qwen2_vl(Path(sys.argv[1])))
+    if len(sys.argv) not in (2, 3) or sys.argv[2:] not in ([], ["photo"]):
+        raise SystemExit("usage: python -m core.vlm.tiny_models MODEL_CACHE_DIR [photo]")
+    print(ensure_tiny_qwen2_vl(Path(sys.argv[1]), photo=sys.argv[2:] == ["photo"]))

@@ -18,7 +18,7 @@ from core.ingest.decode import load_rgb
 from core.labels.context import check_context
 from core.tasks.base import Task
 from core.vlm.prepare import prepare_images
-from core.vlm.prompt import chat_messages
+from core.vlm.prompt import DEFAULT_LAYOUT, Layout, chat_messages
 from core.vlm.types import ExtractionResult, ImageInput, PreparedImage, VLMBackend, judge
 
 DEFAULT_MODEL = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
@@ -46,6 +46,8 @@ class TransformersBackend(VLMBackend):
         max_completion_tokens: int | None = None,
         min_image_side: int = 384,
         threads: int | None = None,
+        layout: Layout = DEFAULT_LAYOUT,
+        share_image_prefix: bool = True,
         log: Callable[[str], None] | None = None,
     ) -> None:
         self.model_path = str(model_path)
@@ -55,6 +57,10 @@ class TransformersBackend(VLMBackend):
         self.max_completion_tokens = max_completion_tokens
         self.min_image_side = min_image_side
         self.threads = threads
+        self.layout = layout
+        # Image first + one prefill of the image for all its tasks (core/vlm/shared_prefix.py);
+        # False: one batched generate per task, every task encoding the image again.
+        self.share_image_prefix = share_image_prefix and layout == "image_first"
         self.log = log or (lambda _: None)
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
@@ -175,17 +181,21 @@ class TransformersBackend(VLMBackend):
         lengths = inputs["attention_mask"].sum(dim=1).tolist()
         results = []
         for row, length in zip(output[:, prompt_len:].tolist(), lengths, strict=True):
-            stop_at = next((i for i, t in enumerate(row) if t in self._eos), None)
-            tokens = row if stop_at is None else row[:stop_at]
-            text = self._processor.tokenizer.decode(tokens, skip_special_tokens=True)
-            finish = "length" if stop_at is None else "stop"
-            results.append((text, finish, int(length), len(tokens) + (stop_at is not None)))
+            text, finish, completion_tokens = self._finish(row)
+            results.append((text, finish, int(length), completion_tokens))
         return results
+
+    def _finish(self, row: list[int]) -> tuple[str, str, int]:
+        """(text, finish_reason, completion tokens) of generated ids, cut at the first stop."""
+        stop_at = next((i for i, t in enumerate(row) if t in self._eos), None)
+        tokens = row if stop_at is None else row[:stop_at]
+        text = self._processor.tokenizer.decode(tokens, skip_special_tokens=True)
+        return text, "length" if stop_at is None else "stop", len(tokens) + (stop_at is not None)
 
     def prompt(self, task: Task) -> str:
         self._load()
         return self._processor.apply_chat_template(
-            chat_messages(task), add_generation_prompt=True, tokenize=False
+            chat_messages(task, layout=self.layout), add_generation_prompt=True, tokenize=False
         )
 
     def _check_context(self, task: Task, prompt: str) -> None:
@@ -210,6 +220,114 @@ class TransformersBackend(VLMBackend):
                 model=self.model_id,
             )
         self._fits.add(task.fingerprint)
+
+    def extract_tasks(
+        self, jobs: Sequence[tuple[Task, Sequence[PreparedImage]]]
+    ) -> list[list[ExtractionResult]]:
+        """Image-major: each batch of images encoded and prefilled once for all its tasks."""
+        if not self.share_image_prefix:
+            return super().extract_tasks(jobs)
+        self._load()
+        # Images asked the same tasks go together, in batches of `batch_size`.
+        places: dict[str, list[tuple[int, int]]] = {}
+        for j, (_, prepared) in enumerate(jobs):
+            for i, item in enumerate(prepared):
+                places.setdefault(item.image.image_id, []).append((j, i))
+        groups: dict[tuple[int, ...], list[str]] = {}
+        for image_id, where in places.items():
+            groups.setdefault(tuple(j for j, _ in where), []).append(image_id)
+        out: list[list[Any]] = [[None] * len(prepared) for _, prepared in jobs]
+        with self._lock:  # one generate at a time: the model is not thread-safe
+            for task_ids, image_ids in groups.items():
+                tasks = [jobs[j][0] for j in task_ids]
+                for start in range(0, len(image_ids), self.batch_size):
+                    chunk = image_ids[start : start + self.batch_size]
+                    items = [jobs[places[i][0][0]][1][places[i][0][1]] for i in chunk]
+                    for image_id, results in zip(
+                        chunk, self._extract_shared(items, tasks), strict=True
+                    ):
+                        for (j, i), result in zip(places[image_id], results, strict=True):
+                            out[j][i] = result
+        return out
+
+    def _extract_shared(
+        self, items: list[PreparedImage], tasks: list[Task]
+    ) -> list[list[ExtractionResult]]:
+        """Per image, one result per task, from one prefill of the images' shared prefix. An
+        unreadable image fails alone; a failing batch is retried image by image."""
+        import torch
+        from xgrammar.contrib.hf import LogitsProcessor
+
+        from core.vlm.shared_prefix import generate_shared
+
+        started = time.monotonic()
+        readable = [item for item in items if item.error is None and item.payload is not None]
+        answers: dict[str, list[ExtractionResult]] = {}
+        for item in items:
+            if item not in readable:
+                error = item.error or "cannot read image: not prepared"
+                answers[item.image.image_id] = [
+                    self._failure(item.image, error, started) for _ in tasks
+                ]
+        if readable:
+            for task in tasks:  # a spec error before any image is sent
+                self._check_context(task, self.prompt(task))
+            budgets = [self.max_completion_tokens or t.max_completion_tokens for t in tasks]
+            pictures = [item.payload for item in readable]
+            try:
+                encoded = [
+                    self._processor(
+                        images=pictures,
+                        text=[self.prompt(t)] * len(pictures),
+                        return_tensors="pt",
+                        padding=True,
+                    )
+                    .to(self.device)
+                    .data
+                    for t in tasks
+                ]
+                outputs, _, shared = generate_shared(
+                    self._model,
+                    encoded,
+                    max_new_tokens=budgets,
+                    logits_processors=[
+                        [LogitsProcessor(self.grammar(t.schema_json))] for t in tasks
+                    ],
+                    pad_token_id=self._processor.tokenizer.pad_token_id,
+                )
+            except (RuntimeError, ValueError, torch.cuda.OutOfMemoryError) as error:
+                if len(readable) == 1:
+                    message = f"{type(error).__name__}: {error}"
+                    failure = [self._failure(readable[0].image, message, started) for _ in tasks]
+                    answers[readable[0].image.image_id] = failure
+                else:  # isolate the bad one
+                    for item in readable:
+                        answers[item.image.image_id] = self._extract_shared([item], tasks)[0]
+                return [answers[item.image.image_id] for item in items]
+            latency_ms = (time.monotonic() - started) * 1000 / len(readable)
+            for row, item in enumerate(readable):
+                results = []
+                for t, (task, budget) in enumerate(zip(tasks, budgets, strict=True)):
+                    text, finish, completion_tokens = self._finish(outputs[t][row])
+                    verdict = judge(task, text, finish, budget)
+                    mask = encoded[t]["attention_mask"][row]
+                    results.append(
+                        ExtractionResult(
+                            image_id=item.image.image_id,
+                            status=verdict.status,
+                            raw_text=text,
+                            parsed=verdict.parsed,
+                            error=verdict.error,
+                            latency_ms=latency_ms,
+                            prompt_tokens=int(mask.sum()),
+                            completion_tokens=completion_tokens,
+                            # the first task prefilled the shared prefix; the others reused it
+                            cached_tokens=int(mask[:shared].sum()) if t else 0,
+                            attempts=1,
+                        )
+                    )
+                answers[item.image.image_id] = results
+        return [answers[item.image.image_id] for item in items]
 
     def prepare(self, images: Sequence[ImageInput]) -> list[PreparedImage]:
         """Each picture decoded once per run (at the DCT scale the processor needs), for all tasks."""

@@ -322,6 +322,72 @@ def test_the_double_answers_like_the_real_server(real_server):
     assert real["chat_ok"][0] == 200 and real["queue_full"][0] == 503
 
 
+def _noise_images(folder: Path, count: int, seed: int) -> list[ImageInput]:
+    """Pictures no earlier test sent (fresh pixels): nothing of them is in the server's cache."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for index in range(count):
+        path = folder / f"noise-{seed}-{index}.jpg"
+        pixels = rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(path, quality=90)
+        out.append(ImageInput(image_id=path.stem, path=path, data=path.read_bytes()))
+    return out
+
+
+def _tokens_through_image(prompts, task, layout: str, vision_tokens: int) -> int:
+    before, _ = prompts.layout(task, layout)
+    return before + vision_tokens
+
+
+@pytest.mark.parametrize("layout", ["image_first", "instruction_first"])
+def test_an_images_other_tasks_reuse_its_prefill_from_the_servers_prefix_cache(
+    real_server, tmp_path, layout
+):
+    """The chosen layout's promise, from the server's own `cached_tokens`: image first with an
+    image's other tasks sent after its first answer, every later task of an image finds the
+    whole image (and the system prompt) in the cache, and the computed prompt tokens per image
+    stay within 1.15x the bound (image once + each task's own suffix). The old layout
+    (instruction first) is asked the same: its later tasks find only the system prompt and
+    their own instruction, never the image (checked here, so the test is not passing by
+    accident)."""
+    from benchmarks.prefill import Prompts
+    from core.vlm.tiny_models import ensure_tiny_qwen2_vl
+    from resources.model_cache import default_model_cache
+
+    prompts = Prompts(ensure_tiny_qwen2_vl(Path(default_model_cache())))
+    tasks = list(TASKS.values())
+    photos = _noise_images(tmp_path, 3, seed=hash(layout) % 1000)
+    client = _client(real_server, layout=layout, stagger_tasks=layout == "image_first")
+    client.check_ready()
+    outputs = client.extract_tasks([(task, client.prepare(photos)) for task in tasks])
+    reused, computed, bound = [], 0, 0
+    for index in range(len(photos)):
+        results = [outputs[t][index] for t in range(len(tasks))]
+        assert all(r.prompt_tokens and r.cached_tokens is not None for r in results), results
+        vision = [
+            r.prompt_tokens - prompts.layout(t, layout)[1] + 1
+            for t, r in zip(tasks, results, strict=True)
+        ]
+        assert len(set(vision)) == 1 and vision[0] > 0  # the server's own image token count
+        computed += sum(r.prompt_tokens - r.cached_tokens for r in results)
+        bound += prompts.bound(tasks, vision[0])
+        # The first-sent task's image is new to the server; the others are where reuse shows.
+        later = sorted(zip(tasks, results, strict=True), key=lambda pair: pair[1].cached_tokens)[1:]
+        reused += [
+            r.cached_tokens >= _tokens_through_image(prompts, t, layout, vision[0])
+            for t, r in later
+        ]
+    if layout == "image_first":
+        assert all(reused), reused
+        assert computed <= 1.15 * bound, (computed, bound)
+    else:  # with 16-token images instruction first may compute little: the image is tiny
+        assert not any(reused), reused
+
+
 def test_kill_9_mid_run_fails_bounded_writes_no_half_batch_and_a_rerun_extracts_the_rest(
     real_server, warehouse, drop_root, instance
 ):

@@ -82,7 +82,7 @@ def test_validated_extractions_become_llava_conversations(warehouse, extracted, 
     assert first["image"] == "/data/drops/d1/a.jpg" and first["id"] == extracted[0]
     human, gpt = first["conversations"]
     # The inference layout: the instruction, then the image; the system prompt beside it.
-    assert human == {"from": "human", "value": "Describe the scenery and the people.\n<image>"}
+    assert human == {"from": "human", "value": "<image>\nDescribe the scenery and the people."}
     assert first["system"] == SYSTEM_PROMPT
     assert gpt["from"] == "gpt"
     assert SceneryPeople.model_validate_json(gpt["value"]).people[1].shirt_color == "navy blue"
@@ -111,7 +111,7 @@ def test_the_export_command_writes_every_table_and_one_llava_file_per_task(
     assert {"llava_scenery_people.json", "llava_age_gender.json"} <= set(written)
     records = json.loads((tmp_path / "x" / "llava_scenery_people.json").read_text())
     assert [r["image"] for r in records] == ["/drops/d1/a.jpg", "/drops/d1/b.jpg"]
-    assert records[0]["conversations"][0]["value"] == SCENERY_PEOPLE.instruction + "\n<image>"
+    assert records[0]["conversations"][0]["value"] == "<image>\n" + SCENERY_PEOPLE.instruction
     for table in task_tables(warehouse):  # JSONL round-trips too
         stored = warehouse.query(f'SELECT * FROM "{table}"')
         exported = pl.read_ndjson(tmp_path / "x" / f"{table}.jsonl", schema_overrides=stored.schema)
@@ -153,7 +153,7 @@ def test_the_exported_human_turn_is_the_inference_prompt_of_every_task(
     warehouse, extracted, tmp_path
 ):
     """Fine-tuning data must be prompted as inference is: system prompt, then the user turn's
-    parts in order (instruction text, image), so the rendering is derived from `chat_messages`."""
+    parts in the layout's order (image, instruction text), so the rendering is derived from `chat_messages`."""
     from core.quality.exports import export_all
     from core.tasks.registry import TASKS
     from core.vlm.prompt import chat_messages

@@ -232,3 +232,66 @@ def test_json_schema_constraint_refuses_a_server_that_allows_free_whitespace():
         client.check_ready()
         (result,) = client.extract(_images(1), TASK)
     assert result.status == "ok"
+
+
+def test_an_images_other_tasks_are_sent_only_after_its_first_task_answered():
+    """Staggered dispatch: the image's first task prefills it (here: a 503, then its retry);
+    the other tasks follow its final answer, so on a real server they find the image in the
+    prefix cache. Every task still gets its own row, and the first task's retry is its own."""
+    tasks = [get_task("age_gender"), get_task("basketball_action"), get_task("scenery_people")]
+    images = _images(2)
+    first_key = _key(images[0].path)
+    with _serve({first_key: ["503"]}) as server:
+        client = _client(server.url, max_in_flight=16)
+        prepared = client.prepare(images)
+        outputs = client.extract_tasks([(task, prepared) for task in tasks])
+        budgets = [budget for key, budget, _ in server.log if key == first_key]
+    assert [[r.status for r in results] for results in outputs] == [["ok", "ok"]] * 3
+    assert [r.attempts for r in outputs[0]] == [2, 1]
+    first = tasks[0].max_completion_tokens
+    assert budgets[:2] == [first, first], budgets  # the 503 and its retry, nothing in between
+    assert sorted(budgets[2:]) == sorted(t.max_completion_tokens for t in tasks[1:])
+
+
+def test_without_staggering_all_tasks_of_an_image_are_in_flight_together():
+    """The opposite dispatch (`stagger_tasks=False`) sends the other tasks while the first one
+    is still being retried: the test above is not passing by accident."""
+    tasks = [get_task("age_gender"), get_task("basketball_action"), get_task("scenery_people")]
+    images = _images(1)
+    key = _key(images[0].path)
+    with _serve({key: ["503"]}, service_time_s=0.2) as server:
+        client = _client(server.url, max_in_flight=16, stagger_tasks=False, backoff_base_s=0.5)
+        prepared = client.prepare(images)
+        outputs = client.extract_tasks([(task, prepared) for task in tasks])
+        budgets = [budget for k, budget, _ in server.log if k == key]
+    assert [results[0].status for results in outputs] == ["ok"] * 3
+    assert len(budgets) == 4 and len(set(budgets[:3])) == 3, budgets
+
+
+def test_the_priority_gate_serves_an_images_followers_before_new_images():
+    import asyncio
+
+    from core.vlm.sglang_client import PriorityGate
+
+    async def main() -> list[str]:
+        gate, order = PriorityGate(1), []
+
+        async def hold(name: str, priority: bool, pause: float) -> None:
+            async with gate.slot(priority):
+                order.append(name)
+                await asyncio.sleep(pause)
+
+        first = asyncio.create_task(hold("first", False, 0.05))
+        await asyncio.sleep(0.01)
+        waiting = [asyncio.create_task(hold("new image", False, 0)) for _ in range(2)]
+        await asyncio.sleep(0.01)
+        follower = asyncio.create_task(hold("follower", True, 0))
+        cancelled = asyncio.create_task(hold("cancelled", True, 0))
+        await asyncio.sleep(0.01)
+        cancelled.cancel()
+        await asyncio.gather(first, follower, *waiting, return_exceptions=True)
+        async with gate.slot():  # every slot came back, the cancelled waiter's too
+            order.append("last")
+        return order
+
+    assert asyncio.run(main()) == ["first", "follower", "new image", "new image", "last"]
