@@ -82,7 +82,7 @@ def preview_table(frame: pl.DataFrame) -> dg.MetadataValue:
 
 
 def previews_by(frame: pl.DataFrame, column: str, key: str = "preview") -> dict[str, object]:
-    """One preview table per value of `column` (`preview · scenery`, ...), without that column:
+    """One preview table per value of `column` (`preview · <value>`, ...), without that column:
     narrower than one table repeating it on every row."""
     return {
         f"{key} · {value}": preview_table(rows.drop(column))

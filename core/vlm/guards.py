@@ -5,7 +5,7 @@ valid under the task's schema (which the writer and pydantic already guarantee).
   large enough that one answer is unlikely (a stuck or collapsed model, a prompt it ignores).
 - `extraction_refusals`: free-text fields holding a refusal or a non-answer ("unknown", "none",
   "sorry", empty), and failed results (`invalid`, `truncated`, ...) whose raw JSON holds one as a
-  string value (`"shirt_color":"i cannot tell`) or whose raw text is prose that opens like one.
+  string value (`"caption":"i cannot tell`) or whose raw text is prose that opens like one.
 - `extraction_<rule>_consistency`: one per `consistency:` rule of the labeling spec (none when
   it declares none): a task answered on an image where another task's entity list is empty, so
   one of the two answers is wrong.
@@ -60,7 +60,7 @@ _REFUSAL_WORDS = r"i'?m sorry|i am sorry|sorry|i cannot|i can'?t|i am unable|i'?
 REFUSAL = rf"^\s*({_REFUSAL_WORDS})"
 # Where a refusal can show in a failed result's raw text. Constrained decoding writes only the
 # task's JSON (possibly cut short), never prose, so a refusal is a string value that opens like
-# one, or a whole non-answer value (`"shirt_color":"unknown"`); prose from a server that
+# one, or a whole non-answer value (`"caption":"unknown"`); prose from a server that
 # ignored the grammar still opens the text.
 RAW_REFUSAL = (
     rf'(^\s*|"\s*)({_REFUSAL_WORDS})'

@@ -24,6 +24,7 @@ import pytest
 from orchestration.demo import run_demo
 from orchestration.jobs import PIPELINE_ASSETS, PIPELINE_JOB_NAME, image_pipeline_job
 from orchestration.settings import REPO_ROOT, Settings
+from sensors.drop_sensor import SENSOR_NAME
 from tests.ui.dagster_ui import (
     DagsterDev,
     alive,
@@ -388,3 +389,45 @@ def test_stopping_make_ui_stops_dagster_and_the_reports_server(demo: Demo):
     while (left := [pid for pid in children if alive(pid)]) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert {pid: command_line(pid) for pid in left} == {}
+
+
+SENSOR_SELECTOR = {
+    "repositoryLocationName": "image_pipeline",
+    "repositoryName": "__repository__",
+    "sensorName": SENSOR_NAME,
+}
+START_SENSOR = """
+mutation Start($selector: SensorSelector!) {
+  startSensor(sensorSelector: $selector) { __typename ... on PythonError { message } }
+}
+"""
+SENSOR_TICKS = """
+query Ticks($selector: SensorSelector!) {
+  sensorOrError(sensorSelector: $selector) {
+    __typename ... on Sensor { sensorState { ticks(limit: 5) { status skipReason } } }
+  }
+}
+"""
+
+
+def test_the_sensor_page_says_what_the_sensor_waits_for(demo: Demo, browser):
+    """Issue 20 item 5: each tick's one-line status is on the sensor's own page, not only in the
+    terminal. The sensor starts stopped here (the demo ran the chain itself); started, its first
+    tick finds `samples` already ingested and says so."""
+    started = graphql(demo.url, START_SENSOR, {"selector": SENSOR_SELECTOR})
+    assert started["startSensor"]["__typename"] == "Sensor", started
+    reasons: list[str] = []
+    deadline = time.monotonic() + 120
+    while not reasons and time.monotonic() < deadline:
+        answer = graphql(demo.url, SENSOR_TICKS, {"selector": SENSOR_SELECTOR})
+        ticks = answer["sensorOrError"]["sensorState"]["ticks"]
+        reasons = [tick["skipReason"] for tick in ticks if tick["skipReason"]]
+        time.sleep(2)
+    assert reasons, "the daemon ticked no skip within 120 s"
+    assert reasons[0].startswith("watching 1 drop"), reasons[0]
+
+    watched = Watched(browser, demo.url)
+    page = watched.open(f"/locations/image_pipeline/sensors/{SENSOR_NAME}", SENSOR_NAME)
+    page.get_by_text(reasons[0], exact=False).first.wait_for(timeout=30_000)
+    watched.shoot(demo.shots / "sensor.png")
+    assert not watched.errors, watched.errors

@@ -8,6 +8,7 @@ import datetime as dt
 import pytest
 
 from core.clip import checks as clip_checks
+from core.labels.loader import default_spec
 from core.quality import cross_stage
 from core.quality.cross_stage import LabelSource
 from core.quality.outcome import CheckOutcome, merge_outcomes
@@ -61,15 +62,16 @@ def test_constant_answers_and_people_consistency_on_one_image_are_skipped(wh):
     )
     constant = guards.constant_answers(wh, "d1", scope, SCENERY_PEOPLE)
     assert_skipped(constant, "too few images (1 of 10 needed)")
-    people = guards.people_consistency(wh, "d1", VLM, AGE_GENDER, SCENERY_PEOPLE)
+    rule = default_spec().consistency[0]  # the bundled spec's people rule
+    people = guards.consistency(wh, "d1", VLM, rule, AGE_GENDER, SCENERY_PEOPLE)
     assert_skipped(people, "too few images (1 of 10 needed)")
-    assert people.counts == {"images_compared": 1, "person_but_nobody_listed": 1}
+    assert people.counts == {"images_compared": 1, "answered_but_none_listed": 1}
     # the guards asset path passes its minimum down to both
     folded = merge_outcomes(
         guards.guard_checks(wh, "d1", VLM, [SCENERY_PEOPLE, AGE_GENDER], min_images=2), "task"
     )
     by_name = {o.check_name: o for o in folded}
-    assert by_name[guards.EXTRACTION_PEOPLE_CONSISTENCY].skipped == "too few images (1 of 2 needed)"
+    assert by_name[guards.consistency_check_name(rule)].skipped == "too few images (1 of 2 needed)"
     assert by_name[guards.EXTRACTION_CONSTANT_ANSWERS].summary == (
         "skipped: too few images (1 of 2 needed) for scenery_people, age_gender"
     )
