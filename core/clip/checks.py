@@ -16,9 +16,11 @@ from core.clip.near_duplicates import near_duplicate_pairs
 from core.quality.outcome import (
     SAMPLE_ROWS,
     CheckOutcome,
+    drop_image_count,
     ident,
     merge_outcomes,
     missing_table,
+    no_images,
     records,
     scalar,
     too_few,
@@ -61,7 +63,7 @@ def embedding_checks(
                 for name in names
             ]
         if not table_exists(conn, table):
-            return [missing_table(name, table) for name in names]
+            return [missing_table(conn, drop_id, name, table) for name in names]
         rows = f"""
             SELECT e.* FROM {ident(table)} e JOIN ({DROP_IMAGES}) d USING (image_id)
             WHERE e.model_id = $model AND e.kind = $kind
@@ -154,9 +156,9 @@ def _images_and_unavailable(
     conn: duckdb.DuckDBPyConnection, params: dict[str, object]
 ) -> tuple[int, int]:
     """The drop's images, and how many of them the model found no readable file for."""
-    images = scalar(conn, f"SELECT count(*) FROM ({DROP_IMAGES})", params)
+    images = drop_image_count(conn, str(params["drop"]))
     if not images or not table_exists(conn, "clip_failures"):
-        return int(images or 0), 0
+        return images, 0
     unavailable = scalar(
         conn,
         f"SELECT count(*) FROM ({DROP_IMAGES}) d JOIN clip_failures c"
@@ -168,16 +170,14 @@ def _images_and_unavailable(
 
 def _nothing_to_check(name: str, subject: str, images: int, unavailable: int) -> CheckOutcome:
     """Passed, and says why: no image of the drop reached the model."""
-    why = (
-        "the drop has no images (every file was rejected)"
-        if not images
-        else f"all {images} images are unavailable (no file holds their bytes)"
-    )
+    if not images:
+        return no_images(name, subject=subject, counts={"unavailable": 0})
     return CheckOutcome(
         check_name=name,
         passed=True,
         severity="ERROR",
-        summary=f"{subject}: nothing to check: {why}",
+        summary=f"{subject}: nothing to check: all {images} images are unavailable"
+        " (no file holds their bytes)",
         counts={"images": images, "unavailable": unavailable},
     )
 
@@ -303,6 +303,9 @@ def near_duplicates(
     pairs = near_duplicate_pairs(
         warehouse, drop_id, model_id=model_id, dim=dim, threshold=threshold
     )
+    with warehouse.reader() as conn:
+        if not drop_image_count(conn, drop_id):
+            return no_images(NEAR_DUPLICATES, "WARN", subject=model_id), pairs
     if pairs.height:
         paths = first_paths(
             warehouse, sorted(set(pairs["image_id"]) | set(pairs["other_image_id"]))
@@ -338,7 +341,10 @@ def zero_shot_collapse(
     `min_images` images (a collapsed or broken model, or prompts that favour one label); the
     value is how many distinct top labels the drop got."""
     params = {"drop": drop_id, "model": model_id, "set": label_set, "fp": fingerprint}
+    subject = f"{label_set}/{model_id}"
     with warehouse.reader() as conn:
+        if not drop_image_count(conn, drop_id):
+            return no_images(ZERO_SHOT_COLLAPSE, "WARN", subject=subject)
         tops = records(
             conn,
             f"""
@@ -351,7 +357,6 @@ def zero_shot_collapse(
             params,
         )
     images = sum(row["images"] for row in tops)
-    subject = f"{label_set}/{model_id}"
     if images < min_images:
         return too_few(
             ZERO_SHOT_COLLAPSE,

@@ -20,7 +20,7 @@ from core.quality import cross_stage as checks
 from core.quality.cross_stage import LabelSource
 from core.quality.fields import COMPARED_FIELDS, FIELDS
 from core.quality.metrics import ConfusionMatrix
-from core.quality.outcome import CheckOutcome
+from core.quality.outcome import CheckOutcome, drop_image_count, no_images
 from core.tasks.registry import TASKS
 from core.warehouse import Warehouse
 
@@ -72,12 +72,18 @@ def field_agreement(
         LabelSource.task_field(task.name, field.column or "", "", task.fingerprint),
     )
     if not clip_models or not vlm_models:
-        outcome = CheckOutcome(
-            check_name=checks.AGREEMENT,
-            passed=True,
-            severity="WARN",
-            summary=f"{field_name}: nothing to compare (CLIP models {clip_models}, "
-            f"VLM models {vlm_models})",
+        with warehouse.reader() as conn:
+            images = drop_image_count(conn, drop_id)
+        outcome = (
+            CheckOutcome(
+                check_name=checks.AGREEMENT,
+                passed=True,
+                severity="WARN",
+                summary=f"{field_name}: nothing to compare (CLIP models {clip_models}, "
+                f"VLM models {vlm_models})",
+            )
+            if images
+            else no_images(checks.AGREEMENT, "WARN", subject=field_name)
         )
         return FieldAgreement(
             field=field_name,

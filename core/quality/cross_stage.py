@@ -17,9 +17,11 @@ from core.quality.metrics import confusion_matrix
 from core.quality.outcome import (
     SAMPLE_ROWS,
     CheckOutcome,
+    drop_image_count,
     execute,
     ident,
     missing_table,
+    no_images,
     share,
     too_few,
 )
@@ -101,8 +103,10 @@ def label_drift(
     labels, params = source.select()
     params = {**params, "drop": drop_id}
     with warehouse.reader() as conn:
+        if not drop_image_count(conn, drop_id):
+            return no_images(LABEL_DRIFT, "WARN", subject=source.describe())
         if not table_exists(conn, source.table):
-            return missing_table(LABEL_DRIFT, source.table, "WARN")
+            return missing_table(conn, drop_id, LABEL_DRIFT, source.table, "WARN")
         rows = execute(
             conn,
             f"""
@@ -216,7 +220,7 @@ def agreement(
     with warehouse.reader() as conn:
         for table in ("clip_zero_shot", vlm_source.table):
             if not table_exists(conn, table):
-                return missing_table(AGREEMENT, table, "WARN")
+                return missing_table(conn, drop_id, AGREEMENT, table, "WARN", subject=field.name)
         pairs = execute(
             conn,
             f"""
@@ -276,7 +280,7 @@ def multi_label_agreement(
     with warehouse.reader() as conn:
         for table in ("clip_zero_shot", vlm_source.table):
             if not table_exists(conn, table):
-                return missing_table(AGREEMENT, table, "WARN")
+                return missing_table(conn, drop_id, AGREEMENT, table, "WARN", subject=field.name)
         pairs = execute(
             conn,
             f"""

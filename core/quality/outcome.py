@@ -18,7 +18,7 @@ import duckdb
 from pydantic import BaseModel, Field
 
 from core.warehouse import Warehouse
-from core.warehouse.queries import DROP_IMAGE_PATHS, first_paths, table_exists
+from core.warehouse.queries import DROP_IMAGE_PATHS, DROP_IMAGES, first_paths, table_exists
 
 Severity = Literal["ERROR", "WARN"]
 SAMPLE_ROWS = 10
@@ -208,7 +208,46 @@ def scalar(conn: duckdb.DuckDBPyConnection, sql: str, params: Mapping[str, Any])
     return row[0] if row else None
 
 
-def missing_table(check_name: str, table: str, severity: Severity = "ERROR") -> CheckOutcome:
+# What every check of a drop's images says when every file of the drop was rejected.
+NO_IMAGES = "nothing to check: the drop has no images (every file was rejected)"
+
+
+def drop_image_count(conn: duckdb.DuckDBPyConnection, drop_id: str) -> int:
+    """How many distinct images the drop has (0 when every file was rejected)."""
+    return int(scalar(conn, f"SELECT count(*) FROM ({DROP_IMAGES})", {"drop": drop_id}) or 0)
+
+
+def no_images(
+    check_name: str,
+    severity: Severity = "ERROR",
+    *,
+    subject: str | None = None,
+    counts: dict[str, int] | None = None,
+) -> CheckOutcome:
+    """A check of a drop without images: it passes, and says there was nothing to judge, so no
+    model table need exist yet (a fresh warehouse whose first drop is all rejects)."""
+    return CheckOutcome(
+        check_name=check_name,
+        passed=True,
+        severity=severity,
+        summary=f"{subject}: {NO_IMAGES}" if subject else NO_IMAGES,
+        counts={"images": 0, **(counts or {})},
+    )
+
+
+def missing_table(
+    conn: duckdb.DuckDBPyConnection,
+    drop_id: str | None,
+    check_name: str,
+    table: str,
+    severity: Severity = "ERROR",
+    *,
+    subject: str | None = None,
+) -> CheckOutcome:
+    """The outcome of a check whose table does not exist: a failure when the drop has images
+    (its stage never wrote them), `no_images` when it has none (the stage had nothing to write)."""
+    if drop_id is not None and not drop_image_count(conn, drop_id):
+        return no_images(check_name, severity, subject=subject)
     return CheckOutcome(
         check_name=check_name,
         passed=False,

@@ -19,9 +19,11 @@ from core.copies import UNREADABLE_STATUSES
 from core.quality.outcome import (
     SAMPLE_ROWS,
     CheckOutcome,
+    drop_image_count,
     execute,
     ident,
     missing_table,
+    no_images,
     records,
     scalar,
     share,
@@ -73,17 +75,12 @@ def _status_counts(warehouse: Warehouse, drop_id: str, scope: ExtractionScope) -
     return {str(status): int(count) for status, count in rows}
 
 
-def _drop_images(warehouse: Warehouse, drop_id: str) -> int:
-    with warehouse.reader() as conn:
-        return int(scalar(conn, f"SELECT count(*) FROM ({DROP_IMAGES})", {"drop": drop_id}))
-
-
 def extraction_coverage(warehouse: Warehouse, drop_id: str, scope: ExtractionScope) -> CheckOutcome:
     """Every image of the drop has a vlm_extractions row (of any status) for the task and model."""
     params = scope.params(drop_id)
     with warehouse.reader() as conn:
         if not table_exists(conn, "vlm_extractions"):
-            return missing_table(EXTRACTION_COVERAGE, "vlm_extractions")
+            return missing_table(conn, drop_id, EXTRACTION_COVERAGE, "vlm_extractions")
         images = scalar(conn, f"SELECT count(*) FROM ({DROP_IMAGES})", params)
         missing = records(
             conn,
@@ -265,7 +262,7 @@ def extraction_enums(
     with warehouse.reader() as conn:
         for table, columns in sorted(constraints.enums.items()):
             if not table_exists(conn, table):
-                return missing_table(EXTRACTION_ENUMS, table)
+                return missing_table(conn, drop_id, EXTRACTION_ENUMS, table)
             for column, values in sorted(columns.items()):
                 checked += scalar(
                     conn,
@@ -310,7 +307,7 @@ def extraction_entity_counts(
         for table, (low, high) in sorted(constraints.entity_bounds.items()):
             for needed in (parent, table):
                 if not table_exists(conn, needed):
-                    return missing_table(EXTRACTION_ENTITY_COUNTS, needed)
+                    return missing_table(conn, drop_id, EXTRACTION_ENTITY_COUNTS, needed)
             found = records(
                 conn,
                 f"""
@@ -353,17 +350,12 @@ def extraction_checks(
     """All extraction checks of one task and model, constraints derived from the task's model
     (`core.tasks.registry`: pass `task.model`)."""
     constraints = task_constraints(scope.task, model)
-    if not _drop_images(warehouse, drop_id):
+    with warehouse.reader() as conn:
+        images = drop_image_count(conn, drop_id)
+    if not images:
         # Every file of the drop was rejected: no image was sent, no task table need exist.
         return [
-            CheckOutcome(
-                check_name=name,
-                passed=True,
-                severity="ERROR",
-                summary=f"{scope.task}/{scope.model_id}: nothing to check: the drop has no "
-                "images (every file was rejected)",
-                counts={"images": 0},
-            )
+            no_images(name, subject=f"{scope.task}/{scope.model_id}")
             for name in (
                 EXTRACTION_COVERAGE,
                 EXTRACTION_VALIDITY,

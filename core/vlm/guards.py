@@ -23,8 +23,10 @@ from core.labels.spec import ConsistencyRule
 from core.quality.outcome import (
     SAMPLE_ROWS,
     CheckOutcome,
+    drop_image_count,
     ident,
     missing_table,
+    no_images,
     records,
     scalar,
     share,
@@ -99,7 +101,14 @@ def constant_answers(
     with warehouse.reader() as conn:
         for table, column in _answer_columns(task):
             if not table_exists(conn, table):
-                return missing_table(EXTRACTION_CONSTANT_ANSWERS, table, "WARN")
+                return missing_table(
+                    conn,
+                    drop_id,
+                    EXTRACTION_CONSTANT_ANSWERS,
+                    table,
+                    "WARN",
+                    subject=f"{scope.task}/{scope.model_id}",
+                )
             (images, distinct, value) = records(
                 conn,
                 f"""
@@ -170,7 +179,14 @@ def refusals(
     with warehouse.reader() as conn:
         for table, column in text_columns:
             if not table_exists(conn, table):
-                return missing_table(EXTRACTION_REFUSALS, table, "WARN")
+                return missing_table(
+                    conn,
+                    drop_id,
+                    EXTRACTION_REFUSALS,
+                    table,
+                    "WARN",
+                    subject=f"{scope.task}/{scope.model_id}",
+                )
             col = f"t.{ident(column)}"
             answers += scalar(
                 conn,
@@ -267,7 +283,7 @@ def consistency(
     with warehouse.reader() as conn:
         for table in ("vlm_extractions", parent, child):
             if not table_exists(conn, table):
-                return missing_table(name, table, "WARN")
+                return missing_table(conn, drop_id, name, table, "WARN", subject=model_id)
         compared = records(
             conn,
             f"""
@@ -334,6 +350,21 @@ def guard_checks(
     (default: the current spec's) under its `when_answered` task; fold with `merge_outcomes`."""
     rules = current_spec().consistency if rules is None else rules
     out: dict[str, list[CheckOutcome]] = {}
+    with warehouse.reader() as conn:
+        images = drop_image_count(conn, drop_id)
+    if not images:  # every file was rejected: no image was sent, no task table need exist
+        for task in tasks:
+            subject = f"{task.name}/{model_id}"
+            out[task.name] = [
+                no_images(EXTRACTION_CONSTANT_ANSWERS, "WARN", subject=subject),
+                no_images(EXTRACTION_REFUSALS, "WARN", subject=subject),
+            ]
+        for rule in rules:
+            target = rule.when_answered if rule.when_answered in out else next(iter(out), "tasks")
+            out.setdefault(target, []).append(
+                no_images(consistency_check_name(rule), "WARN", subject=model_id)
+            )
+        return out
     for task in tasks:
         scope = ExtractionScope(
             task=task.name, model_id=model_id, task_fingerprint=task.fingerprint

@@ -9,6 +9,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from core.quality.outcome import NO_IMAGES
 from core.warehouse import Warehouse
 from orchestration.settings import Settings
 from tests.fixtures.bad_inputs import jpeg_bytes
@@ -83,6 +84,29 @@ def test_a_drop_of_only_rejected_files_is_a_green_run_with_every_file_accounted_
         evaluation = by_name[key]
         assert evaluation.passed, key
         assert "nothing to check" in str(evaluation.metadata["summary"].value), key
+    # Not only the blocking checks: every check of the run passes but two true warnings, on
+    # the labelled set (none of its images is ingested) and on the drop's files (all rejected).
+    warnings = {("evaluation", "labelled_images_ingested"), ("images", "rejection_rate")}
+    assert {key for key, e in by_name.items() if not e.passed} == warnings
+    # The checks of the drop's files judge 6 files; the review queue and the drop page check
+    # what the run wrote for them (nothing). Every check of a model's output says it had
+    # nothing to judge, the same words on every asset (`core.quality.outcome.NO_IMAGES`).
+    judged = {"images", "review_queue", "drop_page"}
+    unsaid = {
+        key: str(e.metadata["summary"].value)
+        for key, e in by_name.items()
+        if key[0] not in judged
+        and key not in warnings
+        and NO_IMAGES not in str(e.metadata["summary"].value)
+    }
+    assert not unsaid, unsaid
+    assert {key[0] for key in by_name} - judged == {
+        "clip_embeddings",
+        "clip_zero_shot",
+        "vlm_extractions",
+        "evaluation",
+        "label_agreement",
+    }
 
 
 def _raw_name(folder: Path, name: bytes) -> Path:
