@@ -14,6 +14,7 @@ import pytest
 import xgrammar
 from xgrammar.testing import _is_grammar_accept_string
 
+from core.labels.__main__ import main
 from core.labels.derive import (
     MAX_GRAMMAR_SUBSETS,
     build_label_sets,
@@ -187,7 +188,12 @@ def _compact_grammar(schema_json: str) -> xgrammar.Grammar:
 
 
 def _multi_choice_task(values: list[str], low: int, high: int):
-    text = f"""\
+    (task_spec,) = parse_spec(_multi_choice_spec(values, low, high), "shop.yaml").tasks
+    return build_task(task_spec)
+
+
+def _multi_choice_spec(values: list[str], low: int, high: int) -> str:
+    return f"""\
 tasks:
   - name: shop
     goal: Tag the photo.
@@ -198,8 +204,6 @@ tasks:
         max: {high}
         values: [{", ".join(values)}]
 """
-    (task_spec,) = parse_spec(text, "shop.yaml").tasks
-    return build_task(task_spec)
 
 
 def _sequences(values: list[str], longest: int):
@@ -235,7 +239,9 @@ def test_the_grammar_produces_exactly_the_distinct_sets_in_order_within_bounds(l
     )
 
 
-def test_above_the_limit_the_grammar_bounds_the_count_and_validation_refuses_repeats(caplog):
+def test_above_the_limit_the_grammar_bounds_the_count_and_validation_refuses_repeats(
+    caplog, capsys, tmp_path
+):
     values = [f"v{i}" for i in range(MAX_GRAMMAR_SUBSETS.bit_length())]  # 2**9 = 512 sets
     with caplog.at_level("WARNING", logger="core.labels.derive"):
         task = _multi_choice_task(values, 0, len(values))
@@ -247,6 +253,14 @@ def test_above_the_limit_the_grammar_bounds_the_count_and_validation_refuses_rep
     assert _is_grammar_accept_string(grammar, repeated)  # the grammar lets it through ...
     assert judge(task, repeated, "stop", 200).status == "invalid"  # ... validation does not
     assert "in the order listed" not in task.instruction
+    spec = tmp_path / "shop.yaml"
+    spec.write_text(_multi_choice_spec(values, 0, len(values)))
+    assert main([str(spec)]) == 0  # `make validate` says so (a warning, not an error)
+    assert "tags: multi_choice [v0, v1" in (out := capsys.readouterr().out)
+    assert "0 to 9: 512 sets, over 256: distinct by validation only" in out
+    spec.write_text(_multi_choice_spec(values[:4], 1, 3))
+    assert main([str(spec)]) == 0
+    assert "1 to 3: 14 sets, distinct by the grammar" in capsys.readouterr().out
 
 
 def test_a_repeated_value_is_an_invalid_result_never_stored(task, warehouse):
