@@ -6,7 +6,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from core.labels.derive import MAX_GRAMMAR_SUBSETS, subset_count
 from core.labels.loader import SpecError, load_spec, spec_path
+from core.labels.spec import MultiChoiceField
 
 
 def summary(spec_file: str) -> str:
@@ -18,6 +20,13 @@ def summary(spec_file: str) -> str:
             detail = field.kind
             if hasattr(field, "values"):
                 detail += " [" + ", ".join(field.values) + "]"
+            if isinstance(field, MultiChoiceField):
+                sets = subset_count(field)
+                detail += f" {field.min} to {field.max}: {sets} sets, " + (
+                    "distinct by the grammar"
+                    if sets <= MAX_GRAMMAR_SUBSETS
+                    else f"over {MAX_GRAMMAR_SUBSETS}: distinct by validation only"
+                )
             if getattr(field, "phrases", None):
                 detail += " + CLIP zero-shot"
             lines.append(f"    {field.name}: {detail}")

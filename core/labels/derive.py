@@ -6,9 +6,12 @@ and the bundled spec reproduces the built-in tasks byte for byte. Per kind:
 
 - `choice`: `Literal[values (, cannot_tell)]` -> `enum`; VARCHAR column;
 - `multi_choice`: `list[Literal[values]]` with min/max -> array of enum with `minItems`/`maxItems`;
-  VARCHAR[] column. The grammar cannot enforce distinct items (xgrammar accepts `uniqueItems` and
-  ignores it), so validation does: a repeated value is a schema violation, i.e. an `invalid`
-  result, never stored. Valid sets are stored in the spec's value order;
+  VARCHAR[] column. xgrammar ignores `uniqueItems`, so when the field has at most
+  `MAX_GRAMMAR_SUBSETS` allowed sets, the array schema also carries an `enum` of every set of
+  distinct values in the spec's order (`["a"]`, `["a","b"]`, ...): the grammar can then produce
+  only valid sets. Above that, and always as the safety net, validation refuses a repeated value
+  (a schema violation, i.e. an `invalid` result, never stored). Valid sets are stored in the
+  spec's value order;
 - `yes_no`: bool -> BOOLEAN; `integer`/`number`: range -> BIGINT/DOUBLE;
 - `text`: a bounded anchored `pattern` -> VARCHAR;
 - `entities`: `list[sub-model]` with `maxItems` -> child table `task_<task>__<field>`;
@@ -17,10 +20,14 @@ and the bundled spec reproduces the built-in tasks byte for byte. Per kind:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from itertools import combinations
+from math import comb
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, create_model
+from pydantic import AfterValidator, Field, GetJsonSchemaHandler, create_model
+from pydantic_core import CoreSchema
 
 from core.labels.label_set import LabelSet
 from core.labels.spec import (
@@ -37,6 +44,7 @@ from core.labels.spec import (
 from core.tasks.base import Task, TaskModel
 
 __all__ = [
+    "MAX_GRAMMAR_SUBSETS",
     "FieldColumn",
     "build_label_sets",
     "build_task",
@@ -44,6 +52,46 @@ __all__ = [
     "field_columns",
     "model_name",
 ]
+
+
+log = logging.getLogger(__name__)
+
+# The most sets a multi-choice field may allow for its grammar to list them all (an `enum` of
+# arrays); 8 values with any count give 256. Above it the grammar bounds only the values and
+# the count, and validation alone refuses a repeated value.
+MAX_GRAMMAR_SUBSETS = 256
+
+
+def subset_count(field: MultiChoiceField) -> int:
+    """How many sets of distinct values the field allows (sizes `min` to `max`)."""
+    n = len(field.values)
+    return sum(comb(n, k) for k in range(field.min, min(field.max, n) + 1))
+
+
+def grammar_subsets(field: MultiChoiceField) -> list[list[str]] | None:
+    """Every allowed set, each in the spec's value order, smallest first; None above the limit."""
+    if subset_count(field) > MAX_GRAMMAR_SUBSETS:
+        return None
+    return [
+        list(chosen)
+        for k in range(field.min, min(field.max, len(field.values)) + 1)
+        for chosen in combinations(field.values, k)
+    ]
+
+
+@dataclass(frozen=True)
+class _EnumOfSets:
+    """Adds `enum: [sets]` to a list's JSON schema, next to its `items`/`minItems`/`maxItems`
+    (which the prompt, Label Studio and search still read)."""
+
+    sets: tuple[tuple[str, ...], ...]
+
+    def __get_pydantic_json_schema__(
+        self, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> dict[str, Any]:
+        schema = handler(core_schema)
+        schema["enum"] = [list(s) for s in self.sets]
+        return schema
 
 
 def model_name(name: str) -> str:
@@ -76,6 +124,18 @@ def _annotation(field: Any, owner: str) -> tuple[Any, Any]:
     elif isinstance(field, MultiChoiceField):
         item = Literal[field.values]  # type: ignore[valid-type]
         annotation = Annotated[list[item], AfterValidator(_distinct_in_order(field.values))]
+        sets = grammar_subsets(field)
+        if sets is not None:
+            annotation = Annotated[annotation, _EnumOfSets(tuple(tuple(s) for s in sets))]
+        else:
+            log.warning(
+                "%s.%s allows %d sets (over %d): the grammar does not list them, so a repeated "
+                "value is refused by validation only",
+                owner,
+                field.name,
+                subset_count(field),
+                MAX_GRAMMAR_SUBSETS,
+            )
         extra["max_length"] = field.max
         if field.min:
             extra["min_length"] = field.min

@@ -79,7 +79,11 @@ class Filter:
 def _enum(prop: dict[str, Any]) -> tuple[str, ...]:
     """The allowed values of a (possibly optional) choice or multi-choice field's schema."""
     for branch in (prop, *prop.get("anyOf", ())):
-        values = branch.get("enum") or branch.get("items", {}).get("enum")
+        # a multi-choice array's own `enum` lists the allowed sets; its values are its items'
+        if branch.get("type") == "array":
+            values = branch.get("items", {}).get("enum")
+        else:
+            values = branch.get("enum")
         if values:
             return tuple(str(v) for v in values)
     return ()

@@ -342,6 +342,8 @@ def _describe(schema: dict[str, Any], indent: str) -> list[str]:
             text += f": a list of {low} to {high} distinct values from " + ", ".join(
                 json.dumps(v) for v in items["enum"]
             )
+            if "enum" in prop:  # the grammar lists the sets, each in the values' order
+                text += ", in the order listed"
             if prop.get("description"):
                 text += f" ({prop['description']})"
             lines.append(text)

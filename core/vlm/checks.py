@@ -202,6 +202,8 @@ class TaskConstraints(BaseModel):
     enums: dict[str, dict[str, list[str]]] = Field(
         default_factory=dict
     )  # table -> column -> values
+    # table -> the enum columns that are lists (multi-label, VARCHAR[]): each element is checked
+    list_columns: dict[str, list[str]] = Field(default_factory=dict)
     entity_bounds: dict[str, tuple[int, int | None]] = Field(default_factory=dict)  # child table
 
 
@@ -215,6 +217,21 @@ def _allowed_values(annotation: Any) -> list[str] | None:
                 return values
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         return [str(member.value) for member in annotation]
+    return None
+
+
+def _list_allowed_values(annotation: Any) -> list[str] | None:
+    """The values of a list of enum values (a multi-label field, `X | None` too), else None."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            if arg is not type(None) and (values := _list_allowed_values(arg)) is not None:
+                return values
+        return None
+    if typing.get_origin(annotation) is typing.Annotated:
+        return _list_allowed_values(typing.get_args(annotation)[0])
+    if typing.get_origin(annotation) is list:
+        (item,) = typing.get_args(annotation)
+        return _allowed_values(item)
     return None
 
 
@@ -235,6 +252,9 @@ def task_constraints(task: str, model: type[BaseModel]) -> TaskConstraints:
         for name, info in item.model_fields.items():
             if (values := _allowed_values(info.annotation)) is not None:
                 constraints.enums.setdefault(table, {})[name] = values
+            elif (values := _list_allowed_values(info.annotation)) is not None:
+                constraints.enums.setdefault(table, {})[name] = values
+                constraints.list_columns.setdefault(table, []).append(name)
 
     enums_of(parent, model)
     for name, info in model.model_fields.items():
@@ -264,6 +284,12 @@ def extraction_enums(
             if not table_exists(conn, table):
                 return missing_table(conn, drop_id, EXTRACTION_ENUMS, table)
             for column, values in sorted(columns.items()):
+                # A list column (multi-label) is checked element by element: one row per element.
+                value = (
+                    f"unnest(t.{ident(column)})"
+                    if column in constraints.list_columns.get(table, [])
+                    else f"t.{ident(column)}"
+                )
                 checked += scalar(
                     conn,
                     f"SELECT count(*) FROM {ident(table)} t JOIN ({DROP_IMAGES}) d USING (image_id)"
@@ -273,12 +299,14 @@ def extraction_enums(
                 offending += records(
                     conn,
                     f"""
-                    SELECT '{table}' AS "table", '{column}' AS "column", t.image_id,
-                           CAST(t.{ident(column)} AS VARCHAR) AS value
-                    FROM {ident(table)} t JOIN ({DROP_IMAGES}) d USING (image_id)
-                    WHERE {scope.where("t")} AND t.{ident(column)} IS NOT NULL
-                      AND NOT list_contains($allowed, CAST(t.{ident(column)} AS VARCHAR))
-                    ORDER BY t.image_id
+                    SELECT "table", "column", image_id, value FROM (
+                        SELECT '{table}' AS "table", '{column}' AS "column", t.image_id,
+                               CAST({value} AS VARCHAR) AS value
+                        FROM {ident(table)} t JOIN ({DROP_IMAGES}) d USING (image_id)
+                        WHERE {scope.where("t")}
+                    )
+                    WHERE value IS NOT NULL AND NOT list_contains($allowed, value)
+                    ORDER BY image_id, value
                     """,
                     {**params, "allowed": values},
                 )

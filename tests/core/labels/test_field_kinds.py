@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +14,14 @@ import pytest
 import xgrammar
 from xgrammar.testing import _is_grammar_accept_string
 
-from core.labels.derive import build_label_sets, build_task, build_tasks, field_columns
+from core.labels.__main__ import main
+from core.labels.derive import (
+    MAX_GRAMMAR_SUBSETS,
+    build_label_sets,
+    build_task,
+    build_tasks,
+    field_columns,
+)
 from core.labels.loader import parse_spec
 from core.quality.fields import spec_fields
 from core.tasks.base import TaskOutputError
@@ -84,7 +93,7 @@ tasks:
 GOOD = {
     "category": "cannot_tell",
     "size": None,
-    "attributes": ["worn", "leather"],
+    "attributes": ["leather", "worn"],
     "boxed": False,
     "item_count": 2,
     "fill": 0.5,
@@ -120,7 +129,10 @@ def test_prompt_line_per_kind(task):
     text = task.instruction
     assert '- category: one of "shoe", "bag", "watch", "cannot_tell"' in text
     assert '- size: one of "small", "medium", "large", or null' in text
-    assert '- attributes: a list of 1 to 3 distinct values from "leather", "red", "new"' in text
+    assert (
+        '- attributes: a list of 1 to 3 distinct values from "leather", "red", "new", "worn", '
+        "in the order listed" in text
+    )
     assert "- boxed: true or false" in text
     assert "- item_count: integer from 0 to 20" in text
     assert "- fill: number from 0.0 to 1.0, or null" in text
@@ -151,11 +163,11 @@ def test_columns_per_kind(task):
     assert child.columns == (("defect", "VARCHAR"), ("severity", "BIGINT"), ("note", "VARCHAR"))
 
 
-def test_the_grammar_enforces_ranges_enums_bounds_and_text_but_not_distinctness(task):
-    grammar = xgrammar.Grammar.from_json_schema(task.schema_json, any_whitespace=False)
+def test_the_grammar_enforces_ranges_enums_bounds_text_and_distinctness(task):
+    grammar = _compact_grammar(task.schema_json)
 
     def accepts(answer: dict) -> bool:
-        return _is_grammar_accept_string(grammar, json.dumps(answer))
+        return _is_grammar_accept_string(grammar, json.dumps(answer, separators=(",", ":")))
 
     assert accepts(GOOD)
     assert not accepts(GOOD | {"item_count": 21})
@@ -164,17 +176,102 @@ def test_the_grammar_enforces_ranges_enums_bounds_and_text_but_not_distinctness(
     assert not accepts(GOOD | {"caption": "line\nbreak"})
     assert not accepts(GOOD | {"caption": "x" * 41})
     assert not accepts(GOOD | {"caption": 'a "quoted" word'})  # no escapes to get wrong
-    # A repeated value passes the grammar: validation must catch it (next test).
-    assert accepts(GOOD | {"attributes": ["red", "red"]})
+    # The field's schema lists every allowed set: a repeated value cannot be produced.
+    assert not accepts(GOOD | {"attributes": ["red", "red"]})
+
+
+def _compact_grammar(schema_json: str) -> xgrammar.Grammar:
+    """As the SGLang client and the in-process backend compile it (`compact_ebnf`)."""
+    return xgrammar.Grammar.from_json_schema(
+        schema_json, any_whitespace=False, separators=(",", ":"), strict_mode=True
+    )
+
+
+def _multi_choice_task(values: list[str], low: int, high: int):
+    (task_spec,) = parse_spec(_multi_choice_spec(values, low, high), "shop.yaml").tasks
+    return build_task(task_spec)
+
+
+def _multi_choice_spec(values: list[str], low: int, high: int) -> str:
+    return f"""\
+tasks:
+  - name: shop
+    goal: Tag the photo.
+    fields:
+      - name: tags
+        kind: multi_choice
+        min: {low}
+        max: {high}
+        values: [{", ".join(values)}]
+"""
+
+
+def _sequences(values: list[str], longest: int):
+    """Every list of the values up to `longest` items, repeats and any order included."""
+    for size in range(longest + 1):
+        yield from itertools.product(values, repeat=size)
+
+
+@pytest.mark.parametrize(("low", "high"), [(1, 3), (0, 2), (2, 4)])
+def test_the_grammar_produces_exactly_the_distinct_sets_in_order_within_bounds(low, high):
+    values = ["leather", "red", "new", "worn"]
+    task = _multi_choice_task(values, low, high)
+    grammar = _compact_grammar(task.schema_json)
+    order = {v: i for i, v in enumerate(values)}
+    accepted = []
+    for seq in _sequences(values, high + 1):
+        valid = (
+            low <= len(seq) <= high
+            and len(set(seq)) == len(seq)
+            and list(seq) == sorted(seq, key=order.__getitem__)
+        )
+        answer = json.dumps({"tags": list(seq)}, separators=(",", ":"))
+        assert _is_grammar_accept_string(grammar, answer) == valid, answer
+        if valid:
+            accepted.append(seq)
+            assert task.parse(answer).model_dump()["tags"] == list(seq)
+    assert len(accepted) == sum(math.comb(4, k) for k in range(low, high + 1))
+    # What the grammar lets through, validation accepts; the prompt names values, not sets.
+    line = next(x for x in task.instruction.splitlines() if x.startswith("- tags"))
+    assert line == (
+        f'- tags: a list of {low} to {high} distinct values from "leather", "red", "new", '
+        '"worn", in the order listed'
+    )
+
+
+def test_above_the_limit_the_grammar_bounds_the_count_and_validation_refuses_repeats(
+    caplog, capsys, tmp_path
+):
+    values = [f"v{i}" for i in range(MAX_GRAMMAR_SUBSETS.bit_length())]  # 2**9 = 512 sets
+    with caplog.at_level("WARNING", logger="core.labels.derive"):
+        task = _multi_choice_task(values, 0, len(values))
+    assert "validation only" in caplog.text
+    prop = task.json_schema["properties"]["tags"]
+    assert "enum" not in prop and prop["items"]["enum"] == values
+    grammar = _compact_grammar(task.schema_json)
+    repeated = '{"tags":["v1","v1"]}'
+    assert _is_grammar_accept_string(grammar, repeated)  # the grammar lets it through ...
+    assert judge(task, repeated, "stop", 200).status == "invalid"  # ... validation does not
+    assert "in the order listed" not in task.instruction
+    spec = tmp_path / "shop.yaml"
+    spec.write_text(_multi_choice_spec(values, 0, len(values)))
+    assert main([str(spec)]) == 0  # `make validate` says so (a warning, not an error)
+    assert "tags: multi_choice [v0, v1" in (out := capsys.readouterr().out)
+    assert "0 to 9: 512 sets, over 256: distinct by validation only" in out
+    spec.write_text(_multi_choice_spec(values[:4], 1, 3))
+    assert main([str(spec)]) == 0
+    assert "1 to 3: 14 sets, distinct by the grammar" in capsys.readouterr().out
 
 
 def test_a_repeated_value_is_an_invalid_result_never_stored(task, warehouse):
     repeated = judge(task, json.dumps(GOOD | {"attributes": ["red", "red"]}), "stop", 200)
     assert repeated.status == "invalid"
     assert "repeated value 'red'" in (repeated.error or "")
-    ok = judge(task, json.dumps(GOOD), "stop", 200)
+    # Out of order passes validation (where the grammar does not list the sets) and is stored
+    # in the spec's order.
+    ok = judge(task, json.dumps(GOOD | {"attributes": ["worn", "leather"]}), "stop", 200)
     assert ok.status == "ok"
-    assert ok.parsed["attributes"] == ["leather", "worn"]  # stored in the spec's order
+    assert ok.parsed["attributes"] == ["leather", "worn"]
     with pytest.raises(TaskOutputError, match="item_count"):
         task.parse(json.dumps(GOOD | {"item_count": 99}))
     write_batch(

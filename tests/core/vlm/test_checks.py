@@ -12,6 +12,7 @@ from core.tasks.registry import get_task
 from core.vlm import checks
 from core.vlm.checks import ExtractionScope
 from core.warehouse import Warehouse
+from tests.fixtures import user_spec
 from tests.fixtures.contracts import add_drop, add_extraction, plant_sql
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -119,3 +120,26 @@ def test_values_outside_the_schema_enums_and_too_many_people_fail(wh):
     assert counts.offending == [
         {"table": "task_scenery_people__people", "image_id": ids[1], "entities": 9}
     ]
+
+
+def test_every_element_of_a_multi_label_column_is_checked_against_the_field_values(wh):
+    """A `multi_choice` field is a VARCHAR[] column: each element must be one of its values."""
+    task = user_spec.TASKS["product"]
+    scope = ExtractionScope(task="product", model_id=VLM)
+    ids = add_drop(wh, "d1", ["a", "b"], at=T0)
+    add_extraction(wh, ids[0], task, VLM, "ok", user_spec.product(attributes=["leather", "red"]))
+    add_extraction(wh, ids[1], task, VLM, "ok", user_spec.product(attributes=["worn"]))
+    constraints = checks.task_constraints("product", task.model)
+    assert constraints.enums["task_product"]["attributes"] == ["leather", "red", "worn"]
+    assert checks.extraction_enums(wh, "d1", scope, constraints).passed
+    plant_sql(  # the second element is outside the field's values
+        wh,
+        "UPDATE task_product SET attributes = ['leather', 'purple'] WHERE image_id = ?",
+        [ids[0]],
+    )
+    enums = checks.extraction_enums(wh, "d1", scope, constraints)
+    assert not enums.passed
+    assert enums.offending == [
+        {"table": "task_product", "column": "attributes", "image_id": ids[0], "value": "purple"}
+    ]
+    assert enums.counts["outside_enum"] == 1
