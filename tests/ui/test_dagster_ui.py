@@ -375,22 +375,6 @@ def test_the_lineage_page_shows_every_asset_with_its_check_badges(demo: Demo, br
     assert watched.errors == []
 
 
-def test_stopping_make_ui_stops_dagster_and_the_reports_server(demo: Demo):
-    """Item 1's job control: Ctrl-C (SIGINT to the launcher's group) stops `dagster dev`, its
-    children and the reports server; nothing is left. Runs last: it ends the module's server."""
-    server = demo.server
-    children = descendants(server.process.pid)
-    assert children and port_open(server.reports_port)
-    server.stop(signal.SIGINT)
-    assert server.process.returncode is not None
-    assert not port_open(server.reports_port)
-    assert not port_open(int(demo.url.rsplit(":", 1)[1]))
-    deadline = time.monotonic() + 30  # orphan watchers notice their parent is gone
-    while (left := [pid for pid in children if alive(pid)]) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert {pid: command_line(pid) for pid in left} == {}
-
-
 SENSOR_SELECTOR = {
     "repositoryLocationName": "image_pipeline",
     "repositoryName": "__repository__",
@@ -415,19 +399,40 @@ def test_the_sensor_page_says_what_the_sensor_waits_for(demo: Demo, browser):
     terminal. The sensor starts stopped here (the demo ran the chain itself); started, its first
     tick finds `samples` already ingested and says so."""
     started = graphql(demo.url, START_SENSOR, {"selector": SENSOR_SELECTOR})
-    assert started["startSensor"]["__typename"] == "Sensor", started
+    assert started["data"]["startSensor"]["__typename"] == "Sensor", started
     reasons: list[str] = []
     deadline = time.monotonic() + 120
     while not reasons and time.monotonic() < deadline:
         answer = graphql(demo.url, SENSOR_TICKS, {"selector": SENSOR_SELECTOR})
-        ticks = answer["sensorOrError"]["sensorState"]["ticks"]
+        ticks = answer["data"]["sensorOrError"]["sensorState"]["ticks"]
         reasons = [tick["skipReason"] for tick in ticks if tick["skipReason"]]
         time.sleep(2)
     assert reasons, "the daemon ticked no skip within 120 s"
     assert reasons[0].startswith("watching 1 drop"), reasons[0]
 
     watched = Watched(browser, demo.url)
-    page = watched.open(f"/locations/image_pipeline/sensors/{SENSOR_NAME}", SENSOR_NAME)
-    page.get_by_text(reasons[0], exact=False).first.wait_for(timeout=30_000)
-    watched.shoot(demo.shots / "sensor.png")
+    path = f"/locations/__repository__@image_pipeline/sensors/{SENSOR_NAME}"
+    page = watched.open(path, "Latest tick")
+    page.screenshot(path=demo.shots / "sensor.png")
+    # The tick table's Result opens the tick's details, where Dagster shows the skip reason.
+    page.locator("table").get_by_text("0 runs requested").last.click()
+    dialog = page.get_by_role("dialog").last
+    dialog.get_by_text(reasons[0], exact=False).first.wait_for(timeout=30_000)
+    dialog.screenshot(path=demo.shots / "sensor-tick.png")
     assert not watched.errors, watched.errors
+
+
+def test_stopping_make_ui_stops_dagster_and_the_reports_server(demo: Demo):
+    """Item 1's job control: Ctrl-C (SIGINT to the launcher's group) stops `dagster dev`, its
+    children and the reports server; nothing is left. Runs last: it ends the module's server."""
+    server = demo.server
+    children = descendants(server.process.pid)
+    assert children and port_open(server.reports_port)
+    server.stop(signal.SIGINT)
+    assert server.process.returncode is not None
+    assert not port_open(server.reports_port)
+    assert not port_open(int(demo.url.rsplit(":", 1)[1]))
+    deadline = time.monotonic() + 30  # orphan watchers notice their parent is gone
+    while (left := [pid for pid in children if alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert {pid: command_line(pid) for pid in left} == {}
