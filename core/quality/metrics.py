@@ -65,6 +65,23 @@ def label_order(
     return order + sorted((set(y_true) | set(y_pred)) - set(order))
 
 
+def _class_counts(label: str, support: int, predicted: int, correct: int) -> ClassCounts:
+    """One class's counts with precision, recall and F1 (0 where undefined), shared by the
+    single- and multi-label metrics so both define them the same way."""
+    precision = correct / predicted if predicted else 0.0
+    recall = correct / support if support else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return ClassCounts(
+        label=label,
+        support=support,
+        predicted=predicted,
+        correct=correct,
+        precision=precision,
+        recall=recall,
+        f1=f1,
+    )
+
+
 def per_class_counts(
     y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str] | None = None
 ) -> list[ClassCounts]:
@@ -75,20 +92,7 @@ def per_class_counts(
         support = sum(t == label for t in y_true)
         predicted = sum(p == label for p in y_pred)
         correct = sum(t == p == label for t, p in zip(y_true, y_pred, strict=True))
-        precision = correct / predicted if predicted else 0.0
-        recall = correct / support if support else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        rows.append(
-            ClassCounts(
-                label=label,
-                support=support,
-                predicted=predicted,
-                correct=correct,
-                precision=precision,
-                recall=recall,
-                f1=f1,
-            )
-        )
+        rows.append(_class_counts(label, support, predicted, correct))
     return rows
 
 
@@ -152,20 +156,7 @@ def multi_label_metrics(
         support = sum(value in t for t in y_true)
         predicted = sum(value in p for p in y_pred)
         correct = sum(value in t and value in p for t, p in zip(y_true, y_pred, strict=True))
-        precision = correct / predicted if predicted else 0.0
-        recall = correct / support if support else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        rows.append(
-            ClassCounts(
-                label=value,
-                support=support,
-                predicted=predicted,
-                correct=correct,
-                precision=precision,
-                recall=recall,
-                f1=f1,
-            )
-        )
+        rows.append(_class_counts(value, support, predicted, correct))
     if not y_true:
         nan = float("nan")
         return {"micro_f1": nan, "macro_f1": nan, "subset_accuracy": nan, "jaccard": nan}, rows
