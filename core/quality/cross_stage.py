@@ -214,40 +214,33 @@ def agreement(
             task_fingerprint=task_fingerprint,
             min_rate=min_rate,
         )
-    clip, clip_params = LabelSource.zero_shot(field.zero_shot_label_set, clip_model_id).select("c")
-    vlm_source = LabelSource.task_field(field.task, field.column, vlm_model_id, task_fingerprint)
-    vlm, vlm_params = vlm_source.select("v")
-    with warehouse.reader() as conn:
-        for table in ("clip_zero_shot", vlm_source.table):
-            if not table_exists(conn, table):
-                return missing_table(conn, drop_id, AGREEMENT, table, "WARN", subject=field.name)
-        pairs = execute(
-            conn,
-            f"""
-            SELECT c.image_id, c.label, v.label FROM ({clip}) c JOIN ({vlm}) v USING (image_id)
-            WHERE c.image_id IN ({DROP_IMAGES}) ORDER BY c.image_id
-            """,
-            {**clip_params, **vlm_params, "drop": drop_id},
-        ).fetchall()
+    pairs = _agreement_pairs(
+        warehouse,
+        drop_id,
+        field,
+        LabelSource.zero_shot(field.zero_shot_label_set, clip_model_id),
+        LabelSource.task_field(field.task, field.column, vlm_model_id, task_fingerprint),
+        raw=False,
+    )
+    if isinstance(pairs, CheckOutcome):
+        return pairs
     clip_labels = [str(c) for _, c, _ in pairs]
     vlm_labels = [str(v) for _, _, v in pairs]
     agreed = sum(c == v for c, v in zip(clip_labels, vlm_labels, strict=True))
     rate = share(agreed, len(pairs))
     matrix = confusion_matrix(clip_labels, vlm_labels, labels=field.values)
-    return CheckOutcome(
-        check_name=AGREEMENT,
-        passed=rate is None or rate >= min_rate,
-        severity="WARN",
+    return _agreement_outcome(
+        field,
+        min_rate,
+        rate=rate,
+        agreed=agreed,
+        compared=len(pairs),
         summary=f"{field.name}: CLIP {clip_model_id} and VLM {vlm_model_id} agree on "
         f"{agreed} of {len(pairs)} images"
         + (f" ({rate:.1%}; warn below {min_rate:.0%})" if rate is not None else ""),
-        value=rate,
-        better="higher",
-        threshold=min_rate,
-        counts={"images_compared": len(pairs), "agreed": agreed},
         offending=[
             {"image_id": image_id, "clip": c, "vlm": v} for image_id, c, v in pairs if c != v
-        ][:SAMPLE_ROWS],
+        ],
         details={
             "field": field.name,
             "confusion": matrix.model_dump(),
@@ -270,26 +263,18 @@ def multi_label_agreement(
     """Agreement on a multi-label field: the mean Jaccard of CLIP's decided set (its label set's
     decision rule) and the VLM's set over the images both labelled; `agreed` counts identical
     sets, and per value: images where both, only CLIP or only the VLM chose it."""
-    clip, clip_params = LabelSource.zero_shot_set(
-        field.zero_shot_label_set or "", clip_model_id
-    ).select("c", raw=True)
-    vlm_source = LabelSource.task_field(
-        field.task or "", field.column or "", vlm_model_id, task_fingerprint
+    pairs = _agreement_pairs(
+        warehouse,
+        drop_id,
+        field,
+        LabelSource.zero_shot_set(field.zero_shot_label_set or "", clip_model_id),
+        LabelSource.task_field(
+            field.task or "", field.column or "", vlm_model_id, task_fingerprint
+        ),
+        raw=True,
     )
-    vlm, vlm_params = vlm_source.select("v", raw=True)
-    with warehouse.reader() as conn:
-        for table in ("clip_zero_shot", vlm_source.table):
-            if not table_exists(conn, table):
-                return missing_table(conn, drop_id, AGREEMENT, table, "WARN", subject=field.name)
-        pairs = execute(
-            conn,
-            f"""
-            SELECT c.image_id, c.label, v.label FROM ({clip}) c JOIN ({vlm}) v USING (image_id)
-            WHERE c.image_id IN ({DROP_IMAGES}) AND c.label IS NOT NULL AND v.label IS NOT NULL
-            ORDER BY c.image_id
-            """,
-            {**clip_params, **vlm_params, "drop": drop_id},
-        ).fetchall()
+    if isinstance(pairs, CheckOutcome):
+        return pairs
     sets = [(image_id, set(c), set(v)) for image_id, c, v in pairs]
     jaccard = [len(c & v) / len(c | v) if c | v else 1.0 for _, c, v in sets]
     rate = sum(jaccard) / len(jaccard) if jaccard else None
@@ -302,23 +287,75 @@ def multi_label_agreement(
         }
         for value in field.values
     }
-    return CheckOutcome(
-        check_name=AGREEMENT,
-        passed=rate is None or rate >= min_rate,
-        severity="WARN",
+    return _agreement_outcome(
+        field,
+        min_rate,
+        rate=rate,
+        agreed=agreed,
+        compared=len(sets),
         summary=f"{field.name}: CLIP {clip_model_id} and VLM {vlm_model_id} chose the same set "
         f"on {agreed} of {len(sets)} images"
         + (f"; mean Jaccard {rate:.1%} (warn below {min_rate:.0%})" if rate is not None else ""),
-        value=rate,
-        better="higher",
-        threshold=min_rate,
-        counts={"images_compared": len(sets), "agreed": agreed},
         offending=[
             {"image_id": image_id, "clip": sorted(c), "vlm": sorted(v)}
             for image_id, c, v in sets
             if c != v
-        ][:SAMPLE_ROWS],
+        ],
         details={"field": field.name, "measure": "jaccard", "per_value": per_value},
+    )
+
+
+def _agreement_pairs(
+    warehouse: Warehouse,
+    drop_id: str,
+    field: LabelField,
+    clip_source: LabelSource,
+    vlm_source: LabelSource,
+    *,
+    raw: bool,
+) -> list[tuple] | CheckOutcome:
+    """(image_id, CLIP label, VLM label) for the drop's images both labelled, or the missing-table
+    outcome; with `raw` the labels stay as stored (lists) and images either left empty are out."""
+    clip, clip_params = clip_source.select("c", raw=raw)
+    vlm, vlm_params = vlm_source.select("v", raw=raw)
+    both_labelled = " AND c.label IS NOT NULL AND v.label IS NOT NULL" if raw else ""
+    with warehouse.reader() as conn:
+        for table in ("clip_zero_shot", vlm_source.table):
+            if not table_exists(conn, table):
+                return missing_table(conn, drop_id, AGREEMENT, table, "WARN", subject=field.name)
+        return execute(
+            conn,
+            f"""
+            SELECT c.image_id, c.label, v.label FROM ({clip}) c JOIN ({vlm}) v USING (image_id)
+            WHERE c.image_id IN ({DROP_IMAGES}){both_labelled} ORDER BY c.image_id
+            """,
+            {**clip_params, **vlm_params, "drop": drop_id},
+        ).fetchall()
+
+
+def _agreement_outcome(
+    field: LabelField,
+    min_rate: float,
+    *,
+    rate: float | None,
+    agreed: int,
+    compared: int,
+    summary: str,
+    offending: list[dict],
+    details: dict,
+) -> CheckOutcome:
+    """The agreement check's outcome: a WARN when the rate is below `min_rate`."""
+    return CheckOutcome(
+        check_name=AGREEMENT,
+        passed=rate is None or rate >= min_rate,
+        severity="WARN",
+        summary=summary,
+        value=rate,
+        better="higher",
+        threshold=min_rate,
+        counts={"images_compared": compared, "agreed": agreed},
+        offending=offending[:SAMPLE_ROWS],
+        details=details,
     )
 
 
