@@ -34,6 +34,34 @@ def server(tmp_path: Path):
         label_studio.stop(running)
 
 
+def _create_and_import(client, title: str, config_file: Path, tasks_file: Path) -> tuple[int, dict]:
+    """A project with our labeling config (Label Studio accepts it) and the exported tasks
+    imported into it: the project id and the import's answer."""
+    project = client.post(
+        "/api/projects", json={"title": title, "label_config": config_file.read_text()}
+    )
+    assert project.status_code == 201, project.text
+    pid = project.json()["id"]
+    imported = client.post(f"/api/projects/{pid}/import", json=json.loads(tasks_file.read_text()))
+    assert imported.status_code == 201, imported.text
+    return pid, imported.json()
+
+
+def _annotate_and_export(client, pid: int, task_id: int, result: list, tmp_path: Path) -> Path:
+    """Post `result` as a task's annotation the way the UI does, export the project as JSON
+    and write it where `import_reviews` reads it."""
+    annotation = client.post(
+        f"/api/tasks/{task_id}/annotations/",
+        json={"result": result, "was_cancelled": False, "ground_truth": False},
+    )
+    assert annotation.status_code == 201, annotation.text
+    export = client.get(f"/api/projects/{pid}/export", params={"exportType": "JSON"})
+    assert export.status_code == 200, export.text
+    exported = tmp_path / "label-studio-export.json"
+    exported.write_bytes(export.content)
+    return exported
+
+
 def test_the_queue_goes_through_label_studio_and_back_into_final_labels(
     server, warehouse, drop_root, tmp_path
 ):
@@ -41,18 +69,9 @@ def test_the_queue_goes_through_label_studio_and_back_into_final_labels(
     write_queue(warehouse, compute_queue(warehouse, DROP))
     tasks_file, config_file, count = write_export(warehouse, DROP, tmp_path / "samples.json")
     with server.client() as client:
-        project = client.post(
-            "/api/projects",
-            json={"title": "review samples", "label_config": config_file.read_text()},
-        )
-        assert project.status_code == 201, project.text  # Label Studio accepts the config
-        pid = project.json()["id"]
-        imported = client.post(
-            f"/api/projects/{pid}/import", json=json.loads(tasks_file.read_text())
-        )
-        assert imported.status_code == 201, imported.text
-        assert imported.json()["task_count"] == count == 6
-        assert imported.json()["prediction_count"] == 6
+        pid, imported = _create_and_import(client, "review samples", config_file, tasks_file)
+        assert imported["task_count"] == count == 6
+        assert imported["prediction_count"] == 6
         listed = client.get("/api/tasks", params={"project": pid, "page_size": 100}).json()
         camera = next(t for t in listed["tasks"] if t["data"]["image_id"] == ids["camera.jpg"])
         (prediction,) = client.get("/api/predictions", params={"task": camera["id"]}).json()
@@ -62,15 +81,7 @@ def test_the_queue_goes_through_label_studio_and_back_into_final_labels(
             if item["from_name"] == "scenery_people__scenery":
                 assert item["value"] == {"choices": ["cloudy"]}
                 item["value"] = {"choices": ["indoors"]}
-        annotation = client.post(
-            f"/api/tasks/{camera['id']}/annotations/",
-            json={"result": result, "was_cancelled": False, "ground_truth": False},
-        )
-        assert annotation.status_code == 201, annotation.text
-        export = client.get(f"/api/projects/{pid}/export", params={"exportType": "JSON"})
-        assert export.status_code == 200, export.text
-    exported = tmp_path / "label-studio-export.json"
-    exported.write_bytes(export.content)
+        exported = _annotate_and_export(client, pid, camera["id"], result, tmp_path)
     counts = import_reviews(warehouse, exported)
     assert counts["images"] == 1
     rows = warehouse.rows(
@@ -103,17 +114,8 @@ def test_a_user_spec_goes_through_label_studio_and_back(server, warehouse, tmp_p
         "product__fill": {"number": 0.75},
     }
     with server.client() as client:
-        project = client.post(
-            "/api/projects",
-            json={"title": "review products", "label_config": config_file.read_text()},
-        )
-        assert project.status_code == 201, project.text
-        pid = project.json()["id"]
-        imported = client.post(
-            f"/api/projects/{pid}/import", json=json.loads(tasks_file.read_text())
-        )
-        assert imported.status_code == 201, imported.text
-        assert imported.json()["task_count"] == count
+        pid, imported = _create_and_import(client, "review products", config_file, tasks_file)
+        assert imported["task_count"] == count
         listed = client.get("/api/tasks", params={"project": pid, "page_size": 100}).json()
         twin = next(t for t in listed["tasks"] if t["data"]["image_id"] == ids["twin_b"])
         (prediction,) = client.get("/api/predictions", params={"task": twin["id"]}).json()
@@ -121,15 +123,7 @@ def test_a_user_spec_goes_through_label_studio_and_back(server, warehouse, tmp_p
         for item in result:
             if item["from_name"] in changes:
                 item["value"] = changes[item["from_name"]]
-        annotation = client.post(
-            f"/api/tasks/{twin['id']}/annotations/",
-            json={"result": result, "was_cancelled": False, "ground_truth": False},
-        )
-        assert annotation.status_code == 201, annotation.text
-        export = client.get(f"/api/projects/{pid}/export", params={"exportType": "JSON"})
-        assert export.status_code == 200, export.text
-    exported = tmp_path / "label-studio-export.json"
-    exported.write_bytes(export.content)
+        exported = _annotate_and_export(client, pid, twin["id"], result, tmp_path)
     import_reviews(warehouse, exported)
     rows = set(
         warehouse.rows(
