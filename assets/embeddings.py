@@ -159,7 +159,7 @@ def _embedding_metadata(report: EmbedReport, warehouse: Warehouse) -> dict[str, 
             checks.EMBEDDING_FINITE,
             asset="clip_embeddings",
             blocking=True,
-            description="No vector holds NaN or infinity.",
+            description="No vector holds NaN, infinity or NULL.",
         ),
         dg.AssetCheckSpec(
             checks.EMBEDDING_UNIT_NORM,

@@ -97,7 +97,9 @@ def embedding_checks(
         )
         stats = f"""
             SELECT e.image_id,
-                   list_bool_and(list_transform({_VECTOR}, lambda x: isfinite(x))) AS finite,
+                   list_bool_and(
+                       list_transform({_VECTOR}, lambda x: coalesce(isfinite(x), false))
+                   ) AS finite,  -- a NULL element is no number either
                    sqrt(list_sum(list_transform({_VECTOR}, lambda x: x * x))) AS norm
             FROM ({rows}) e
         """
@@ -139,7 +141,7 @@ def embedding_checks(
         CheckOutcome.from_offenders(
             EMBEDDING_FINITE,
             not_finite,
-            summary=f"{subject}: {len(not_finite)} embeddings hold NaN or infinity",
+            summary=f"{subject}: {len(not_finite)} embeddings hold NaN, infinity or NULL",
             counts={**counts, "not_finite": len(not_finite)},
         ),
         CheckOutcome.from_offenders(
@@ -252,7 +254,8 @@ def zero_shot_checks(
             )
             SELECT image_id, top_label, round(list_sum(probs), 6) AS probability_sum,
                    CASE WHEN list_sort(keys) <> list_sort($labels) THEN 'labels differ from the set'
-                        WHEN NOT list_bool_and(list_transform(probs, lambda p: isfinite(p) AND p >= 0))
+                        WHEN NOT list_bool_and(list_transform(
+                                probs, lambda p: coalesce(isfinite(p) AND p >= 0, false)))
                             THEN 'negative or non-finite probability'
                         WHEN abs(list_sum(probs) - 1) > $tol THEN 'probabilities do not sum to 1'
                         WHEN NOT list_contains(keys, top_label) THEN 'top label not in the set'

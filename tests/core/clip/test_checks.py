@@ -76,6 +76,15 @@ def test_embedding_checks_catch_missing_repeated_wrong_dimension_nan_and_unnorma
     assert [row["image_id"] for row in norm.offending] == [ids[3]]
 
 
+def test_an_embedding_with_a_null_element_is_not_finite(wh):
+    """duckdb 1.5 turns a NaN inside a bound list into NULL: such a vector must still fail."""
+    ids = add_drop(wh, "d1", ["a", "b"], at=T0)
+    plant_embedding(wh, ids[0], CLIP, [None, 0, 0, 1])
+    plant_embedding(wh, ids[1], CLIP, [0.0, 0, 0, 1])
+    found = by_name(checks.embedding_checks(wh, "d1", CLIP, expected_dim=4))
+    assert found[checks.EMBEDDING_FINITE].offending == [{"image_id": ids[0]}]
+
+
 def test_a_lying_dim_column_fails_the_dimension_check(wh):
     (iid,) = add_drop(wh, "d1", ["a"], at=T0)
     plant_embedding(wh, iid, CLIP, unit(0), dim=8)
