@@ -39,6 +39,7 @@ import httpx
 from pydantic import BaseModel, Field
 
 from core.tasks.base import Task
+from core.vlm.confidence import field_confidences, sglang_tokens
 from core.vlm.metrics import parse_prometheus, summarize
 from core.vlm.prepare import data_url, jpeg_payload, prepare_images
 from core.vlm.prompt import DEFAULT_LAYOUT, Layout
@@ -172,6 +173,11 @@ class SGLangClientConfig(BaseModel):
         ge=0,
         description="An upright RGB/grey JPEG within max_image_side is sent as it is up to this "
         "size; 0 re-encodes every image.",
+    )
+    logprobs: bool = Field(
+        default=True,
+        description="Ask for the answer tokens' logprobs (per-field confidence); off only for a "
+        "server that refuses the field. A server that ignores it gives NULL confidence.",
     )
 
 
@@ -453,7 +459,9 @@ class SGLangClient(VLMBackend):
             return self._result(image, "error", started, attempts, error=error), True
 
         while True:
-            body = request_body(task, url, model, budget, config.constraint, config.layout)
+            body = request_body(
+                task, url, model, budget, config.constraint, config.layout, config.logprobs
+            )
             retry_transport = busy = False
             try:
                 async with gate.slot(priority):
@@ -546,6 +554,11 @@ class SGLangClient(VLMBackend):
         usage = payload.get("usage") or {}
         details = usage.get("prompt_tokens_details") or {}
         verdict = judge(task, text, finish, budget)
+        confidence = (
+            field_confidences(text, sglang_tokens(choice))
+            if verdict.status == "ok" and text is not None
+            else None
+        )
         return self._result(
             image,
             verdict.status,
@@ -557,6 +570,7 @@ class SGLangClient(VLMBackend):
             prompt_tokens=usage.get("prompt_tokens"),
             completion_tokens=usage.get("completion_tokens"),
             cached_tokens=details.get("cached_tokens"),
+            confidence=confidence,
         )
 
     @staticmethod

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import duckdb
 import polars as pl
+import pyarrow as pa
 
 from core.copies import UNREADABLE_STATUSES, USABLE_COPY
 from core.tasks.base import Task
@@ -27,6 +28,15 @@ from core.warehouse import Warehouse
 from core.warehouse.queries import DROP_IMAGE_PATHS, table_exists
 
 RETRYABLE_STATUSES = ("error",)
+CONFIDENCE_COLUMNS = {
+    "image_id": pa.string(),
+    "task": pa.string(),
+    "task_fingerprint": pa.string(),
+    "model_id": pa.string(),
+    "field": pa.string(),
+    "confidence": pa.float64(),
+    "created_at": pa.timestamp("us", tz="UTC"),
+}
 
 
 def pending_images(
@@ -111,10 +121,15 @@ def write_batch(
         for r in results
     ]
     typed: dict[str, list[tuple]] = {name: [] for name in task.tables.names}
+    confidence_rows: list[tuple] = []
     for r in results:
         if r.status == "ok" and r.parsed is not None:
             for table, rows in task.rows(r.image_id, model_id, r.parsed).items():
                 typed[table] += rows
+            confidence_rows += [
+                (r.image_id, task.name, task.fingerprint, model_id, path, value, now)
+                for path, value in (r.confidence or {}).items()
+            ]
     keys = [name for name, _ in task.tables.KEY_COLUMNS]
     columns = {task.tables.table: keys + [c for c, _ in task.tables.columns]}
     for child in task.tables.children:
@@ -130,6 +145,23 @@ def write_batch(
             "INSERT INTO vlm_extractions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             extraction_rows,
         )
+        conn.execute(
+            "DELETE FROM vlm_field_confidence WHERE image_id IN (SELECT unnest($ids))"
+            " AND task = $task AND task_fingerprint = $fp AND model_id = $model",
+            key,
+        )
+        if confidence_rows:  # through Arrow: a batch holds a row per answered field
+            names = list(CONFIDENCE_COLUMNS)
+            columns = zip(names, zip(*confidence_rows, strict=True), strict=True)
+            arrays = [pa.array(values, CONFIDENCE_COLUMNS[name]) for name, values in columns]
+            conn.register("confidence_rows", pa.table(arrays, names=names))
+            try:
+                conn.execute(
+                    f"INSERT INTO vlm_field_confidence ({', '.join(names)})"
+                    f" SELECT {', '.join(names)} FROM confidence_rows"
+                )
+            finally:
+                conn.unregister("confidence_rows")
         for table, rows in typed.items():
             conn.execute(
                 f'DELETE FROM "{table}" WHERE image_id IN (SELECT unnest($ids))'
