@@ -152,8 +152,8 @@ def write_batch(
         )
         if confidence_rows:  # through Arrow: a batch holds a row per answered field
             names = list(CONFIDENCE_COLUMNS)
-            columns = zip(names, zip(*confidence_rows, strict=True), strict=True)
-            arrays = [pa.array(values, CONFIDENCE_COLUMNS[name]) for name, values in columns]
+            by_column = zip(names, zip(*confidence_rows, strict=True), strict=True)
+            arrays = [pa.array(values, CONFIDENCE_COLUMNS[name]) for name, values in by_column]
             conn.register("confidence_rows", pa.table(arrays, names=names))
             try:
                 conn.execute(
@@ -200,3 +200,48 @@ def extraction_preview(
             found = conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()
             per_table[table] = int(found[0]) if found else 0
     return preview, int(total[0]) if total else 0, per_table
+
+
+def confidence_summary(
+    warehouse: Warehouse, drop_id: str, model_id: str, tasks: Sequence[Task], threshold: float
+) -> list[dict[str, object]]:
+    """Per task and field (list items pooled: `people[].age_group`), the drop's confidences of
+    the current task versions: values, how many have one, mean, p10/p50/p90 and the share below
+    `threshold`. Rows without logprobs count in `values` only."""
+    if not tasks:
+        return []
+    rows = warehouse.rows(
+        f"""
+        SELECT c.task, regexp_replace(c.field, '\\[[0-9]+\\]', '[]', 'g') AS field,
+               count(*), count(c.confidence), avg(c.confidence),
+               quantile_cont(c.confidence, [0.1, 0.5, 0.9]),
+               avg(CAST(c.confidence < $threshold AS DOUBLE))
+        FROM vlm_field_confidence c JOIN ({DROP_IMAGE_PATHS}) f USING (image_id)
+        WHERE c.model_id = $model
+          AND list_contains($versions, c.task || '|' || c.task_fingerprint)
+        GROUP BY ALL ORDER BY 1, 2
+        """,
+        {
+            "drop": drop_id,
+            "model": model_id,
+            "threshold": threshold,
+            "versions": [f"{t.name}|{t.fingerprint}" for t in tasks],
+        },
+    )
+    out = []
+    for task, field, values, n, mean, quantiles, below in rows:
+        p10, p50, p90 = quantiles if quantiles else (None, None, None)
+        out.append(
+            {
+                "task": task,
+                "field": field,
+                "values": int(values),
+                "n": int(n),
+                "mean": mean,
+                "p10": p10,
+                "p50": p50,
+                "p90": p90,
+                "below": below,
+            }
+        )
+    return out

@@ -394,6 +394,16 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    # Issue 22 item 4: the review queue's low_confidence signal.
+    (
+        2202,
+        "review queue low confidence signal",
+        """
+        ALTER TABLE review_queue ADD COLUMN low_confidence BOOLEAN DEFAULT false;
+        ALTER TABLE review_queue ADD COLUMN min_confidence DOUBLE;
+        ALTER TABLE review_queue ADD COLUMN low_confidence_fields VARCHAR[] DEFAULT [];
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = max(number for number, _, _ in MIGRATIONS)
