@@ -9,8 +9,8 @@ scanned as JSON with byte positions; every value gets
 
 i.e. the probability, among the answers the grammar allowed, of writing exactly that value there
 (tokens that straddle a boundary, like `":"` or `"}`, count in full: the grammar forces most of
-them, probability 1). Values are named by path as `human_labels.field` names them: `scenery`,
-`people` (the whole list), `people[0]` (an item), `people[0].age_group`.
+them, probability 1). Values are named by path as `human_labels.field` names them: `<field>`,
+`<list>` (the whole list), `<list>[0]` (an item), `<list>[0].<field>`.
 
 - A string's span includes its quotes: the closing quote is the decision that it ended.
 - A number's span includes the one character after it (`,` `}` `]`): the token that stops the

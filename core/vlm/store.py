@@ -205,7 +205,7 @@ def extraction_preview(
 def confidence_summary(
     warehouse: Warehouse, drop_id: str, model_id: str, tasks: Sequence[Task], threshold: float
 ) -> list[dict[str, object]]:
-    """Per task and field (list items pooled: `people[].age_group`), the drop's confidences of
+    """Per task and field (list items pooled: `<list>[].<field>`), the drop's confidences of
     the current task versions: values, how many have one, mean, p10/p50/p90 and the share below
     `threshold`. Rows without logprobs count in `values` only."""
     if not tasks:
