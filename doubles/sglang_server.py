@@ -10,7 +10,9 @@ text), OpenAI-style flat error bodies, 401 `{"error": "Unauthorized"}` without t
 (`/health*`, `/ready*`, `/metrics*` exempt), and 503 "The request queue is full." only when its
 queue (`max_queued`) is full. Answers come from the tiny in-process LLaVA stand-in, constrained
 with xgrammar; they are cached per (image, prompt, grammar, budget), so a long benchmark does
-not spend its CPU on the model.
+not spend its CPU on the model. With `"logprobs": true` an answer carries
+`choices[0].logprobs.content` as the real server words it: the stand-in's own tokens and
+logprobs (stop token last), or, for schema answers, 3-byte pseudo-tokens (`logprobs_content`).
 
 Knobs: `service_time_s` (each request holds one of `capacity` slots at least this long),
 `capacity`, `max_queued` (more waiting requests get 503), `error_rate` (random 503s: fault

@@ -19,7 +19,9 @@ proxies 520-524) are retried with exponential backoff and full jitter, within an
 4xx are the request's fault: recorded as `rejected` (server message, file paths trimmed), never
 retried. 401/403 fail the whole call at once (a wrong key is no image's fault). A `length`
 finish is recorded as truncated and retried once with a larger token budget. Whatever comes back
-is validated again with pydantic.
+is validated again with pydantic. Every request asks for the answer tokens' logprobs; an `ok`
+answer's per-field confidence comes from them (`core/vlm/confidence.py`), NULL where the server
+returns none.
 """
 
 from __future__ import annotations
