@@ -159,6 +159,11 @@ RESULT_COLUMNS = {
     "subset_accuracy": ("float", "multi-label: share of exactly right sets"),
     "jaccard": ("float", "multi-label: mean |truth & answer| / |truth | answer|"),
     "mae": ("float", "integer and number fields: mean absolute error"),
+    "expected_calibration_error": (
+        "float",
+        "VLM: expected calibration error of its per-field confidence (10 bins; the bins are in "
+        "evaluations.details)",
+    ),
     "top1": ("float", "zero-shot kNN top-1 accuracy"),
     "top5": ("float", "zero-shot kNN top-5 accuracy (label sets of more than 5 classes)"),
     "this run": ("bool", "evaluated by this run (its inputs changed); else as of an earlier run"),

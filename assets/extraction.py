@@ -32,7 +32,7 @@ from core.tasks.registry import TASKS, get_tasks
 from core.vlm import checks, guards
 from core.vlm.checks import ExtractionScope
 from core.vlm.run import TaskReport, extract_drop
-from core.vlm.store import extraction_preview
+from core.vlm.store import confidence_summary, extraction_preview
 from core.warehouse import Warehouse
 from orchestration.partitions import image_drops
 from resources.drop_folder import DropFolderResource
@@ -160,6 +160,18 @@ RUN_COLUMNS = {
     "valid": "share of this run's results that are `ok`",
     "cached": "share of prompt tokens served from the prefix cache",
     "statuses": "this run's results by status",
+}
+CONFIDENCE_COLUMNS = {
+    "task": "the extraction task",
+    "field": "the value's path in the answer; list items pooled as `[]`",
+    "values": "ok answers in this drop with this field (current task version, this model)",
+    "n": "of those, with a confidence (NULL where the backend returned no logprobs)",
+    "mean": "mean confidence: exp(sum of the value's token logprobs)",
+    "p10": "10th percentile",
+    "p50": "median",
+    "p90": "90th percentile",
+    "below": "share below the spec's review threshold (`review.low_confidence_below`); the "
+    "review queue uses the labelled fields",
 }
 # A preview cell of a task's answer is cut to this many characters (the full one is in SQL).
 ANSWER_CHARS = 40
@@ -371,6 +383,16 @@ def vlm_extractions(
     )
     if this_run:
         metadata["this run"] = records_table([_run_row(r) for r in this_run], RUN_COLUMNS)
+    threshold = current_spec().review.low_confidence_below
+    confidence = confidence_summary(store, drop_id, model_id, tasks, threshold)
+    if confidence:
+        metadata["confidence"] = records_table(
+            [
+                {k: _round(v) if isinstance(v, float) else v for k, v in row.items()}
+                for row in confidence
+            ],
+            CONFIDENCE_COLUMNS | {"below": f"{CONFIDENCE_COLUMNS['below']} ({threshold:g})"},
+        )
     if server:
         metadata["server_metrics"] = records_table(
             [{"metric": name, "value": value} for name, value in sorted(server.items())],

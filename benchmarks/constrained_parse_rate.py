@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
             outputs = backend.generate(
                 pictures, prompt, task.schema_json, task.max_completion_tokens, temperature=1.0
             )
-            for text, finish, _, _ in outputs:
+            for text, finish, _, _, _ in outputs:
                 total += 1
                 truncated += finish == "length"
                 try:

@@ -10,7 +10,9 @@ text), OpenAI-style flat error bodies, 401 `{"error": "Unauthorized"}` without t
 (`/health*`, `/ready*`, `/metrics*` exempt), and 503 "The request queue is full." only when its
 queue (`max_queued`) is full. Answers come from the tiny in-process LLaVA stand-in, constrained
 with xgrammar; they are cached per (image, prompt, grammar, budget), so a long benchmark does
-not spend its CPU on the model.
+not spend its CPU on the model. With `"logprobs": true` an answer carries
+`choices[0].logprobs.content` as the real server words it: the stand-in's own tokens and
+logprobs (stop token last), or, for schema answers, 3-byte pseudo-tokens (`logprobs_content`).
 
 Knobs: `service_time_s` (each request holds one of `capacity` slots at least this long),
 `capacity`, `max_queued` (more waiting requests get 503), `error_rate` (random 503s: fault
@@ -84,6 +86,26 @@ WORDS = ("red", "dark blue", "white", "green", "light grey")
 
 def image_key(image_bytes: bytes) -> str:
     return hashlib.sha256(image_bytes).hexdigest()
+
+
+def logprobs_content(text: str, tokens: list[tuple[bytes, float]] | None) -> list[dict[str, Any]]:
+    """`choices[0].logprobs.content` as SGLang words it (`top_logprobs` empty unless asked).
+
+    From the model's own tokens and logprobs (its stop token last, as the real server); where
+    there are none (schema answers) or a fault mode rewrote the text, the text cut into 3-byte
+    pieces with logprob -0.1 each: a simulation that only keeps the wire shape and its cost."""
+    data = text.encode()
+    if tokens is None or b"".join(piece for piece, _ in tokens)[: len(data)] != data:
+        tokens = [(data[i : i + 3], -0.1) for i in range(0, len(data), 3)]
+    return [
+        {
+            "token": piece.decode(errors="replace"),
+            "bytes": list(piece),
+            "logprob": logprob,
+            "top_logprobs": [],
+        }
+        for piece, logprob in tokens
+    ]
 
 
 def schema_answer(schema: dict[str, Any], n: int) -> Any:
@@ -232,7 +254,7 @@ class FakeSGLangServer:
         prompt: str,
         grammar_spec: tuple[str, str] | None,
         max_tokens: int,
-    ) -> tuple[str, str, int, int]:
+    ) -> tuple[str, str, int, int, list[tuple[bytes, float]] | None]:
         grammar = self._grammar(*grammar_spec) if grammar_spec else None
         key = (image_key(image_bytes), prompt, repr(grammar_spec), max_tokens)
         with self._model_lock:
@@ -533,13 +555,13 @@ class FakeSGLangServer:
                 f"The input ({length} tokens) is longer than the model's context length "
                 f"({self.config.context_length} tokens).",
             )
-        text, finish, prompt_tokens, completion_tokens = await asyncio.to_thread(
+        text, finish, prompt_tokens, completion_tokens, tokens = await asyncio.to_thread(
             self._generate, image_bytes[0] if image_bytes else b"", prompt, grammar_spec, max_tokens
         )
         cached = await asyncio.to_thread(self._cached_tokens, prompt)
         return await self._answer(
             body, mode, text, finish, prompt_tokens, completion_tokens, cached,
-            len(image_bytes), started, max_tokens,
+            len(image_bytes), started, max_tokens, tokens,
         )  # fmt: skip
 
     async def _answer(
@@ -554,11 +576,13 @@ class FakeSGLangServer:
         images: int,
         started: float,
         max_tokens: int = 1024,
+        tokens: list[tuple[bytes, float]] | None = None,
     ) -> Response:
         """The chat completion as the real server words it, after the service time."""
         text, finish, completion_tokens = self._apply_mode(
             mode, text, finish, completion_tokens, max_tokens
         )
+        logprobs = logprobs_content(text, tokens) if body.get("logprobs") else None
         remaining = self.config.service_time_s - (time.monotonic() - started)
         if remaining > 0:
             await asyncio.sleep(remaining)
@@ -593,7 +617,7 @@ class FakeSGLangServer:
                 {
                     "index": 0,
                     "message": {"role": "assistant", "content": text, "reasoning_content": None},
-                    "logprobs": None,
+                    "logprobs": {"content": logprobs} if logprobs is not None else None,
                     "finish_reason": finish,
                     "matched_stop": None,
                 }

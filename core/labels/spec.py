@@ -35,6 +35,7 @@ __all__ = [
     "LabelsSpec",
     "MultiChoiceField",
     "NumberField",
+    "ReviewSpec",
     "ScalarFieldSpec",
     "TaskSpec",
     "TextField",
@@ -401,10 +402,19 @@ class ConsistencyRule(_Strict):
     max_share: float = Field(default=0.25, ge=0, le=1)
 
 
+class ReviewSpec(_Strict):
+    """How the review queue treats the VLM's answers (not part of any task's fingerprint)."""
+
+    # A labelled field's confidence (core/vlm/confidence.py) below this raises the queue's
+    # `low_confidence` signal; the extraction asset reports the share below it per field.
+    low_confidence_below: float = Field(default=0.5, gt=0, le=1)
+
+
 class LabelsSpec(_Strict):
     version: Literal[1] = 1
     tasks: tuple[TaskSpec, ...]
     consistency: tuple[ConsistencyRule, ...] = ()
+    review: ReviewSpec = ReviewSpec()
 
     @field_validator("tasks")
     @classmethod

@@ -67,7 +67,11 @@ STANDIN_NOTE = (
 
 # Metrics of the other field kinds: yes/no F1; multi-label micro-F1, subset accuracy, Jaccard;
 # integer and number MAE (see `_evaluate` and core.quality.metrics).
-KIND_METRICS = ("f1", "micro_f1", "subset_accuracy", "jaccard", "mae")
+# Expected calibration error: the VLM's per-field confidence (`vlm_field_confidence`) against
+# whether its answer matched the label (see `calibration`).
+ECE = "expected_calibration_error"
+CALIBRATION_BINS = 10
+KIND_METRICS = ("f1", "micro_f1", "subset_accuracy", "jaccard", "mae", ECE)
 
 
 def is_standin(model_id: str) -> bool:
@@ -87,6 +91,9 @@ class SourceEvaluation(BaseModel):
     metrics: dict[str, float]
     per_class: list[ClassCounts] = []
     confusion: ConfusionMatrix | None = None
+    # per metric where it differs from the result's: the images it is over, and its own details
+    metric_n: dict[str, int] = {}
+    metric_details: dict[str, dict] = {}
 
     @property
     def standin(self) -> bool:
@@ -155,6 +162,54 @@ class EvaluationReport(BaseModel):
         return f"**{self.banner}**\n\n{table}" if self.banner else table
 
 
+def calibration(
+    confidences: list[float], correct: list[bool], bins: int = CALIBRATION_BINS
+) -> tuple[float, list[dict[str, float | int]]]:
+    """Expected calibration error over `bins` equal-width confidence bins (a confidence of 1
+    falls in the last): sum over bins of (images in bin / all) * |accuracy - mean confidence|;
+    and the reliability bins that are not empty."""
+    grouped: dict[int, list[tuple[float, bool]]] = {}
+    for confidence, hit in zip(confidences, correct, strict=True):
+        grouped.setdefault(min(int(confidence * bins), bins - 1), []).append((confidence, hit))
+    total = len(confidences)
+    ece, table = 0.0, []
+    for index in sorted(grouped):
+        members = grouped[index]
+        mean = sum(c for c, _ in members) / len(members)
+        accuracy_ = sum(h for _, h in members) / len(members)
+        ece += len(members) / total * abs(accuracy_ - mean)
+        table.append(
+            {
+                "lower": index / bins,
+                "upper": (index + 1) / bins,
+                "n": len(members),
+                "mean_confidence": mean,
+                "accuracy": accuracy_,
+            }
+        )
+    return ece, table
+
+
+def _calibration_metric(
+    truth: dict[str, str], predictions: dict[str, str], confidences: dict[str, float]
+) -> tuple[float, int, dict] | None:
+    """ECE of the labelled images with a prediction and a confidence; None when none has one
+    (a backend without logprobs): no number is made up."""
+    ids = sorted(set(truth) & set(predictions) & set(confidences))
+    if not ids:
+        return None
+    ece, bins = calibration(
+        [confidences[i] for i in ids], [predictions[i] == truth[i] for i in ids]
+    )
+    details = {
+        "bins": bins,
+        "n_bins": CALIBRATION_BINS,
+        "correct": "the answer equals the label (a multi-label set: the same set)",
+        "confidence": "vlm_field_confidence of the field: exp(sum of its token logprobs)",
+    }
+    return ece, len(ids), details
+
+
 def _pairs(truth: dict[str, str], predictions: dict[str, str]) -> tuple[list[str], list, list]:
     ids = sorted(set(truth) & set(predictions))
     return ids, [truth[i] for i in ids], [predictions[i] for i in ids]
@@ -169,9 +224,11 @@ def _evaluate(
     predictions: dict[str, str],
     *,
     fingerprint: str | None = None,
+    confidences: dict[str, float] | None = None,
 ) -> SourceEvaluation:
     """The metrics of `field`'s kind over the labelled images with a prediction; values are in
-    the canonical text form of `core.quality.labelled.canonical` on both sides."""
+    the canonical text form of `core.quality.labelled.canonical` on both sides. With
+    `confidences` (image -> the answer's confidence), its expected calibration error too."""
     ids, y_true, y_pred = _pairs(truth, predictions)
     metrics: dict[str, float] = {"coverage": len(ids) / len(truth)}
     per_class: list[ClassCounts] = []
@@ -197,6 +254,11 @@ def _evaluate(
             )
         per_class = per_class_counts(y_true, y_pred, values)
         confusion = confusion_matrix(y_true, y_pred, values)
+    metric_n: dict[str, int] = {}
+    metric_details: dict[str, dict] = {}
+    calibrated = _calibration_metric(truth, predictions, confidences) if confidences else None
+    if calibrated is not None:
+        metrics[ECE], metric_n[ECE], metric_details[ECE] = calibrated
     return SourceEvaluation(
         field=field.name,
         source=source,
@@ -208,6 +270,8 @@ def _evaluate(
         metrics=metrics,
         per_class=per_class,
         confusion=confusion,
+        metric_n=metric_n,
+        metric_details=metric_details,
     )
 
 
@@ -226,7 +290,7 @@ def _canonical_prediction(field: LabelField, value: object) -> str | None:
     return str(value)
 
 
-EVALUATION_VERSION = "3"  # bump when a metric's definition changes: every unit re-evaluates
+EVALUATION_VERSION = "4"  # bump when a metric's definition changes: every unit re-evaluates
 Predictor = Literal["zero_shot", "vlm", "embedding_knn"]
 SOURCES: dict[str, tuple[Source, ...]] = {
     "zero_shot": ("clip_zero_shot", "knn"),
@@ -359,20 +423,30 @@ def evaluate_unit(
         ]
     if unit.predictor == "vlm":
         by_fingerprint: dict[str, dict[str, str]] = {}
-        for fingerprint, image_id, raw in sql.vlm_rows(
+        confidences: dict[str, dict[str, float]] = {}
+        for fingerprint, image_id, raw, confidence in sql.vlm_rows(
             warehouse, field.task_table or "", field.column or "", unit.model_id, ids
         ):
             value = _canonical_prediction(field, raw)
             by_fingerprint.setdefault(fingerprint, {})
             if value is not None:  # a null answer is no prediction: it lowers coverage
                 by_fingerprint[fingerprint][image_id] = value
+                if confidence is not None:
+                    confidences.setdefault(fingerprint, {})[image_id] = float(confidence)
         if not by_fingerprint:
             return []
         # One task version per model: the one covering most labelled images (then by name).
         fingerprint, predictions = min(by_fingerprint.items(), key=lambda kv: (-len(kv[1]), kv[0]))
         return [
             _evaluate(
-                field, "vlm", unit.model_id, unit.task, truth, predictions, fingerprint=fingerprint
+                field,
+                "vlm",
+                unit.model_id,
+                unit.task,
+                truth,
+                predictions,
+                fingerprint=fingerprint,
+                confidences=confidences.get(fingerprint),
             )
         ]
     if clip is None or clip.model_id != unit.model_id:
@@ -428,8 +502,10 @@ def evaluation_rows(result: SourceEvaluation, labelled_source: str) -> list[tupl
             result.source,
             metric,
             _finite(value),
-            result.n,
-            text,
+            result.metric_n.get(metric, result.n),
+            json.dumps(details | result.metric_details[metric])
+            if metric in result.metric_details
+            else text,
         )
         for metric, value in result.metrics.items()
     ]

@@ -54,17 +54,34 @@ def zero_shot_hashes(warehouse: Warehouse, label_set: str, ids: Sequence[str]) -
     )
 
 
+def _confidence_join(warehouse: Warehouse, table: str, column: str) -> tuple[str, str, list[str]]:
+    """A LEFT JOIN of the value's confidence (`vlm_field_confidence`), the column to read (NULL
+    where the table or the row is missing) and the join's parameters."""
+    if not table_exists(warehouse, "vlm_field_confidence"):
+        return "", "NULL::DOUBLE", []
+    join = (
+        " LEFT JOIN vlm_field_confidence c ON c.image_id = t.image_id"
+        " AND c.model_id = t.model_id AND c.task_fingerprint = t.task_fingerprint"
+        " AND c.task = ? AND c.field = ?"
+    )
+    return join, "c.confidence", [table.removeprefix("task_"), column]
+
+
 def vlm_hashes(warehouse: Warehouse, table: str, column: str, ids: Sequence[str]) -> list[tuple]:
+    """Per model: labelled images with a value, and a hash of the values and their confidence."""
     if not table_exists(warehouse, table):
         return []
+    join, confidence, params = _confidence_join(warehouse, table, column)
     return _query_labelled(
         warehouse,
-        f"SELECT model_id, count(DISTINCT image_id), md5(string_agg(task_fingerprint || '|'"
-        f" || image_id || '|' || coalesce(CAST(\"{column}\" AS VARCHAR), ''), ','"
-        f' ORDER BY task_fingerprint, image_id)) FROM "{table}" JOIN labelled USING (image_id)'
-        " GROUP BY model_id ORDER BY model_id",
+        f"SELECT t.model_id, count(DISTINCT t.image_id), md5(string_agg(t.task_fingerprint"
+        f" || '|' || t.image_id || '|' || coalesce(CAST(t.\"{column}\" AS VARCHAR), '')"
+        f" || '|' || coalesce(CAST({confidence} AS VARCHAR), ''), ','"
+        f' ORDER BY t.task_fingerprint, t.image_id)) FROM "{table}" t'
+        f" JOIN labelled USING (image_id){join}"
+        " GROUP BY t.model_id ORDER BY t.model_id",
         ids,
-        [],
+        params,
     )
 
 
@@ -103,15 +120,16 @@ def zero_shot_rows(
 
 def vlm_rows(
     warehouse: Warehouse, table: str, column: str, model_id: str, ids: Sequence[str]
-) -> list[tuple[str, str, object]]:
-    """(task_fingerprint, image_id, value as stored: text, list, bool, number or None) of one
-    model's extractions."""
+) -> list[tuple[str, str, object, float | None]]:
+    """(task_fingerprint, image_id, value as stored: text, list, bool, number or None, its
+    confidence or None) of one model's extractions."""
+    join, confidence, params = _confidence_join(warehouse, table, column)
     return _query_labelled(
         warehouse,
-        f'SELECT task_fingerprint, image_id, "{column}" FROM "{table}"'
-        " JOIN labelled USING (image_id) WHERE model_id = ? ORDER BY 1, 2",
+        f'SELECT t.task_fingerprint, t.image_id, t."{column}", {confidence} FROM "{table}" t'
+        f" JOIN labelled USING (image_id){join} WHERE t.model_id = ? ORDER BY 1, 2",
         ids,
-        [model_id],
+        [*params, model_id],
     )
 
 
@@ -192,6 +210,8 @@ def current_results(warehouse: Warehouse, labelled_set: str | None = None) -> pl
                round(max(value) FILTER (metric = 'subset_accuracy'), 3) AS subset_accuracy,
                round(max(value) FILTER (metric = 'jaccard'), 3) AS jaccard,
                round(max(value) FILTER (metric = 'mae'), 3) AS mae,
+               round(max(value) FILTER (metric = 'expected_calibration_error'), 3)
+                   AS expected_calibration_error,
                round(max(value) FILTER (metric = 'top1_accuracy'), 3) AS top1,
                round(max(value) FILTER (metric = 'top5_accuracy'), 3) AS top5,
                bool_or(starts_with(lower(model_id), 'standin')) AS standin,

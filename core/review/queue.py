@@ -1,6 +1,6 @@
 """The review queue of a drop: its images ranked by how likely their labels are wrong.
 
-Each image of the drop gets five signals, kept as columns of `review_queue` so a reviewer sees
+Each image of the drop gets six signals, kept as columns of `review_queue` so a reviewer sees
 why an image is there:
 
 - `clip_vlm_disagree`: CLIP zero-shot's top label differs from the VLM's value on a field both
@@ -16,12 +16,17 @@ why an image is there:
 - `consistency_violation`: a `consistency:` rule of the spec is broken (its `when_answered`
   task answered while its `expect_entities` list is empty); `consistency_violations` names the
   rules. A spec that declares no rule never raises it.
+- `low_confidence`: the VLM's value of a labelled field had a probability (its tokens'
+  logprobs, `vlm_field_confidence`) below the spec's `review.low_confidence_below`;
+  `min_confidence` is the image's lowest, `low_confidence_fields` names the fields, lowest
+  first. Without logprobs (a server that returns none) it is never raised.
 
 score = 3*extraction_failed + 2*near_duplicate_conflict + (fields in disagreement)
-        + (rules broken) + (margin_threshold - margin) / margin_threshold when low.
+        + (rules broken) + (margin_threshold - margin) / margin_threshold when low
+        + (threshold - min_confidence) / threshold when low.
 
-Only images with a score above 0 are queued, highest score first (then lowest margin, then
-image id). The queue holds at most `size(images in drop)` = max(top_n, ceil(top_fraction *
+Only images with a score above 0 are queued, highest score first (then lowest confidence, then
+lowest margin, then image id). The queue holds at most `size(images in drop)` = max(top_n, ceil(top_fraction *
 images)) rows: the top 50 or the top 5% of the drop, whichever is larger, by default.
 """
 
@@ -57,6 +62,7 @@ WEIGHTS = {
     "clip_vlm_disagree": 1.0,  # per field in disagreement
     "consistency_violation": 1.0,  # per rule broken
     "low_margin": 1.0,  # times how far below the threshold the margin is
+    "low_confidence": 1.0,  # times how far below the spec's threshold the lowest confidence is
 }
 
 COLUMNS = (
@@ -77,6 +83,9 @@ COLUMNS = (
     "conflict_fields",
     "consistency_violation",
     "consistency_violations",
+    "low_confidence",
+    "min_confidence",
+    "low_confidence_fields",
     "clip_model_id",
     "vlm_model_id",
     "created_at",
@@ -133,7 +142,8 @@ def compute_queue(
     near_duplicate_conflicts(
         warehouse, drop_id, signals, vlm, vlm_model, options.near_duplicate_threshold, view
     )
-    frame = _rank(drop_id, signals, options, clip_model, vlm_model)
+    threshold = view.spec.review.low_confidence_below
+    frame = _rank(drop_id, signals, options, clip_model, vlm_model, threshold)
     flagged = frame.height
     size = options.size(len(ids))
     queued = frame.head(size)
@@ -146,6 +156,7 @@ def compute_queue(
                 "extraction_failed",
                 "near_duplicate_conflict",
                 "consistency_violation",
+                "low_confidence",
             )
         }
         if flagged
@@ -170,17 +181,23 @@ def _rank(
     options: QueueOptions,
     clip_model: str | None,
     vlm_model: str | None,
+    confidence_threshold: float,
 ) -> pl.DataFrame:
     now = datetime.now(UTC)
     rows = []
     for image_id, s in signals.items():
         low = s.margin is not None and s.margin < options.margin_threshold
+        least = s.min_confidence
+        unsure = sorted(
+            (value, name) for name, value in s.confidence.items() if value < confidence_threshold
+        )
         flags = {
             "extraction_failed": bool(s.failed),
             "near_duplicate_conflict": s.conflict_of is not None,
             "clip_vlm_disagree": bool(s.disagree),
             "consistency_violation": bool(s.violations),
             "low_margin": low,
+            "low_confidence": bool(unsure),
         }
         score = (
             WEIGHTS["extraction_failed"] * flags["extraction_failed"]
@@ -192,6 +209,11 @@ def _rank(
                 * (options.margin_threshold - s.margin)
                 / options.margin_threshold
                 if low and s.margin is not None
+                else 0.0
+            )
+            + (
+                WEIGHTS["low_confidence"] * (confidence_threshold - least) / confidence_threshold
+                if unsure and least is not None
                 else 0.0
             )
         )
@@ -215,6 +237,9 @@ def _rank(
                 "conflict_fields": s.conflict_fields,
                 "consistency_violation": bool(s.violations),
                 "consistency_violations": s.violations,
+                "low_confidence": flags["low_confidence"],
+                "min_confidence": least,
+                "low_confidence_fields": [f"{name}: {value:.3g}" for value, name in unsure],
                 "clip_model_id": clip_model,
                 "vlm_model_id": vlm_model,
                 "created_at": now,
@@ -223,6 +248,7 @@ def _rank(
     rows.sort(
         key=lambda r: (
             -r["score"],
+            r["min_confidence"] if r["min_confidence"] is not None else 2.0,
             r["zero_shot_margin"] if r["zero_shot_margin"] is not None else 2.0,
             r["image_id"],
         )
@@ -247,6 +273,9 @@ def _rank(
         "conflict_fields": pl.List(pl.String),
         "consistency_violation": pl.Boolean,
         "consistency_violations": pl.List(pl.String),
+        "low_confidence": pl.Boolean,
+        "min_confidence": pl.Float64,
+        "low_confidence_fields": pl.List(pl.String),
         "clip_model_id": pl.String,
         "vlm_model_id": pl.String,
         "created_at": pl.Datetime("us", "UTC"),

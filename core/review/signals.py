@@ -50,6 +50,12 @@ class Signals:
     conflict_fields: list[str] = field(default_factory=list)
     answered: set[str] = field(default_factory=set)  # tasks whose latest result is ok
     violations: list[str] = field(default_factory=list)  # broken consistency rules
+    # labelled field -> the confidence of the VLM's value (current task version), where known
+    confidence: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def min_confidence(self) -> float | None:
+        return min(self.confidence.values()) if self.confidence else None
 
 
 def query_drop(
@@ -172,6 +178,7 @@ def read_signals(
                 else:
                     signals[image_id].answered.add(task.name)
         consistency_violations(db, ids, vlm_model, view, signals)
+        field_confidence(db, ids, vlm_model, view, signals)
     for image_id, s in signals.items():
         for name in fields:
             clip_label = top.get((image_id, view.fields[name].zero_shot_label_set or ""))
@@ -216,6 +223,32 @@ def consistency_violations(
                 s.violations.append(
                     f"{rule.name}: {rule.when_answered} answered, {rule.expect_entities} empty"
                 )
+
+
+def field_confidence(
+    db: Any, ids: Sequence[str], vlm_model: str, view: SpecView, signals: dict[str, Signals]
+) -> None:
+    """Each labelled field's confidence (`vlm_field_confidence`, current task versions, this
+    VLM). Only labelled fields: free text and entity lists are left out, as their probability
+    shrinks with their length and one threshold would flag every long answer."""
+    if not table_exists(db, "vlm_field_confidence"):
+        return
+    for task in view.tasks.values():
+        columns = {
+            f.column: name for name, f in view.fields.items() if f.task == task.name and f.column
+        }
+        if not columns:
+            continue
+        rows = query_drop(
+            db,
+            "SELECT image_id, field, confidence FROM vlm_field_confidence"
+            " JOIN drop_ids USING (image_id) WHERE task = ? AND task_fingerprint = ?"
+            " AND model_id = ? AND list_contains(?, field) AND confidence IS NOT NULL",
+            ids,
+            [task.name, task.fingerprint, vlm_model, list(columns)],
+        )
+        for image_id, column, confidence in rows:
+            signals[image_id].confidence[columns[column]] = float(confidence)
 
 
 def near_duplicate_conflicts(

@@ -19,7 +19,9 @@ proxies 520-524) are retried with exponential backoff and full jitter, within an
 4xx are the request's fault: recorded as `rejected` (server message, file paths trimmed), never
 retried. 401/403 fail the whole call at once (a wrong key is no image's fault). A `length`
 finish is recorded as truncated and retried once with a larger token budget. Whatever comes back
-is validated again with pydantic.
+is validated again with pydantic. Every request asks for the answer tokens' logprobs; an `ok`
+answer's per-field confidence comes from them (`core/vlm/confidence.py`), NULL where the server
+returns none.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import httpx
 from pydantic import BaseModel, Field
 
 from core.tasks.base import Task
+from core.vlm.confidence import field_confidences, sglang_tokens
 from core.vlm.metrics import parse_prometheus, summarize
 from core.vlm.prepare import data_url, jpeg_payload, prepare_images
 from core.vlm.prompt import DEFAULT_LAYOUT, Layout
@@ -172,6 +175,11 @@ class SGLangClientConfig(BaseModel):
         ge=0,
         description="An upright RGB/grey JPEG within max_image_side is sent as it is up to this "
         "size; 0 re-encodes every image.",
+    )
+    logprobs: bool = Field(
+        default=True,
+        description="Ask for the answer tokens' logprobs (per-field confidence); off only for a "
+        "server that refuses the field. A server that ignores it gives NULL confidence.",
     )
 
 
@@ -453,7 +461,9 @@ class SGLangClient(VLMBackend):
             return self._result(image, "error", started, attempts, error=error), True
 
         while True:
-            body = request_body(task, url, model, budget, config.constraint, config.layout)
+            body = request_body(
+                task, url, model, budget, config.constraint, config.layout, config.logprobs
+            )
             retry_transport = busy = False
             try:
                 async with gate.slot(priority):
@@ -546,6 +556,11 @@ class SGLangClient(VLMBackend):
         usage = payload.get("usage") or {}
         details = usage.get("prompt_tokens_details") or {}
         verdict = judge(task, text, finish, budget)
+        confidence = (
+            field_confidences(text, sglang_tokens(choice))
+            if verdict.status == "ok" and text is not None
+            else None
+        )
         return self._result(
             image,
             verdict.status,
@@ -557,6 +572,7 @@ class SGLangClient(VLMBackend):
             prompt_tokens=usage.get("prompt_tokens"),
             completion_tokens=usage.get("completion_tokens"),
             cached_tokens=details.get("cached_tokens"),
+            confidence=confidence,
         )
 
     @staticmethod

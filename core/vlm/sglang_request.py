@@ -56,13 +56,18 @@ def request_body(
     max_tokens: int,
     constraint: Literal["ebnf", "json_schema"] = "ebnf",
     layout: Layout = DEFAULT_LAYOUT,
+    logprobs: bool = True,
 ) -> dict[str, Any]:
+    """The chat request of one image and task. `logprobs`: the generated tokens' logprobs come
+    back with the answer (`core/vlm/confidence.py` turns them into per-field confidence)."""
     body: dict[str, Any] = {
         "model": model,
         "messages": chat_messages(task, image_url, layout),
         "temperature": 0,
         "max_completion_tokens": max_tokens,
     }
+    if logprobs:
+        body["logprobs"] = True
     if constraint == "ebnf":
         body["ebnf"] = compact_ebnf(task.schema_json)
     else:

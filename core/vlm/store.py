@@ -19,6 +19,7 @@ from pathlib import Path
 
 import duckdb
 import polars as pl
+import pyarrow as pa
 
 from core.copies import UNREADABLE_STATUSES, USABLE_COPY
 from core.tasks.base import Task
@@ -27,6 +28,15 @@ from core.warehouse import Warehouse
 from core.warehouse.queries import DROP_IMAGE_PATHS, table_exists
 
 RETRYABLE_STATUSES = ("error",)
+CONFIDENCE_COLUMNS = {
+    "image_id": pa.string(),
+    "task": pa.string(),
+    "task_fingerprint": pa.string(),
+    "model_id": pa.string(),
+    "field": pa.string(),
+    "confidence": pa.float64(),
+    "created_at": pa.timestamp("us", tz="UTC"),
+}
 
 
 def pending_images(
@@ -111,10 +121,15 @@ def write_batch(
         for r in results
     ]
     typed: dict[str, list[tuple]] = {name: [] for name in task.tables.names}
+    confidence_rows: list[tuple] = []
     for r in results:
         if r.status == "ok" and r.parsed is not None:
             for table, rows in task.rows(r.image_id, model_id, r.parsed).items():
                 typed[table] += rows
+            confidence_rows += [
+                (r.image_id, task.name, task.fingerprint, model_id, path, value, now)
+                for path, value in (r.confidence or {}).items()
+            ]
     keys = [name for name, _ in task.tables.KEY_COLUMNS]
     columns = {task.tables.table: keys + [c for c, _ in task.tables.columns]}
     for child in task.tables.children:
@@ -130,6 +145,23 @@ def write_batch(
             "INSERT INTO vlm_extractions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             extraction_rows,
         )
+        conn.execute(
+            "DELETE FROM vlm_field_confidence WHERE image_id IN (SELECT unnest($ids))"
+            " AND task = $task AND task_fingerprint = $fp AND model_id = $model",
+            key,
+        )
+        if confidence_rows:  # through Arrow: a batch holds a row per answered field
+            names = list(CONFIDENCE_COLUMNS)
+            by_column = zip(names, zip(*confidence_rows, strict=True), strict=True)
+            arrays = [pa.array(values, CONFIDENCE_COLUMNS[name]) for name, values in by_column]
+            conn.register("confidence_rows", pa.table(arrays, names=names))
+            try:
+                conn.execute(
+                    f"INSERT INTO vlm_field_confidence ({', '.join(names)})"
+                    f" SELECT {', '.join(names)} FROM confidence_rows"
+                )
+            finally:
+                conn.unregister("confidence_rows")
         for table, rows in typed.items():
             conn.execute(
                 f'DELETE FROM "{table}" WHERE image_id IN (SELECT unnest($ids))'
@@ -168,3 +200,48 @@ def extraction_preview(
             found = conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()
             per_table[table] = int(found[0]) if found else 0
     return preview, int(total[0]) if total else 0, per_table
+
+
+def confidence_summary(
+    warehouse: Warehouse, drop_id: str, model_id: str, tasks: Sequence[Task], threshold: float
+) -> list[dict[str, object]]:
+    """Per task and field (list items pooled: `<list>[].<field>`), the drop's confidences of
+    the current task versions: values, how many have one, mean, p10/p50/p90 and the share below
+    `threshold`. Rows without logprobs count in `values` only."""
+    if not tasks:
+        return []
+    rows = warehouse.rows(
+        f"""
+        SELECT c.task, regexp_replace(c.field, '\\[[0-9]+\\]', '[]', 'g') AS field,
+               count(*), count(c.confidence), avg(c.confidence),
+               quantile_cont(c.confidence, [0.1, 0.5, 0.9]),
+               avg(CAST(c.confidence < $threshold AS DOUBLE))
+        FROM vlm_field_confidence c JOIN ({DROP_IMAGE_PATHS}) f USING (image_id)
+        WHERE c.model_id = $model
+          AND list_contains($versions, c.task || '|' || c.task_fingerprint)
+        GROUP BY ALL ORDER BY 1, 2
+        """,
+        {
+            "drop": drop_id,
+            "model": model_id,
+            "threshold": threshold,
+            "versions": [f"{t.name}|{t.fingerprint}" for t in tasks],
+        },
+    )
+    out = []
+    for task, field, values, n, mean, quantiles, below in rows:
+        p10, p50, p90 = quantiles if quantiles else (None, None, None)
+        out.append(
+            {
+                "task": task,
+                "field": field,
+                "values": int(values),
+                "n": int(n),
+                "mean": mean,
+                "p10": p10,
+                "p50": p50,
+                "p90": p90,
+                "below": below,
+            }
+        )
+    return out

@@ -17,11 +17,37 @@ from typing import Any
 from core.ingest.decode import load_rgb
 from core.labels.context import check_context
 from core.tasks.base import Task
+from core.vlm.confidence import Token, field_confidences
 from core.vlm.prepare import prepare_images
 from core.vlm.prompt import DEFAULT_LAYOUT, Layout, chat_messages
 from core.vlm.types import ExtractionResult, ImageInput, PreparedImage, VLMBackend, judge
 
 DEFAULT_MODEL = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
+
+
+class ChosenLogprobs:
+    """A logits processor, last in the list, that records at each step the log-probability of
+    the greedy choice under the processed logits: after the grammar's mask, so renormalised over
+    the tokens the grammar allows, as SGLang reports it. O(batch) per step, where keeping
+    `output_scores` would hold a vocabulary-sized row per token."""
+
+    def __init__(self) -> None:
+        self.steps: list[Any] = []
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        logits = scores.float()
+        self.steps.append(logits.max(dim=-1).values - torch.logsumexp(logits, dim=-1))
+        return scores
+
+    def rows(self) -> list[list[float]]:
+        """Per batch row, the chosen tokens' logprobs in order (finished rows keep going)."""
+        import torch
+
+        if not self.steps:
+            return []
+        return torch.stack(self.steps, dim=1).cpu().tolist()
 
 
 def resolve_device(device: str) -> str:
@@ -102,6 +128,7 @@ class TransformersBackend(VLMBackend):
         self._compiler = xgr.GrammarCompiler(info)
         eos = stop_ids if isinstance(stop_ids, list) else [stop_ids]
         self._eos = {int(t) for t in eos if t is not None}
+        self._token_bytes: list[bytes] = list(info.decoded_vocab)  # each token's exact bytes
         self.log(
             f"VLM model loaded: {self.model_path} in {time.monotonic() - started:.1f}s "
             f"on {self.device}"
@@ -156,8 +183,9 @@ class TransformersBackend(VLMBackend):
         *,
         temperature: float = 0.0,
         grammar: Any = None,
-    ) -> list[tuple[str, str, int, int]]:
-        """(text, finish_reason, prompt_tokens, completion_tokens) per picture, one batch."""
+    ) -> list[tuple[str, str, int, int, list[Token] | None]]:
+        """(text, finish_reason, prompt_tokens, completion_tokens, tokens) per picture, one
+        batch; `tokens`: the answer's (bytes, logprob) pairs, None when sampling."""
         import torch
         from xgrammar.contrib.hf import LogitsProcessor
 
@@ -167,7 +195,10 @@ class TransformersBackend(VLMBackend):
         ).to(self.device)
         if grammar is None and schema_json:
             grammar = self.grammar(schema_json)
-        processors = [LogitsProcessor(grammar)] if grammar is not None else []
+        processors: list[Any] = [LogitsProcessor(grammar)] if grammar is not None else []
+        recorder = ChosenLogprobs() if temperature <= 0 else None
+        if recorder is not None:
+            processors.append(recorder)
         with torch.inference_mode():
             output = self._model.generate(
                 **inputs,
@@ -179,11 +210,31 @@ class TransformersBackend(VLMBackend):
             )
         prompt_len = inputs["input_ids"].shape[1]
         lengths = inputs["attention_mask"].sum(dim=1).tolist()
+        logprobs = recorder.rows() if recorder is not None else None
         results = []
-        for row, length in zip(output[:, prompt_len:].tolist(), lengths, strict=True):
+        for index, (row, length) in enumerate(
+            zip(output[:, prompt_len:].tolist(), lengths, strict=True)
+        ):
             text, finish, completion_tokens = self._finish(row)
-            results.append((text, finish, int(length), completion_tokens))
+            tokens = self._answer_tokens(row, logprobs[index]) if logprobs is not None else None
+            results.append((text, finish, int(length), completion_tokens, tokens))
         return results
+
+    def _answer_tokens(self, row: list[int], logprobs: list[float]) -> list[Token]:
+        """The answer's tokens, up to and including the first stop token, as (bytes, logprob)
+        pairs: what SGLang returns in `logprobs.content`."""
+        stop_at = next((i for i, t in enumerate(row) if t in self._eos), len(row) - 1)
+        return [
+            (self._token_bytes[t], lp) for t, lp in zip(row[: stop_at + 1], logprobs, strict=False)
+        ]
+
+    def _confidence(
+        self, status: str, text: str, row: list[int], logprobs: list[float] | None
+    ) -> dict[str, float | None] | None:
+        if status != "ok":
+            return None
+        tokens = self._answer_tokens(row, logprobs) if logprobs is not None else None
+        return field_confidences(text, tokens)
 
     def _finish(self, row: list[int]) -> tuple[str, str, int]:
         """(text, finish_reason, completion tokens) of generated ids, cut at the first stop."""
@@ -286,15 +337,18 @@ class TransformersBackend(VLMBackend):
                     .data
                     for t in tasks
                 ]
+                recorders = [ChosenLogprobs() for _ in tasks]
                 outputs, _, shared = generate_shared(
                     self._model,
                     encoded,
                     max_new_tokens=budgets,
                     logits_processors=[
-                        [LogitsProcessor(self.grammar(t.schema_json))] for t in tasks
+                        [LogitsProcessor(self.grammar(t.schema_json)), recorder]
+                        for t, recorder in zip(tasks, recorders, strict=True)
                     ],
                     pad_token_id=self._processor.tokenizer.pad_token_id,
                 )
+                logprobs = [recorder.rows() for recorder in recorders]
             except (RuntimeError, ValueError, torch.cuda.OutOfMemoryError) as error:
                 if len(readable) == 1:
                     message = f"{type(error).__name__}: {error}"
@@ -310,6 +364,9 @@ class TransformersBackend(VLMBackend):
                 for t, (task, budget) in enumerate(zip(tasks, budgets, strict=True)):
                     text, finish, completion_tokens = self._finish(outputs[t][row])
                     verdict = judge(task, text, finish, budget)
+                    confidence = self._confidence(
+                        verdict.status, text, outputs[t][row], logprobs[t][row]
+                    )
                     mask = encoded[t]["attention_mask"][row]
                     results.append(
                         ExtractionResult(
@@ -324,6 +381,7 @@ class TransformersBackend(VLMBackend):
                             # the first task prefilled the shared prefix; the others reused it
                             cached_tokens=int(mask[:shared].sum()) if t else 0,
                             attempts=1,
+                            confidence=confidence,
                         )
                     )
                 answers[item.image.image_id] = results
@@ -378,7 +436,7 @@ class TransformersBackend(VLMBackend):
             if i in failed:
                 results.append(self._failure(image, failed[i], started))
                 continue
-            text, finish, prompt_tokens, completion_tokens = next(outputs)
+            text, finish, prompt_tokens, completion_tokens, tokens = next(outputs)
             verdict = judge(task, text, finish, max_tokens)
             results.append(
                 ExtractionResult(
@@ -392,6 +450,7 @@ class TransformersBackend(VLMBackend):
                     completion_tokens=completion_tokens,
                     cached_tokens=0,
                     attempts=1,
+                    confidence=field_confidences(text, tokens) if verdict.status == "ok" else None,
                 )
             )
         return results

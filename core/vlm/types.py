@@ -68,6 +68,9 @@ class ExtractionResult(BaseModel):
     completion_tokens: int | None = None
     cached_tokens: int | None = None
     attempts: int = Field(default=1, ge=0)
+    # `ok` answers: each value's confidence by path (`core/vlm/confidence.py`), None per value
+    # where the backend returned no usable logprobs; None for any other status.
+    confidence: dict[str, float | None] | None = None
 
 
 class Judgement(BaseModel):

@@ -120,6 +120,16 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "drop_id": "the partition that extracted it",
         "created_at": _CREATED,
     },
+    "vlm_field_confidence": {
+        "image_id": _IMAGE,
+        "task": "the extraction task",
+        "task_fingerprint": "the task's version (as vlm_extractions)",
+        "model_id": "the VLM that answered",
+        "field": "the value's path: '<field>', '<list>', '<list>[0]', '<list>[0].<field>'",
+        "confidence": "exp(sum of the logprobs of the value's tokens): its probability among "
+        "the answers the grammar allowed; NULL when the backend returned no logprobs",
+        "created_at": _CREATED,
+    },
     "quality_results": {
         "run_id": "Dagster run id (or 'manual')",
         "asset": "asset key, '/'-joined",
@@ -190,6 +200,11 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "conflict_fields": "the fields the near-duplicates disagree on",
         "consistency_violation": "a consistency rule of the labeling spec is broken",
         "consistency_violations": "the broken rules, e.g. '<rule>: <task> answered, <list> empty'",
+        "low_confidence": "a labelled field's confidence is below the spec's "
+        "`review.low_confidence_below`",
+        "min_confidence": "the lowest confidence of the image's labelled fields (current task "
+        "versions); NULL without logprobs",
+        "low_confidence_fields": "e.g. ['<field>: 0.31'], lowest first",
         "clip_model_id": "the CLIP model whose labels were judged",
         "vlm_model_id": "the VLM whose labels were judged",
         "created_at": _CREATED,

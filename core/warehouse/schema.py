@@ -375,6 +375,35 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE label_agreement ADD COLUMN per_value JSON;
         """,
     ),
+    # Issue 22 item 4: per-field confidence from the answer tokens' logprobs. A child table, not
+    # a column per field: see docs/extraction.md ("Per-field confidence"). No primary key (the
+    # lake has none); written delete-then-insert with its `vlm_extractions` rows.
+    (
+        2201,
+        "per-field confidence of vlm answers",
+        """
+        CREATE TABLE vlm_field_confidence (
+            image_id          VARCHAR NOT NULL,
+            task              VARCHAR NOT NULL,
+            task_fingerprint  VARCHAR NOT NULL,
+            model_id          VARCHAR NOT NULL,
+            field             VARCHAR NOT NULL,      -- '<field>', '<list>', '<list>[0].<field>'
+            confidence        DOUBLE,                -- exp(sum of the value's token logprobs);
+                                                     -- NULL: the backend returned no logprobs
+            created_at        TIMESTAMPTZ NOT NULL
+        );
+        """,
+    ),
+    # Issue 22 item 4: the review queue's low_confidence signal.
+    (
+        2202,
+        "review queue low confidence signal",
+        """
+        ALTER TABLE review_queue ADD COLUMN low_confidence BOOLEAN DEFAULT false;
+        ALTER TABLE review_queue ADD COLUMN min_confidence DOUBLE;
+        ALTER TABLE review_queue ADD COLUMN low_confidence_fields VARCHAR[] DEFAULT [];
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = max(number for number, _, _ in MIGRATIONS)

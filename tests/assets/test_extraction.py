@@ -88,6 +88,32 @@ def test_demo_chain_fills_extractions_and_typed_tables(instance, warehouse, drop
     for name in TASKS:  # one preview per task, its answer's fields as columns
         columns = [c.name for c in metadata[f"preview · {name}"].schema.columns]
         assert columns[:2] == ["path", "status"] and "parsed_json" not in columns
+    # per-field confidence: rows for every ok answer (the stand-in's own logprobs, none NULL),
+    # and their distribution per field in the metadata
+    without = warehouse.rows(
+        "SELECT count(*) FROM vlm_extractions e WHERE status = 'ok' AND NOT EXISTS ("
+        " SELECT 1 FROM vlm_field_confidence c WHERE c.image_id = e.image_id"
+        " AND c.task = e.task AND c.task_fingerprint = e.task_fingerprint"
+        " AND c.model_id = e.model_id)"
+    )
+    assert without == [(0,)]
+    assert (
+        warehouse.rows(
+            "SELECT count(*), count(*) FILTER (confidence IS NULL OR confidence <= 0"
+            " OR confidence > 1) FROM vlm_field_confidence"
+        )[0][1]
+        == 0
+    )
+    records = [record.data for record in metadata["confidence"].value.records]
+    pooled = "regexp_replace(field, '\\[[0-9]+\\]', '[]', 'g')"
+    expected = warehouse.rows(
+        f"SELECT task, {pooled}, count(*), avg(confidence) FROM vlm_field_confidence"
+        " GROUP BY ALL ORDER BY 1, 2"
+    )
+    assert [(r["task"], r["field"], r["n"]) for r in records] == [e[:3] for e in expected]
+    for record, (*_, mean) in zip(records, expected, strict=True):
+        assert record["mean"] == pytest.approx(mean, abs=1e-3)
+        assert record["p10"] <= record["p50"] <= record["p90"] and 0 <= record["below"] <= 1
 
 
 def test_a_run_killed_after_some_batches_resumes_with_only_the_missing_images(

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import math
 import os
 import re
 import signal
@@ -386,6 +388,85 @@ def test_an_images_other_tasks_reuse_its_prefill_from_the_servers_prefix_cache(
         assert computed <= 1.15 * bound, (computed, bound)
     else:  # with 16-token images instruction first may compute little: the image is tiny
         assert not any(reused), reused
+
+
+def _value_spans_by_search(text: str, answer: dict) -> dict[str, tuple[int, int]]:
+    """The test's own byte spans of the top-level values and the list items' fields, found by
+    searching the compact answer for `"key":<value as compact JSON>` left to right (not the
+    scanner the pipeline uses)."""
+    data = text.encode()
+    spans: dict[str, tuple[int, int]] = {}
+
+    def find(path: str, key: str, value: object, start: int) -> int:
+        needle = (
+            f'"{key}":'.encode()
+            + json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+        )
+        at = data.index(needle, start) + len(f'"{key}":'.encode())
+        spans[path] = (at, at + len(needle) - len(f'"{key}":'.encode()))
+        return at
+
+    for key, value in answer.items():
+        at = find(key, key, value, 0)
+        if isinstance(value, list):
+            for index, item in enumerate(value):
+                for sub, sub_value in item.items() if isinstance(item, dict) else []:
+                    at = find(f"{key}[{index}].{sub}", sub, sub_value, at)
+    return spans
+
+
+def test_stored_confidences_are_exp_sum_of_the_logprobs_the_server_returned(
+    real_server, warehouse, drop_root, monkeypatch
+):
+    """Per-field confidence end to end on the real server: the production client asks for
+    logprobs, the run stores a row per value in `vlm_field_confidence`, and each equals
+    exp(sum) of the logprobs the server returned for the tokens over that value (the raw
+    responses captured as the client received them; the spans found by the test itself)."""
+    _ingest(warehouse, drop_root, count=2)
+    captured: dict[tuple[str, str], dict] = {}
+    judge = SGLangClient._judge
+
+    def capturing(self, image, task, response, *args):
+        captured[(image.image_id, task.name)] = response.json()
+        return judge(self, image, task, response, *args)
+
+    monkeypatch.setattr(SGLangClient, "_judge", capturing)
+    client = _client(real_server)
+    client.check_ready()
+    extract_drop(warehouse, client, DROP, drop_root, list(TASKS.values()), log=lambda _: None)
+    rows = warehouse.rows(
+        "SELECT e.image_id, e.task, e.raw_text, c.field, c.confidence FROM vlm_extractions e"
+        " JOIN vlm_field_confidence c USING (image_id, task, task_fingerprint, model_id)"
+        " WHERE e.status = 'ok'"
+    )
+    stored: dict[tuple[str, str], dict[str, float]] = {}
+    for image_id, task, _, field, confidence in rows:
+        stored.setdefault((image_id, task), {})[field] = confidence
+    ok = warehouse.rows("SELECT image_id, task FROM vlm_extractions WHERE status = 'ok'")
+    assert ok and set(stored) == set(ok)  # every ok answer has its confidences
+    checked = 0
+    for key, fields in stored.items():
+        choice = captured[key]["choices"][0]
+        text = choice["message"]["content"]
+        tokens = choice["logprobs"]["content"]
+        assert all({"token", "bytes", "logprob"} <= set(t) for t in tokens)
+        ends, at = [], 0
+        for token in tokens:
+            ends.append((at, at + len(token["bytes"])))
+            at += len(token["bytes"])
+        assert b"".join(bytes(t["bytes"]) for t in tokens).startswith(text.encode())
+        for path, (a, b) in _value_spans_by_search(text, json.loads(text)).items():
+            total = sum(
+                t["logprob"] for t, (s, e) in zip(tokens, ends, strict=True) if s < b and e > a
+            )
+            assert fields[path] == pytest.approx(math.exp(total), rel=1e-9, abs=1e-300), (
+                key,
+                path,
+            )
+            checked += 1
+    assert checked >= len(ok)  # at least one value per answer was checked
+    nested = [f for fields in stored.values() for f in fields if "[" in f]
+    print(f"\nchecked {checked} stored confidences; list item paths: {sorted(set(nested))[:6]}")
 
 
 def test_kill_9_mid_run_fails_bounded_writes_no_half_batch_and_a_rerun_extracts_the_rest(

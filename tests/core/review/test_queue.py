@@ -55,6 +55,7 @@ def test_every_reason_flags_its_image_and_the_ranking_follows_the_score(warehous
         "extraction_failed": 1,
         "near_duplicate_conflict": 2,
         "consistency_violation": 1,
+        "low_confidence": 0,  # the planted answers carry no logprobs
     }
 
 
@@ -95,3 +96,69 @@ def test_a_drop_without_model_outputs_queues_nothing(warehouse, drop_root):
     report = compute_queue(warehouse, "bare")
     assert (report.images, report.flagged, report.queued) == (1, 0, 0)
     assert write_queue(warehouse, report) == 0
+
+
+def test_low_confidence_is_a_signal_ranked_lowest_first_with_the_threshold_from_the_spec(
+    warehouse, drop_root
+):
+    """Confidences as the extraction writes them: below the spec's threshold an image is queued,
+    lowest confidence first; a value without logprobs (NULL) never raises the signal."""
+    from core.ingest.ingest import DropIngestor
+    from core.ingest.scan import DropRef
+    from core.labels.loader import current_spec
+    from core.labels.spec import ReviewSpec
+    from core.tasks.registry import TASKS
+    from core.vlm.store import write_batch
+    from core.vlm.types import ExtractionResult
+    from tests.conftest import copy_samples
+
+    names = ["astronaut.jpg", "camera.jpg", "coins.jpg", "rocket.jpg"]
+    copy_samples(drop_root, "unsure", names)
+    DropIngestor(warehouse, drop_root).ingest(DropRef.folder("unsure"))
+    ids = dict(warehouse.rows("SELECT regexp_extract(path, '[^/]+$'), image_id FROM image_files"))
+    confidences = {
+        "astronaut.jpg": {"age_group": 0.3, "gender": 0.9},
+        "camera.jpg": {"age_group": 0.8, "gender": 0.1},
+        "coins.jpg": {"age_group": 0.9, "gender": 0.92},
+        "rocket.jpg": {"age_group": None, "gender": None},  # a server without logprobs
+    }
+    write_batch(
+        warehouse,
+        TASKS["age_gender"],
+        VLM,
+        "unsure",
+        [
+            ExtractionResult(
+                image_id=ids[name],
+                status="ok",
+                parsed={"age_group": "21-30", "gender": "male"},
+                confidence=confidence,
+            )
+            for name, confidence in confidences.items()
+        ],
+    )
+    assert warehouse.rows("SELECT count(*), count(confidence) FROM vlm_field_confidence") == [
+        (8, 6)
+    ]
+    report = compute_queue(warehouse, "unsure")  # the bundled spec: below 0.5
+    frame = report.frame
+    assert frame["image_id"].to_list() == [ids["camera.jpg"], ids["astronaut.jpg"]]
+    camera, astronaut = frame.to_dicts()
+    assert camera["reasons"] == ["low_confidence"]
+    assert camera["low_confidence_fields"] == ["gender: 0.1"]
+    assert camera["min_confidence"] == pytest.approx(0.1)
+    assert camera["score"] == pytest.approx((0.5 - 0.1) / 0.5)
+    assert astronaut["score"] == pytest.approx((0.5 - 0.3) / 0.5)
+    assert report.reason_counts["low_confidence"] == 2
+    # the threshold is spec data: raised, coins is queued too, still lowest first
+    strict = current_spec().model_copy(update={"review": ReviewSpec(low_confidence_below=0.95)})
+    frame = compute_queue(warehouse, "unsure", spec=strict).frame
+    assert frame["image_id"].to_list() == [
+        ids[n] for n in ("camera.jpg", "astronaut.jpg", "coins.jpg")
+    ]
+    assert frame.to_dicts()[2]["low_confidence_fields"] == ["age_group: 0.9", "gender: 0.92"]
+    assert write_queue(warehouse, report) == 2
+    stored = warehouse.rows(
+        "SELECT image_id, low_confidence, min_confidence FROM review_queue ORDER BY rank"
+    )
+    assert stored == [(ids["camera.jpg"], True, 0.1), (ids["astronaut.jpg"], True, 0.3)]
