@@ -2,9 +2,19 @@
 
 Each migration runs once, in order, inside the writer's lock; `schema_migrations` records which
 ran. Features append migrations with new numbers and never edit one that has shipped.
+
+A migration whose statements duckdb 1.5 cannot commit together is split by `-- step` lines into
+steps, each its own transaction, the last one recording the migration; every step must be safe
+to run again after a crash between steps (`IF NOT EXISTS`, `IF EXISTS`, idempotent updates).
+On a table holding rows, duckdb 1.5.5 fails the commit ("another transaction has altered this
+table") of a transaction that adds a column WITH a default and then alters or updates that table
+again: end a step after such an ADD COLUMN.
 """
 
 from __future__ import annotations
+
+import contextlib
+import re
 
 import duckdb
 
@@ -346,16 +356,21 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         2113,
         "review queue consistency rules from the labeling spec",
         """
-        ALTER TABLE review_queue ADD COLUMN consistency_violation BOOLEAN DEFAULT false;
-        ALTER TABLE review_queue ADD COLUMN consistency_violations VARCHAR[] DEFAULT [];
+        -- In steps (see STEP and the module docstring): duckdb 1.5 cannot commit an UPDATE
+        -- of a column added with a default in the same transaction. Each step is safe to rerun.
+        ALTER TABLE review_queue ADD COLUMN IF NOT EXISTS consistency_violation BOOLEAN DEFAULT false;
+        -- step
+        ALTER TABLE review_queue ADD COLUMN IF NOT EXISTS consistency_violations VARCHAR[] DEFAULT [];
+        -- step
         UPDATE review_queue SET
             consistency_violation = people_count_mismatch,
             consistency_violations = CASE WHEN people_count_mismatch
                 THEN ['people_count_mismatch'] ELSE [] END,
             reasons = list_transform(reasons, lambda r: CASE WHEN r = 'people_count_mismatch'
                 THEN 'consistency_violation' ELSE r END);
-        ALTER TABLE review_queue DROP COLUMN people_count_mismatch;
-        ALTER TABLE review_queue DROP COLUMN people_listed;
+        -- step
+        ALTER TABLE review_queue DROP COLUMN IF EXISTS people_count_mismatch;
+        ALTER TABLE review_queue DROP COLUMN IF EXISTS people_listed;
         ALTER TABLE review_queue ALTER COLUMN consistency_violation SET NOT NULL;
         ALTER TABLE review_queue ALTER COLUMN consistency_violations SET NOT NULL;
         """,
@@ -399,14 +414,16 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         2202,
         "review queue low confidence signal",
         """
-        ALTER TABLE review_queue ADD COLUMN low_confidence BOOLEAN DEFAULT false;
-        ALTER TABLE review_queue ADD COLUMN min_confidence DOUBLE;
-        ALTER TABLE review_queue ADD COLUMN low_confidence_fields VARCHAR[] DEFAULT [];
+        ALTER TABLE review_queue ADD COLUMN IF NOT EXISTS min_confidence DOUBLE;
+        ALTER TABLE review_queue ADD COLUMN IF NOT EXISTS low_confidence BOOLEAN DEFAULT false;
+        -- step
+        ALTER TABLE review_queue ADD COLUMN IF NOT EXISTS low_confidence_fields VARCHAR[] DEFAULT [];
         """,
     ),
 ]
 
 SCHEMA_VERSION = max(number for number, _, _ in MIGRATIONS)
+STEP = re.compile(r"^\s*-- step\s*$", re.MULTILINE)  # splits a migration into transactions
 
 
 def applied_versions(conn: duckdb.DuckDBPyConnection) -> set[int]:
@@ -418,7 +435,7 @@ def applied_versions(conn: duckdb.DuckDBPyConnection) -> set[int]:
     return {int(row[0]) for row in conn.execute("SELECT version FROM schema_migrations").fetchall()}
 
 
-def migrate(conn: duckdb.DuckDBPyConnection) -> set[int]:
+def migrate(conn: duckdb.DuckDBPyConnection, *, only: frozenset[int] | None = None) -> set[int]:
     """Apply, in order, each migration `conn`'s database has not recorded, one transaction each.
 
     Numbers may have gaps and a lower number may arrive after a higher one has run (features
@@ -438,17 +455,22 @@ def migrate(conn: duckdb.DuckDBPyConnection) -> set[int]:
             " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
         )
     for number, name, ddl in sorted(MIGRATIONS):
-        if number in applied:
+        if number in applied or (only is not None and number not in only):
             continue
-        conn.execute("BEGIN TRANSACTION")
-        try:
-            conn.execute(ddl)
-            conn.execute(
-                "INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [number, name]
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        steps = STEP.split(ddl)
+        for index, step in enumerate(steps):
+            conn.execute("BEGIN TRANSACTION")
+            try:
+                conn.execute(step)
+                if index == len(steps) - 1:
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version, name) VALUES (?, ?)",
+                        [number, name],
+                    )
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(duckdb.TransactionException):  # a failed COMMIT ended it
+                    conn.execute("ROLLBACK")
+                raise
         applied.add(number)
     return applied
