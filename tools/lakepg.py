@@ -158,11 +158,11 @@ class Cluster:
         if self.running():
             return
         options = (
-            f"-p {self.port} -k {shlex.quote(str(self.socket_dir))}"
-            " -c listen_addresses=127.0.0.1"
+            f"-p {self.port} -k {shlex.quote(str(self.socket_dir))} -c listen_addresses=127.0.0.1"
         )
         if fast:  # tests: a crash loses the catalog, which is thrown away anyway
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+            options += " -c max_connections=400"
         log = self.log
         log.touch()
         self._chown(log)
@@ -184,7 +184,9 @@ class Cluster:
             )
         except subprocess.CalledProcessError as error:
             tail = log.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"PostgreSQL did not start: {error.stderr.strip()}\n{tail}") from None
+            raise RuntimeError(
+                f"PostgreSQL did not start: {error.stderr.strip()}\n{tail}"
+            ) from None
         if not self.psql(f"SELECT 1 FROM pg_database WHERE datname = '{CATALOG_DB}'").strip():
             self.psql(f"CREATE DATABASE {CATALOG_DB}")
 
@@ -241,9 +243,13 @@ def _print_env(cluster: Cluster) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.lakepg", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.lakepg", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("command", choices=["up", "down", "env", "status"])
-    parser.add_argument("--dir", default=os.environ.get("IMAGE_PIPELINE_LAKE_DIR", str(DEFAULT_DIR)))
+    parser.add_argument(
+        "--dir", default=os.environ.get("IMAGE_PIPELINE_LAKE_DIR", str(DEFAULT_DIR))
+    )
     parser.add_argument(
         "--port", type=int, default=int(os.environ.get("IMAGE_PIPELINE_LAKE_PORT", DEFAULT_PORT))
     )
@@ -256,7 +262,9 @@ def main(argv: list[str] | None = None) -> int:
             print(error, file=sys.stderr)
             return 2
         cluster.lake_data.mkdir(parents=True, exist_ok=True)
-        print(f"PostgreSQL on 127.0.0.1:{cluster.port}, catalog database {CATALOG_DB!r}; folder {cluster.folder}")
+        print(
+            f"PostgreSQL on 127.0.0.1:{cluster.port}, catalog database {CATALOG_DB!r}; folder {cluster.folder}"
+        )
         _print_env(cluster)
     elif args.command == "down":
         cluster.stop()

@@ -136,6 +136,10 @@ class Warehouse:
         """Identity for per-process caches; holds no secret."""
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Release what this process holds open for the warehouse (the lake's attached
+        instance); the next use opens it again. The file holds nothing between uses."""
+
     # --- shared behaviour -------------------------------------------------------------------------
 
     def write(self, work: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
@@ -189,6 +193,13 @@ class FileWarehouse(Warehouse):
 
     def __repr__(self) -> str:
         return f"Warehouse({str(self.path)!r})"
+
+    @property
+    def target(self) -> str:
+        """What IMAGE_PIPELINE_WAREHOUSE holds for this warehouse."""
+        return str(self.path)
+
+    data_path: str | None = None  # the lake's; a file has none
 
     @property
     def local_dir(self) -> Path:

@@ -11,21 +11,19 @@ import re
 from pathlib import Path
 
 _PID = re.compile(r"\(PID (\d+)\)")
-_SECRET = re.compile(
-    r"(?i)(password|passwd|pwd|secret|token|api[_-]?key)(\s*[=:]\s*|\s+)(\S+)"
-    r"|(//[^:/@\s]+:)([^@\s]+)(@)"
+_WORDS = r"(?:password|passwd|pwd|secret|token|api[_-]?key)"
+_SECRETS = (
+    re.compile(rf"(?i)(\w*{_WORDS}\w*\s*[=:]\s*)(\S+)"),  # password=x, PGPASSWORD=x, key: x
+    re.compile(rf"(?i)(--{_WORDS}[\w-]*\s+)(\S+)"),  # --password x
+    re.compile(r"(//[^:/@\s]+:)([^@\s]+)(?=@)"),  # scheme://user:password@host
 )
 
 
 def redact(text: str) -> str:
     """Mask values after password-like words and the password of a URL's user:password@."""
-
-    def mask(match: re.Match) -> str:
-        if match.group(1):
-            return f"{match.group(1)}{match.group(2)}***"
-        return f"{match.group(4)}***{match.group(6)}"
-
-    return _SECRET.sub(mask, text)
+    for pattern in _SECRETS:
+        text = pattern.sub(lambda m: f"{m.group(1)}***", text)
+    return text
 
 
 def holder_pid(error_text: str) -> int | None:

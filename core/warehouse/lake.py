@@ -191,6 +191,12 @@ class LakeWarehouse(Warehouse):
                 _INSTANCES[key] = instance
             return instance.conn
 
+    def close(self) -> None:
+        with _INSTANCES_LOCK:
+            instance = _INSTANCES.pop((self.metadata, self.data_path), None)
+        if instance is not None and instance.pid == os.getpid():
+            instance.conn.close()
+
     def _cursor(self) -> duckdb.DuckDBPyConnection:
         return _use(self._instance().cursor())
 
@@ -251,7 +257,9 @@ class LakeWarehouse(Warehouse):
         ).fetchone()
         if not exists or not exists[0]:
             return None
-        return {int(v) for (v,) in cursor.execute("SELECT version FROM schema_migrations").fetchall()}
+        return {
+            int(v) for (v,) in cursor.execute("SELECT version FROM schema_migrations").fetchall()
+        }
 
     def ensure_schema(self) -> None:
         """Attach (creating or upgrading the lake's tables); fails fast when it cannot."""
