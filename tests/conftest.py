@@ -17,7 +17,6 @@ from core.ingest.ingest import DropIngestor
 from core.ingest.scan import DropRef
 from core.warehouse import FileWarehouse, Warehouse
 from orchestration.settings import REPO_ROOT, Settings
-from resources.warehouse import WarehouseResource
 from tests.fixtures.lake import LakeServer
 from tests.fixtures.lake import unavailable as lake_unavailable
 
@@ -89,11 +88,6 @@ def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Wareho
         yield request.getfixturevalue("lake")
     else:
         yield Warehouse(tmp_path / "warehouse.duckdb", lock_timeout_s=60)
-
-
-def warehouse_resource(warehouse: Warehouse) -> WarehouseResource:
-    """The Dagster resource for a test's warehouse, either backend."""
-    return WarehouseResource(path=warehouse.target, data_path=warehouse.data_path)
 
 
 @pytest.fixture

@@ -162,7 +162,7 @@ class Cluster:
         )
         if fast:  # tests: a crash loses the catalog, which is thrown away anyway
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-            options += " -c max_connections=400"
+            options += " -c max_connections=400 -c autovacuum=off"
         log = self.log
         log.touch()
         self._chown(log)
@@ -198,6 +198,12 @@ class Cluster:
 
     def psql(self, sql: str, dbname: str = "postgres") -> str:
         """Run SQL as the superuser over the Unix socket (trust: no password needed)."""
+        try:
+            return self._psql(sql, dbname)
+        except subprocess.CalledProcessError as error:
+            raise RuntimeError(f"psql failed: {sql}: {error.stderr.strip()}") from None
+
+    def _psql(self, sql: str, dbname: str) -> str:
         result = self._as_owner(
             [
                 str(PG_BIN / "psql"),

@@ -100,7 +100,7 @@ class _Instance:
         self.pid = pid
 
 
-_INSTANCES: dict[tuple[str, str | None], _Instance] = {}
+_INSTANCES: dict[tuple[str, str | None, bool], _Instance] = {}
 _INSTANCES_LOCK = threading.Lock()
 
 
@@ -115,6 +115,7 @@ class LakeWarehouse(Warehouse):
         lock_timeout_s: float = 120.0,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         local_dir: str | Path | None = None,
+        read_only: bool = False,
         **_: Any,
     ) -> None:
         self.target = target
@@ -122,6 +123,7 @@ class LakeWarehouse(Warehouse):
         self.data_path = str(data_path) if data_path else None
         self.lock_timeout_s = lock_timeout_s
         self.max_attempts = max(1, max_attempts)
+        self.read_only = read_only  # attach READ_ONLY: no writes, no schema changes (`make sql`)
         if local_dir is not None:
             self._local_dir = Path(local_dir).expanduser().absolute()
         elif self.data_path and "://" not in self.data_path:
@@ -153,8 +155,8 @@ class LakeWarehouse(Warehouse):
                 conn.execute(f"LOAD {_quote(str(path))}")
             for name, value in DUCKLAKE_RETRIES.items():
                 conn.execute(f"SET {name} = {int(value)}")
-            options = []
-            if self.data_path:
+            options = ["READ_ONLY"] if self.read_only else []
+            if self.data_path and not self.read_only:
                 options.append(f"DATA_PATH {_quote(self.data_path)}")
             else:
                 options.append("CREATE_IF_NOT_EXISTS false")
@@ -166,7 +168,8 @@ class LakeWarehouse(Warehouse):
             except duckdb.Error as error:
                 raise LakeUnavailable(self._explain(error)) from None
             conn.execute(f"USE {CATALOG}")
-            self._ensure(conn)
+            if not self.read_only:
+                self._ensure(conn)
             return conn
         except BaseException:
             conn.close()
@@ -182,7 +185,7 @@ class LakeWarehouse(Warehouse):
         return f"cannot open the lake {redact(self.metadata)}: {redact(text)}"
 
     def _instance(self) -> duckdb.DuckDBPyConnection:
-        key = (self.metadata, self.data_path)
+        key = (self.metadata, self.data_path, self.read_only)
         pid = os.getpid()
         with _INSTANCES_LOCK:
             instance = _INSTANCES.get(key)
@@ -193,7 +196,7 @@ class LakeWarehouse(Warehouse):
 
     def close(self) -> None:
         with _INSTANCES_LOCK:
-            instance = _INSTANCES.pop((self.metadata, self.data_path), None)
+            instance = _INSTANCES.pop((self.metadata, self.data_path, self.read_only), None)
         if instance is not None and instance.pid == os.getpid():
             instance.conn.close()
 

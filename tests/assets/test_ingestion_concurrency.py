@@ -12,6 +12,8 @@ from core.warehouse import Warehouse
 from tests.fixtures.bad_inputs import jpeg_bytes
 from tests.fixtures.processes import materialize_drop, query_loop
 
+pytestmark = pytest.mark.both_backends  # the warehouse SQL runs on the file and the lake
+
 FILES_PER_DROP = 60
 spawn = multiprocessing.get_context("spawn")
 
@@ -27,7 +29,9 @@ def make_drop(drop_root: Path, drop_id: str, seed: int) -> None:
 def reader(tmp_path: Path, warehouse: Warehouse):
     """Starts a SQL loop in another process; yields a function that stops it and returns its tally."""
     stop, out = tmp_path / "stop", tmp_path / "reader.json"
-    process = spawn.Process(target=query_loop, args=(str(warehouse.path), str(stop), str(out)))
+    process = spawn.Process(
+        target=query_loop, args=(warehouse.target, str(stop), str(out), warehouse.data_path)
+    )
     process.start()
 
     def finish() -> dict:
@@ -43,7 +47,8 @@ def reader(tmp_path: Path, warehouse: Warehouse):
 def _run_in_process(tmp_path: Path, warehouse: Warehouse, drop_root: Path, drop_id: str):
     out = tmp_path / f"{drop_id}.json"
     process = spawn.Process(
-        target=materialize_drop, args=(str(warehouse.path), str(drop_root), drop_id, str(out))
+        target=materialize_drop,
+        args=(warehouse.target, str(drop_root), drop_id, str(out), 4, warehouse.data_path),
     )
     process.start()
     return process, out

@@ -16,6 +16,8 @@ from core.warehouse import Warehouse
 from tests.conftest import copy_samples
 from tests.fixtures.bad_inputs import jpeg_bytes
 
+pytestmark = pytest.mark.both_backends  # the warehouse SQL runs on the file and the lake
+
 TABLES = ("images", "image_files", "rejected_files", "drops")
 
 

@@ -15,6 +15,8 @@ from core.quality.labelled import load_folder
 from core.warehouse import Warehouse
 from tests.fixtures.contracts import add_extraction, add_zero_shot
 
+pytestmark = pytest.mark.both_backends  # the warehouse SQL runs on the file and the lake
+
 TRUTH = ["21-30", "21-30", "31-40", "51-60", "18-20"]
 VLM_PRED = ["21-30", "31-40", "51-60", "41-50", "31-40"]
 # CLIP probabilities for images 0-3 (image 4 has none): top labels 21-30, 18-20, 51-60, 51-60;

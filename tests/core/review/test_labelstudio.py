@@ -23,6 +23,8 @@ from core.tasks.registry import TASKS
 from core.warehouse import Warehouse
 from tests.core.review.planted import DROP, VLM, plant
 
+pytestmark = pytest.mark.both_backends  # the warehouse SQL runs on the file and the lake
+
 
 @pytest.fixture
 def queued(warehouse: Warehouse, drop_root: Path) -> dict[str, str]:
@@ -283,7 +285,7 @@ def test_the_cli_exports_and_imports_and_refuses_a_bad_file(warehouse, queued, t
     from core.review.__main__ import main
 
     out = tmp_path / "reviews" / "samples.json"
-    db = ["--db", str(warehouse.path)]
+    db = ["--db", warehouse.target]
     assert main([*db, "export", "--drop", DROP, "--out", str(out)]) == 0
     assert "6 tasks" in capsys.readouterr().out
     tasks = json.loads(out.read_text())

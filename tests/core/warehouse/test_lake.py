@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing
 import os
@@ -66,7 +67,7 @@ def test_an_unreachable_server_fails_at_start_with_a_clear_error(lake_server: La
     from tools.lakepg import free_port
 
     target = f"ducklake:postgres:dbname=lake host=127.0.0.1 port={free_port()} user=postgres"
-    with pytest.raises(LakeUnavailable, match="cannot open the lake.*Connection refused"):
+    with pytest.raises(LakeUnavailable, match=r"cannot open the lake.*Connection refused"):
         LakeWarehouse(target, data_path=str(lake_server.data)).ensure_schema()
 
 
@@ -75,7 +76,7 @@ def test_wrong_credentials_fail_at_start_and_the_password_is_not_repeated(
 ):
     monkeypatch.delenv("PGPASSFILE")
     monkeypatch.setenv("PGPASSWORD", "not-the-password")
-    warehouse = lake_server.warehouse("lake_template")
+    warehouse = lake_server.fresh()
     with pytest.raises(LakeUnavailable, match="password authentication failed") as error:
         warehouse.ensure_schema()
     assert "not-the-password" not in str(error.value)
@@ -256,7 +257,7 @@ def test_a_reader_holding_its_connection_never_blocks_three_writers(
     assert tally["reads"] > 3
     assert tally["held_counts"] == [0]  # the snapshot it held from the start never moved
     series = tally["series"]  # per read: files per drop
-    for before, after in zip(series, series[1:], strict=False):
+    for before, after in itertools.pairwise(series):
         assert all(after.get(d, 0) >= before.get(d, 0) for d in drops)  # never shrinks
     for seen in series:
         assert all(n % 3 == 0 or n == drops[d] for d, n in seen.items())  # whole batches
