@@ -7,6 +7,7 @@ import tests.offline  # noqa: F401  (first: hub clients read the offline switche
 # isort: split
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture(scope="session")
-def lake_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LakeServer]:
+def lake_server() -> Iterator[LakeServer]:
     """PostgreSQL for the lake tests (one per session). Without PostgreSQL the lake tests skip
     saying why, except on CI (CI=true), where they fail: `make test` installs it as root."""
     reason = lake_unavailable()
@@ -57,13 +58,18 @@ def lake_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LakeServer
         if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
             pytest.fail(f"lake tests cannot run on CI: {reason}")
         pytest.skip(f"lake tests skipped: {reason}")
-    server = LakeServer.start(tmp_path_factory.mktemp("lake"))
+    # Not under pytest's temp root: pytest keeps that 0700, and the `postgres` user needs a way
+    # in to its data folder for the whole session.
+    folder = Path(tempfile.mkdtemp(prefix="lake-tests-"))
+    os.chmod(folder, 0o755)
+    server = LakeServer.start(folder)
     before = os.environ.get("PGPASSFILE")
     os.environ.update(server.env())
     try:
         yield server
     finally:
         server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
         if before is None:
             os.environ.pop("PGPASSFILE", None)
         else:

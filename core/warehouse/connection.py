@@ -171,17 +171,10 @@ class Warehouse:
         ]
 
 
-# Files this process has migrated, by (path, device, inode): a write checks one stat, not the
-# schema, once the file is known to be current. A file replaced at the same path is new.
-_MIGRATED: set[tuple[str, int, int]] = set()
-
-
-def _file_identity(path: Path) -> tuple[str, int, int] | None:
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        return None
-    return (str(path), info.st_dev, info.st_ino)
+# Files this process has migrated, by path: a write then checks one count of the tiny
+# schema_migrations table instead of the whole schema, and migrates only when it differs (a
+# file replaced at the same path, another process's newer code).
+_MIGRATED: dict[str, int] = {}
 
 
 class FileWarehouse(Warehouse):
@@ -241,13 +234,15 @@ class FileWarehouse(Warehouse):
                 add_wait(time.monotonic() - started)
 
     def _migrate_once(self, conn: duckdb.DuckDBPyConnection) -> None:
-        identity = _file_identity(self.path)
-        if identity is not None and identity in _MIGRATED:
-            return
-        migrate(conn)
-        identity = _file_identity(self.path)
-        if identity is not None:
-            _MIGRATED.add(identity)
+        known = _MIGRATED.get(str(self.path))
+        if known is not None:
+            try:
+                row = conn.execute("SELECT count(*) FROM schema_migrations").fetchone()
+            except duckdb.CatalogException:
+                row = None
+            if row is not None and row[0] == known:
+                return
+        _MIGRATED[str(self.path)] = len(migrate(conn))
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
