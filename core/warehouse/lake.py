@@ -42,7 +42,7 @@ CATALOG = "lake"  # the alias the lake is attached under; `make sql` uses the sa
 SUPPORTED = ("postgres:",)
 # DuckLake's in-commit retries (see the module docstring); the settings belong to a connection.
 DUCKLAKE_RETRIES = {"ducklake_max_retry_count": 20, "ducklake_retry_wait_ms": 50}
-DEFAULT_MAX_ATTEMPTS = 8
+DEFAULT_MAX_ATTEMPTS = 30  # and never past lock_timeout_s: see write()
 
 
 class LakeUnavailable(RuntimeError):
@@ -321,24 +321,28 @@ class LakeWarehouse(Warehouse):
             conn.close()
 
     def write(self, work: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
-        """Run `work(conn)` in one transaction; replay it on a commit conflict, up to
-        `max_attempts` times with jittered exponential backoff, then raise `CommitConflict`."""
+        """Run `work(conn)` in one transaction; replay it on a commit conflict with jittered
+        exponential backoff, at most `max_attempts` times and not after `lock_timeout_s`, then
+        raise `CommitConflict` naming the conflict."""
         delay = 0.05
         last = ""
-        for attempt in range(1, self.max_attempts + 1):
+        deadline = time.monotonic() + self.lock_timeout_s
+        attempt = 0
+        while True:
+            attempt += 1
             started = time.monotonic()
             try:
                 with self.transaction() as conn:
                     return work(conn)
             except CommitConflict as conflict:
                 last = str(conflict)
-                if attempt == self.max_attempts:
+                if attempt >= self.max_attempts or time.monotonic() >= deadline:
                     break
-                time.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 2.0)
+                time.sleep(random.uniform(0.2, 1.0) * delay)
+                delay = min(delay * 2, 1.0)
                 add_wait(time.monotonic() - started)
         raise CommitConflict(
-            f"gave up after {self.max_attempts} attempts, each conflicting with another"
+            f"gave up after {attempt} attempts, each conflicting with another"
             f" writer's commit ({last}); nothing of this transaction was written"
         )
 

@@ -12,8 +12,6 @@ from core.warehouse import Warehouse
 from tests.fixtures.bad_inputs import jpeg_bytes
 from tests.fixtures.processes import materialize_drop, query_loop
 
-pytestmark = pytest.mark.both_backends  # the warehouse SQL runs on the file and the lake
-
 FILES_PER_DROP = 60
 spawn = multiprocessing.get_context("spawn")
 
@@ -69,6 +67,7 @@ def test_a_sql_loop_in_another_process_never_fails_a_run_and_always_gets_answers
     assert warehouse.rows("SELECT count(*) FROM image_files") == [(FILES_PER_DROP,)]
 
 
+@pytest.mark.both_backends  # its warehouse SQL runs on the file and the lake
 def test_two_runs_of_different_drops_started_at_once_both_succeed(
     tmp_path, warehouse, drop_root, reader
 ):

@@ -23,8 +23,6 @@ from core.tasks.registry import TASKS
 from core.warehouse import Warehouse
 from tests.core.review.planted import DROP, VLM, plant
 
-pytestmark = pytest.mark.both_backends  # the warehouse SQL runs on the file and the lake
-
 
 @pytest.fixture
 def queued(warehouse: Warehouse, drop_root: Path) -> dict[str, str]:
@@ -117,6 +115,7 @@ def test_exported_tasks_carry_the_image_the_reasons_and_the_vlm_answer_as_predic
     assert config.name == "samples.label_config.xml" and ET.fromstring(config.read_text())
 
 
+@pytest.mark.both_backends  # its warehouse SQL runs on the file and the lake
 def test_an_import_changes_final_labels_and_a_reimport_changes_nothing(warehouse, queued, tmp_path):
     tasks = export_tasks(warehouse, DROP)
     camera = next(t for t in tasks if t["data"]["image_id"] == queued["camera.jpg"])
@@ -201,6 +200,7 @@ def _count(warehouse: Warehouse) -> int:
     return warehouse.rows("SELECT count(*) FROM human_labels")[0][0]
 
 
+@pytest.mark.both_backends  # its warehouse SQL runs on the file and the lake
 def test_truncated_foreign_and_invalid_files_are_rejected_whole(warehouse, queued, tmp_path):
     tasks = export_tasks(warehouse, DROP)
     good = [annotate(t, {}, at="2026-12-01T10:00:00Z") for t in tasks[:3]]
