@@ -208,7 +208,6 @@ def reencode(source: Path, target: Path, quality: int = 80) -> None:
     target.write_bytes(buffer.getvalue())
 
 
-@pytest.mark.both_backends  # its warehouse SQL runs on the file and the lake
 def test_near_duplicate_check_fires_on_a_reencoded_copy_in_a_later_drop(
     instance, warehouse, drop_root, standin_cache
 ):
