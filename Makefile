@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
-.PHONY: demo test chromium ui lint validate bench bench-peer-venv export clean-data label-studio export-reviews import-reviews search \
+.PHONY: demo demo-lake lake-up lake-down sql postgresql test chromium ui lint validate bench bench-peer-venv export clean-data label-studio export-reviews import-reviews search \
 	sglang-env sglang-demo
 
 # The real SGLang server (CPU engine) lives in its own venv: its pins (torch CUDA build,
@@ -57,6 +57,26 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/python -m orchestration.demo
 
+## PostgreSQL 15 (Debian's package) for the lake's catalog, on 127.0.0.1:$(LAKE_PORT) in .lake/
+## (as the `postgres` user when run as root); the lake's Parquet files go to .lake/data/.
+LAKE_PORT ?= 5433
+LAKE_ENV = eval "$$($(BIN)/python -m tools.lakepg env --port $(LAKE_PORT))"
+lake-up: $(STAMP)
+	$(BIN)/python -m tools.lakepg up --port $(LAKE_PORT)
+
+## Stop the lake's PostgreSQL (its data stays in .lake/).
+lake-down: $(STAMP)
+	$(BIN)/python -m tools.lakepg down --port $(LAKE_PORT)
+
+## The demo chain on the lake (DuckLake: catalog in the PostgreSQL of `make lake-up`).
+demo-lake: lake-up $(DAGSTER_HOME)/dagster.yaml
+	$(LAKE_ENV) && $(BIN)/python -m orchestration.demo
+
+## A read-only SQL prompt on the warehouse ($$IMAGE_PIPELINE_WAREHOUSE: the DuckDB file by
+## default; LAKE=1 for the lake of `make lake-up`). On the file each statement opens and closes it.
+sql: $(STAMP)
+	@if [ -n "$(LAKE)" ]; then $(LAKE_ENV); fi; $(BIN)/python -m core.warehouse
+
 ## The demo chain with VLM backend `sglang`: the real SGLang server (CPU engine, tiny random
 ## Qwen2-VL) launched by the SGLangServer resource; prints the summary and images/s.
 sglang-demo: $(STAMP) $(SGLANG_STAMP) $(DAGSTER_HOME)/dagster.yaml
@@ -68,6 +88,7 @@ sglang-demo: $(STAMP) $(SGLANG_STAMP) $(DAGSTER_HOME)/dagster.yaml
 test: $(STAMP) $(SGLANG_STAMP)
 	-$(MAKE) label-studio
 	-$(MAKE) chromium
+	-$(MAKE) postgresql
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	IMAGE_PIPELINE_REQUIRE_SGLANG=1 $(BIN)/python -m pytest
@@ -79,6 +100,14 @@ chromium:
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || \
 	  echo "no chromium and no way to install it here: the browser tests will skip"
+
+## PostgreSQL for the lake tests: Debian's package, installed when missing and apt-get can (as
+## root); otherwise say so and go on (the lake tests then skip, except on CI where they fail).
+postgresql:
+	@test -x /usr/lib/postgresql/15/bin/initdb || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } || \
+	  echo "no PostgreSQL 15 and no way to install it here: the lake tests will skip"
 
 ## Install Label Studio into .venv-label-studio and migrate its template database (~7 min once).
 label-studio: $(STAMP) $(LS_STAMP)

@@ -145,7 +145,7 @@ def drop_page(
     every image's labels per task, the check outcomes and the review queue first; `page_url`
     opens it from the UI through `make ui`'s reports server."""
     store = warehouse.get()
-    folder = reports_dir(warehouse.path)
+    folder = reports_dir(store.local_dir)
     report = gallery.build_gallery(
         store,
         drop_folder.path,

@@ -34,7 +34,7 @@ from core.ingest.scan import (
     os_path,
     validate_drop_id,
 )
-from core.warehouse import LockTimeout, Warehouse, WarehouseNotFound
+from core.warehouse import LockTimeout, Warehouse, WarehouseHeld, WarehouseNotFound
 
 Entry = tuple[
     str, int, int
@@ -662,6 +662,8 @@ def read_view(
     except WarehouseNotFound:
         return WarehouseView(held=frozenset(), changed={}, loose_held=frozenset()), ""
     except (LockTimeout, duckdb.Error, OSError) as error:
+        if isinstance(error, WarehouseHeld):  # a program outside the pipeline: say which
+            return None, f"{WAREHOUSE_BUSY} ({error})"
         if _busy(error):
             return None, WAREHOUSE_BUSY
         return None, f"warehouse unreadable ({type(error).__name__}): lost files not checked"

@@ -16,7 +16,6 @@ from typing import Any
 import dagster as dg
 
 from core.report import summary
-from core.warehouse import Warehouse
 from orchestration.definitions import build_definitions
 from orchestration.jobs import PIPELINE_JOB_NAME
 from orchestration.partitions import image_drops
@@ -62,7 +61,7 @@ def main() -> int:
     os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT / ".dagster_home"))
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
     result = run_demo(settings, dg.DagsterInstance.get())
-    print(summary(Warehouse(settings.warehouse_path)))
+    print(summary(settings.warehouse()))
     if not result.success:
         print(f"\nrun {result.run_id} failed: see `make ui` for its logs", file=sys.stderr)
         return 1

@@ -57,7 +57,9 @@ def build_vlm_resources(
 
 def build_resources(settings: Settings) -> dict[str, Any]:
     return {
-        "warehouse": WarehouseResource(path=str(settings.warehouse_path)),
+        "warehouse": WarehouseResource(
+            path=str(settings.warehouse_path), data_path=settings.lake_data_path
+        ),
         "drop_folder": DropFolderResource(root=str(settings.drop_root)),
         # local: real ViT-B-32 weights when they load, else the offline stand-in with a banner;
         # prod: the configured weights or a failed run, never a silent stand-in.

@@ -12,6 +12,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.warehouse import Warehouse, open_warehouse
+from core.warehouse.connection import is_lake_target
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 Environment = Literal["local", "prod"]
 DEMO_LABELLED = REPO_ROOT / "data" / "labelled" / "samples.csv"
@@ -25,7 +28,10 @@ class Settings(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     environment: Environment = "local"
-    warehouse_path: Path = REPO_ROOT / "data" / "warehouse.duckdb"
+    # A DuckDB file path, or `ducklake:postgres:<libpq conninfo without password>` for the lake
+    # (IMAGE_PIPELINE_WAREHOUSE), with the lake's data path (IMAGE_PIPELINE_LAKE_DATA_PATH).
+    warehouse_path: Path | str = REPO_ROOT / "data" / "warehouse.duckdb"
+    lake_data_path: str | None = None
     drop_root: Path = REPO_ROOT / "data" / "drops"
     # Labels CSV or <label>/<image> folder the `evaluation` asset runs against; None: no
     # evaluation. Local default: the bundled sample labels; prod: only IMAGE_PIPELINE_LABELLED.
@@ -46,6 +52,16 @@ class Settings(BaseModel):
     reports_port: int = Field(default=3001, ge=1, le=65535)
 
     @property
+    def is_lake(self) -> bool:
+        return is_lake_target(self.warehouse_path)
+
+    def warehouse(self, *, lock_timeout_s: float = 120.0) -> Warehouse:
+        """The warehouse these settings name (file or lake)."""
+        return open_warehouse(
+            str(self.warehouse_path), data_path=self.lake_data_path, lock_timeout_s=lock_timeout_s
+        )
+
+    @property
     def reports_url(self) -> str:
         return f"http://127.0.0.1:{self.reports_port}"
 
@@ -59,7 +75,12 @@ class Settings(BaseModel):
             if missing:
                 raise MissingSetting(f"IMAGE_PIPELINE_ENV=prod needs {', '.join(missing)} set")
         if env.get("IMAGE_PIPELINE_WAREHOUSE"):
-            values["warehouse_path"] = Path(env["IMAGE_PIPELINE_WAREHOUSE"]).expanduser()
+            target = env["IMAGE_PIPELINE_WAREHOUSE"]
+            values["warehouse_path"] = (
+                target if is_lake_target(target) else Path(target).expanduser()
+            )
+        if env.get("IMAGE_PIPELINE_LAKE_DATA_PATH"):
+            values["lake_data_path"] = env["IMAGE_PIPELINE_LAKE_DATA_PATH"]
         if env.get("IMAGE_DROP_ROOT"):
             values["drop_root"] = Path(env["IMAGE_DROP_ROOT"]).expanduser()
         labelled = env.get("IMAGE_PIPELINE_LABELLED")

@@ -17,7 +17,6 @@ from pathlib import Path
 import dagster as dg
 
 from core.report import summary
-from core.warehouse import Warehouse
 from orchestration.demo import run_demo
 from orchestration.settings import REPO_ROOT, Settings
 from orchestration.sglang_cpu import platform_unsupported, server_env_missing, tiny_vlm_launch
@@ -51,7 +50,7 @@ def main() -> int:
     started = time.monotonic()
     result = run_demo(settings, instance, resources)
     wall = time.monotonic() - started
-    print(summary(Warehouse(settings.warehouse_path)))
+    print(summary(settings.warehouse()))
     for event in result.asset_materializations_for_node("vlm_extractions"):
         meta = event.metadata
         rate = meta.get("images_per_s")

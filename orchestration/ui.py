@@ -44,7 +44,7 @@ def serve_reports(directory: Path, port: int) -> ThreadingHTTPServer:
 
 
 def run(port: int, settings: Settings) -> int:
-    directory = reports_dir(settings.warehouse_path)
+    directory = reports_dir(settings.warehouse().local_dir)
     try:
         reports = serve_reports(directory, settings.reports_port)
     except OSError as error:

@@ -14,9 +14,10 @@ import dagster as dg
 from pydantic import Field
 
 
-def reports_dir(warehouse_path: str | Path) -> Path:
-    """Reports live beside the warehouse: data/reports/ for the default data/warehouse.duckdb."""
-    return Path(warehouse_path).expanduser().absolute().parent / "reports"
+def reports_dir(local_dir: str | Path) -> Path:
+    """Reports live in the warehouse's local folder (`Warehouse.local_dir`): data/reports/ for
+    the default data/warehouse.duckdb, beside the data folder for a local lake."""
+    return Path(local_dir).expanduser().absolute() / "reports"
 
 
 class ReportsResource(dg.ConfigurableResource):

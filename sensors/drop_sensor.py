@@ -24,7 +24,6 @@ from core.drops import (
     read_view,
     status_line,
 )
-from core.warehouse import Warehouse
 from orchestration.jobs import PIPELINE_JOB_NAME, image_pipeline_job
 from orchestration.partitions import image_drops
 from orchestration.settings import Settings
@@ -180,9 +179,7 @@ def build_drop_sensor(
         now = clock()
         read_run_outcomes(context.instance, state, now, context.log)
         running = runs_in_progress(context.instance)
-        store = Warehouse(
-            warehouse.path, lock_timeout_s=min(warehouse.lock_timeout_s, SENSOR_LOCK_TIMEOUT_S)
-        )
+        store = warehouse.get(lock_timeout_s=min(warehouse.lock_timeout_s, SENSOR_LOCK_TIMEOUT_S))
         view, note = read_view(store, sorted(state.folders), state.loose_ingested)
         plan = plan_tick(
             drop_folder.path,
@@ -191,7 +188,7 @@ def build_drop_sensor(
             timing=timing,
             # Busy a moment ago: do not wait for the lock a second time in this tick.
             known_files=(lambda drops: ingested_files(store, drops))
-            if note != WAREHOUSE_BUSY
+            if not note.startswith(WAREHOUSE_BUSY)
             else (lambda _drops: None),
             running=running,
             view=view,

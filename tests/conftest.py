@@ -5,7 +5,9 @@ from __future__ import annotations
 import tests.offline  # noqa: F401  (first: hub clients read the offline switches on import)
 
 # isort: split
+import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,8 +16,10 @@ import pytest
 
 from core.ingest.ingest import DropIngestor
 from core.ingest.scan import DropRef
-from core.warehouse import Warehouse
+from core.warehouse import FileWarehouse, Warehouse
 from orchestration.settings import REPO_ROOT, Settings
+from tests.fixtures.lake import LakeServer
+from tests.fixtures.lake import unavailable as lake_unavailable
 
 SAMPLES = REPO_ROOT / "data" / "samples"
 
@@ -27,9 +31,69 @@ def drop_root(tmp_path: Path) -> Path:
     return root
 
 
+BACKENDS = ("file", "lake")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "both_backends: run the test's `warehouse` on the DuckDB file and on the lake",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked `both_backends` that use `warehouse` run once per backend."""
+    if metafunc.definition.get_closest_marker("both_backends") and (
+        "warehouse" in metafunc.fixturenames
+    ):
+        metafunc.parametrize("warehouse", BACKENDS, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def lake_server() -> Iterator[LakeServer]:
+    """PostgreSQL for the lake tests (one per session). Without PostgreSQL the lake tests skip
+    saying why, except on CI (CI=true), where they fail: `make test` installs it as root."""
+    reason = lake_unavailable()
+    if reason:
+        if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+            pytest.fail(f"lake tests cannot run on CI: {reason}")
+        pytest.skip(f"lake tests skipped: {reason}")
+    # Not under pytest's temp root: pytest keeps that 0700, and the `postgres` user needs a way
+    # in to its data folder for the whole session.
+    folder = Path(tempfile.mkdtemp(prefix="lake-tests-"))
+    os.chmod(folder, 0o755)
+    server = LakeServer.start(folder)
+    before = os.environ.get("PGPASSFILE")
+    os.environ.update(server.env())
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+        if before is None:
+            os.environ.pop("PGPASSFILE", None)
+        else:
+            os.environ["PGPASSFILE"] = before
+
+
 @pytest.fixture
-def warehouse(tmp_path: Path) -> Warehouse:
-    return Warehouse(tmp_path / "warehouse.duckdb", lock_timeout_s=60)
+def lake(request: pytest.FixtureRequest) -> Iterator[Warehouse]:
+    """A fresh, empty lake (its own catalog database) at the current schema."""
+    server: LakeServer = request.getfixturevalue("lake_server")
+    warehouse = server.fresh(lock_timeout_s=60)
+    try:
+        yield warehouse
+    finally:
+        warehouse.close()
+
+
+@pytest.fixture
+def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Warehouse]:
+    """The DuckDB file, or (for tests marked `both_backends`, parametrised) a fresh lake."""
+    if getattr(request, "param", "file") == "lake":
+        yield request.getfixturevalue("lake")
+    else:
+        yield Warehouse(tmp_path / "warehouse.duckdb", lock_timeout_s=60)
 
 
 @pytest.fixture
@@ -37,7 +101,8 @@ def settings(tmp_path: Path, drop_root: Path, warehouse: Warehouse) -> Settings:
     """Local settings pointing at the temp warehouse and drop root; no quiet period."""
     return Settings(
         environment="local",
-        warehouse_path=warehouse.path,
+        warehouse_path=warehouse.path if isinstance(warehouse, FileWarehouse) else warehouse.target,
+        lake_data_path=warehouse.data_path,
         drop_root=drop_root,
         quiet_period_s=0,
     )

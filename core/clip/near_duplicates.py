@@ -65,11 +65,11 @@ def near_duplicate_pairs(
         f"""
         WITH part AS (SELECT DISTINCT image_id FROM image_files WHERE drop_id = $drop),
         cur AS (
-            SELECT e.image_id, e.embedding FROM {table} e JOIN part USING (image_id)
+            SELECT e.image_id, e.embedding::FLOAT[{dim}] AS embedding FROM {table} e JOIN part USING (image_id)
             WHERE e.model_id = $model AND e.kind = $kind
         ),
         other AS (
-            SELECT e.image_id, e.embedding, p.image_id IS NOT NULL AS in_drop
+            SELECT e.image_id, e.embedding::FLOAT[{dim}] AS embedding, p.image_id IS NOT NULL AS in_drop
             FROM {table} e LEFT JOIN part p USING (image_id)
             WHERE e.model_id = $model AND e.kind = $kind
         )

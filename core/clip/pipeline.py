@@ -184,13 +184,20 @@ def embed_drop(
                 matrix = s2.embed_s2(clip, pixels, options.s2_scales, options.s2_max_split_size)
             vectors[kind] = ([batch.items[i].image_id for i in picked], matrix)
         unreadable = [e for _, e in batch.errors if isinstance(e, ImageUnreadable)]
-        with warehouse.transaction() as conn:
-            for kind, (batch_ids, matrix) in vectors.items():
-                report.written[kind] += store.write_embeddings(
+
+        def write(conn, vectors=vectors, batch=batch, unreadable=unreadable) -> dict[str, int]:
+            written = {
+                kind: store.write_embeddings(
                     conn, batch_ids, matrix, model_id=clip.model_id, kind=kind
                 )
+                for kind, (batch_ids, matrix) in vectors.items()
+            }
             store.clear_failures(conn, [i.image_id for i in batch.items], clip.model_id)
             store.write_failures(conn, unreadable, model_id=clip.model_id, drop_id=drop_id)
+            return written
+
+        for kind, count in warehouse.write(write).items():
+            report.written[kind] += count
         for failure in unreadable:
             report.unreadable[failure.image_id] = failure.status
             log(f"clip_embeddings: {failure.image_id[:12]} {failure}")

@@ -1,7 +1,8 @@
 """Embedding and zero-shot rows in the warehouse.
 
 Physical layout: one table per embedding dimension, `clip_embeddings_d<D>`, whose `embedding`
-column is `FLOAT[D]`, so `array_cosine_similarity(a.embedding, b.embedding)` works in plain SQL
+column is `FLOAT[D]` on the DuckDB file (a `FLOAT[]` list on the lake, which has no fixed-size
+arrays: cast it, `embedding::FLOAT[D]`, where an array function needs one), so `array_cosine_similarity(a.embedding, b.embedding)` works in plain SQL
 and models of different dimensions coexist. The view `clip_embeddings` unions all of them (vector
 as `FLOAT[]`) for listing and joining; it is rebuilt whenever a new dimension appears.
 """
@@ -20,7 +21,13 @@ import pyarrow as pa
 from core.copies import USABLE_COPY, record_unreadable
 from core.files import ImageUnreadable
 from core.warehouse import Warehouse
-from core.warehouse.queries import DROP_IMAGE_PATHS, DROP_IMAGES, drop_image_paths, table_exists
+from core.warehouse.queries import (
+    DROP_IMAGE_PATHS,
+    DROP_IMAGES,
+    drop_image_paths,
+    is_lake,
+    table_exists,
+)
 
 KINDS = ("global", "s2")
 TABLE_PREFIX = "clip_embeddings_d"
@@ -46,6 +53,10 @@ def ensure_table(conn: duckdb.DuckDBPyConnection, dim: int) -> str:
     table = table_for(dim)
     if table in embedding_tables(conn):
         return table
+    # The lake has no fixed-size arrays: there the vector is a FLOAT[] list of `dim` values,
+    # and queries cast it (`embedding::FLOAT[D]`, a no-op on the file) for the array functions.
+    # Rows are unique by (image_id, model_id, kind): `write_embeddings` inserts with MERGE.
+    vector = "FLOAT[]" if is_lake(conn) else f"FLOAT[{dim}]"
     conn.execute(
         f"""
         CREATE TABLE {table} (
@@ -53,9 +64,8 @@ def ensure_table(conn: duckdb.DuckDBPyConnection, dim: int) -> str:
             model_id   VARCHAR NOT NULL,
             kind       VARCHAR NOT NULL,   -- 'global' or 's2'
             dim        INTEGER NOT NULL,
-            embedding  FLOAT[{dim}] NOT NULL,   -- L2-normalised
-            created_at TIMESTAMPTZ NOT NULL,
-            PRIMARY KEY (image_id, model_id, kind)
+            embedding  {vector} NOT NULL,   -- L2-normalised
+            created_at TIMESTAMPTZ NOT NULL
         )
         """
     )
@@ -97,7 +107,7 @@ def drop_images(warehouse: Warehouse, drop_id: str) -> list[DropImage]:
 def unreadable_ids(warehouse: Warehouse, model_id: str, image_ids: Sequence[str]) -> set[str]:
     """Which of `image_ids` this model could not read and that still have no usable file:
     they are not tried again until an ingestion records one (see core/copies.py)."""
-    if not image_ids or not warehouse.path.exists():
+    if not image_ids or not warehouse.exists():
         return set()
     rows = _rows_for_ids(
         warehouse,
@@ -121,10 +131,27 @@ def write_failures(
     if not failures:
         return
     now = datetime.now(UTC)
-    conn.executemany(
-        "INSERT OR REPLACE INTO clip_failures VALUES (?, ?, ?, ?, ?, ?)",
-        [(f.image_id, model_id, f.status, str(f), drop_id, now) for f in failures],
+    latest = {f.image_id: f for f in failures}  # one source row per key for MERGE
+    batch = pa.table(
+        {
+            "image_id": pa.array(list(latest), pa.string()),
+            "status": pa.array([f.status for f in latest.values()], pa.string()),
+            "error": pa.array([str(f) for f in latest.values()], pa.string()),
+        }
     )
+    conn.register("failure_batch", batch)
+    try:
+        conn.execute(
+            "MERGE INTO clip_failures AS t USING (SELECT image_id, ?::VARCHAR AS model_id,"
+            " status, error, ?::VARCHAR AS drop_id, ?::TIMESTAMPTZ AS created_at"
+            " FROM failure_batch) AS s ON t.image_id = s.image_id AND t.model_id = s.model_id"
+            " WHEN MATCHED THEN UPDATE SET status = s.status, error = s.error,"
+            " drop_id = s.drop_id, created_at = s.created_at"
+            " WHEN NOT MATCHED THEN INSERT BY NAME",
+            [model_id, drop_id, now],
+        )
+    finally:
+        conn.unregister("failure_batch")
     record_unreadable(conn, failures)
 
 
@@ -183,8 +210,11 @@ def write_embeddings(
     conn.register("clip_batch", rows)
     try:
         inserted = conn.execute(
-            f"INSERT INTO {table} SELECT image_id, ?, ?, ?, embedding, ? FROM clip_batch"
-            " ON CONFLICT DO NOTHING",
+            f"MERGE INTO {table} AS t USING (SELECT DISTINCT ON (image_id) image_id,"
+            " ?::VARCHAR AS model_id, ?::VARCHAR AS kind, ?::INTEGER AS dim, embedding,"
+            " ?::TIMESTAMPTZ AS created_at FROM clip_batch) AS s"
+            " ON t.image_id = s.image_id AND t.model_id = s.model_id AND t.kind = s.kind"
+            " WHEN NOT MATCHED THEN INSERT BY NAME",
             [model_id, kind, dim, now],
         ).fetchall()
     finally:
@@ -216,7 +246,7 @@ def read_embeddings(
 def zero_shot_done(
     warehouse: Warehouse, model_id: str, label_set: str, fingerprint: str, image_ids: Sequence[str]
 ) -> set[str]:
-    if not image_ids or not warehouse.path.exists():
+    if not image_ids or not warehouse.exists():
         return set()
     rows = _rows_for_ids(
         warehouse,
@@ -259,11 +289,17 @@ def write_zero_shot(
     conn.register("zero_shot_batch", rows)
     try:
         conn.execute(
-            "INSERT OR REPLACE INTO clip_zero_shot (image_id, model_id, label_set,"
-            " label_set_fingerprint, top_label, top_probability, probabilities, created_at,"
-            " labels)"
-            " SELECT image_id, ?, ?, ?, top_label, top_probability, MAP(?::VARCHAR[], probs), ?,"
-            " decided FROM zero_shot_batch",
+            "MERGE INTO clip_zero_shot AS t USING (SELECT DISTINCT ON (image_id) image_id,"
+            " ?::VARCHAR AS model_id, ?::VARCHAR AS label_set,"
+            " ?::VARCHAR AS label_set_fingerprint, top_label, top_probability,"
+            " MAP(?::VARCHAR[], probs) AS probabilities, ?::TIMESTAMPTZ AS created_at,"
+            " decided AS labels FROM zero_shot_batch) AS s"
+            " ON t.image_id = s.image_id AND t.model_id = s.model_id"
+            " AND t.label_set = s.label_set"
+            " WHEN MATCHED THEN UPDATE SET label_set_fingerprint = s.label_set_fingerprint,"
+            " top_label = s.top_label, top_probability = s.top_probability,"
+            " probabilities = s.probabilities, created_at = s.created_at, labels = s.labels"
+            " WHEN NOT MATCHED THEN INSERT BY NAME",
             [model_id, label_set, fingerprint, list(labels), datetime.now(UTC)],
         ).fetchall()
     finally:

@@ -7,6 +7,7 @@ the life of the process, so a run encodes each label set once however many image
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -101,18 +102,18 @@ def label_drop(
         for start in range(0, len(ids), batch):
             chunk = slice(start, start + batch)
             probs = classify(clip, vectors[chunk], label_set)
-            with warehouse.transaction() as conn:
-                report.written[name] += store.write_zero_shot(
-                    conn,
-                    ids[chunk],
-                    probs,
+            decided = [label_set.decide(row) for row in probs] if label_set.multi_label else None
+            report.written[name] += warehouse.write(
+                functools.partial(
+                    store.write_zero_shot,
+                    image_ids=ids[chunk],
+                    probabilities=probs,
                     labels=label_set.labels,
                     model_id=clip.model_id,
                     label_set=name,
                     fingerprint=label_set.fingerprint,
-                    decided=[label_set.decide(row) for row in probs]
-                    if label_set.multi_label
-                    else None,
+                    decided=decided,
                 )
+            )
         log(f"clip_zero_shot {name}: {report.written[name]} images labelled, {len(done)} already")
     return report

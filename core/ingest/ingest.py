@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 
 from core.files import read_drop_file, sha256_hex
@@ -349,7 +350,8 @@ class DropIngestor:
         incoming_images = pa.Table.from_pylist(images, schema=_IMAGES)
         incoming_files = pa.Table.from_pylist(files, schema=_FILES)
         incoming_rejected = pa.Table.from_pylist(rejected, schema=_REJECTED)
-        with self.warehouse.transaction() as conn:
+
+        def write(conn: duckdb.DuckDBPyConnection) -> tuple[int, int]:
             conn.register("incoming_images", incoming_images)
             conn.register("incoming_files", incoming_files)
             conn.register("incoming_rejected", incoming_rejected)
@@ -377,31 +379,42 @@ class DropIngestor:
                 """,
                 [drop_id, drop_id],
             )
-            new_images = conn.execute(
-                """
-                INSERT INTO images
-                SELECT image_id, byte_size, format, mode, width, height, exif_orientation,
-                       frame_count, captured_at, notes, ? AS first_drop_id, path AS first_path,
-                       ? AS ingested_at
-                FROM (SELECT *, row_number() OVER (PARTITION BY image_id ORDER BY path) AS nth
-                      FROM incoming_images)
-                WHERE nth = 1
-                ON CONFLICT (image_id) DO NOTHING
-                """,
-                [drop_id, now],
-            ).fetchone()
+            new_images = (0,)
+            if incoming_images.num_rows:
+                # The guard row makes two transactions inserting images at once conflict on the
+                # lake, so the one that commits second replays and finds the other's rows.
+                conn.execute("UPDATE write_guards SET bumps = bumps + 1 WHERE name = 'images'")
+                new_images = conn.execute(
+                    """
+                    MERGE INTO images USING (
+                        SELECT image_id, byte_size, format, mode, width, height,
+                               exif_orientation, frame_count, captured_at, notes,
+                               ? AS first_drop_id, path AS first_path, ? AS ingested_at
+                        FROM (SELECT *, row_number() OVER (PARTITION BY image_id ORDER BY path)
+                                        AS nth
+                              FROM incoming_images)
+                        WHERE nth = 1
+                    ) AS s ON images.image_id = s.image_id
+                    WHEN NOT MATCHED THEN INSERT BY NAME
+                    """,
+                    [drop_id, now],
+                ).fetchone() or (0,)
             conn.execute(
                 """
-                INSERT INTO image_files
+                MERGE INTO image_files USING (
+                    SELECT drop_id, path, image_id, is_duplicate, byte_size, mtime_ns,
+                           ?::TIMESTAMPTZ AS ingested_at, os_path
+                    FROM staged_files
+                ) AS s ON image_files.drop_id = s.drop_id AND image_files.path = s.path
+                WHEN MATCHED THEN UPDATE SET
+                    image_id = s.image_id, is_duplicate = s.is_duplicate,
+                    byte_size = s.byte_size, mtime_ns = s.mtime_ns, os_path = s.os_path,
+                    ingested_at = s.ingested_at, vanished_at = NULL, changed_at = NULL
+                WHEN NOT MATCHED THEN INSERT
                     (drop_id, path, image_id, is_duplicate, byte_size, mtime_ns, ingested_at,
                      os_path)
-                SELECT drop_id, path, image_id, is_duplicate, byte_size, mtime_ns, ?, os_path
-                FROM staged_files
-                ON CONFLICT (drop_id, path) DO UPDATE SET
-                    image_id = excluded.image_id, is_duplicate = excluded.is_duplicate,
-                    byte_size = excluded.byte_size, mtime_ns = excluded.mtime_ns,
-                    os_path = excluded.os_path,
-                    ingested_at = excluded.ingested_at, vanished_at = NULL, changed_at = NULL
+                VALUES (s.drop_id, s.path, s.image_id, s.is_duplicate, s.byte_size, s.mtime_ns,
+                        s.ingested_at, s.os_path)
                 """,
                 [now],
             )
@@ -410,35 +423,46 @@ class DropIngestor:
             ).fetchone()
             conn.execute(
                 """
-                INSERT INTO rejected_files
-                    (drop_id, path, reason, error, byte_size, mtime_ns, sha256, rejected_at, limits,
-                     os_path)
-                SELECT ?, path, reason, error, byte_size, mtime_ns, sha256, ?, limits, os_path
-                FROM incoming_rejected
-                ON CONFLICT (drop_id, path) DO UPDATE SET
+                MERGE INTO rejected_files USING (
+                    SELECT ?::VARCHAR AS drop_id, path, reason, error, byte_size, mtime_ns,
+                           sha256, ?::TIMESTAMPTZ AS rejected_at, limits, os_path
+                    FROM incoming_rejected
+                ) AS s ON rejected_files.drop_id = s.drop_id AND rejected_files.path = s.path
+                WHEN MATCHED THEN UPDATE SET
                     rejected_at = CASE
-                        WHEN rejected_files.reason = excluded.reason
-                         AND rejected_files.error = excluded.error
-                         AND rejected_files.byte_size IS NOT DISTINCT FROM excluded.byte_size
-                         AND rejected_files.mtime_ns IS NOT DISTINCT FROM excluded.mtime_ns
-                        THEN rejected_files.rejected_at ELSE excluded.rejected_at END,
-                    reason = excluded.reason, error = excluded.error,
-                    byte_size = excluded.byte_size, mtime_ns = excluded.mtime_ns,
-                    sha256 = excluded.sha256, limits = excluded.limits, vanished_at = NULL,
-                    os_path = excluded.os_path
+                        WHEN rejected_files.reason = s.reason
+                         AND rejected_files.error = s.error
+                         AND rejected_files.byte_size IS NOT DISTINCT FROM s.byte_size
+                         AND rejected_files.mtime_ns IS NOT DISTINCT FROM s.mtime_ns
+                        THEN rejected_files.rejected_at ELSE s.rejected_at END,
+                    reason = s.reason, error = s.error,
+                    byte_size = s.byte_size, mtime_ns = s.mtime_ns,
+                    sha256 = s.sha256, limits = s.limits, vanished_at = NULL,
+                    os_path = s.os_path
+                WHEN NOT MATCHED THEN INSERT
+                    (drop_id, path, reason, error, byte_size, mtime_ns, sha256, rejected_at,
+                     limits, os_path)
+                VALUES (s.drop_id, s.path, s.reason, s.error, s.byte_size, s.mtime_ns, s.sha256,
+                        s.rejected_at, s.limits, s.os_path)
                 """,
                 [drop_id, now],
             )
             conn.execute("DROP TABLE staged_files")
-        report.images_new += int(new_images[0]) if new_images else 0
-        report.files_duplicate += int(duplicates[0]) if duplicates else 0
+            for name in ("incoming_images", "incoming_files", "incoming_rejected"):
+                conn.unregister(name)
+            return int(new_images[0]), int(duplicates[0]) if duplicates else 0
+
+        images_new, files_duplicate = self.warehouse.write(write)
+        report.images_new += images_new
+        report.files_duplicate += files_duplicate
 
     def _record_drop(self, drop: DropRef, report: IngestReport, *, changed: bool) -> None:
         """Mark rows whose file is gone (and clear the mark on those back), then count the
         drop: files_seen = files_ingested + files_rejected over the files present now."""
         now = datetime.now(UTC)
         seen = pa.table({"path": pa.array(sorted(set(report.seen_paths)), pa.string())})
-        with self.warehouse.transaction() as conn:
+
+        def write(conn: duckdb.DuckDBPyConnection) -> None:
             conn.register("seen_now", seen)
             for table in ("image_files", "rejected_files"):
                 conn.execute(
@@ -454,28 +478,35 @@ class DropIngestor:
             conn.unregister("seen_now")
             conn.execute(
                 """
-                INSERT INTO drops (drop_id, kind, first_ingested_at, last_ingested_at, files_seen,
-                                   files_ingested, files_rejected, images_new, files_vanished)
-                SELECT $drop_id, $kind, $now, $now, $seen,
-                       (SELECT count(*) FROM image_files
-                        WHERE drop_id = $drop_id AND vanished_at IS NULL),
-                       (SELECT count(*) FROM rejected_files
-                        WHERE drop_id = $drop_id AND vanished_at IS NULL),
-                       (SELECT count(*) FROM images WHERE first_drop_id = $drop_id),
-                       (SELECT count(*) FROM image_files
-                        WHERE drop_id = $drop_id AND vanished_at IS NOT NULL)
-                     + (SELECT count(*) FROM rejected_files
-                        WHERE drop_id = $drop_id AND vanished_at IS NOT NULL)
-                ON CONFLICT (drop_id) DO UPDATE SET
+                MERGE INTO drops USING (
+                    SELECT $drop_id::VARCHAR AS drop_id, $kind::VARCHAR AS kind,
+                           $now::TIMESTAMPTZ AS first_ingested_at,
+                           $now::TIMESTAMPTZ AS last_ingested_at, $seen::INTEGER AS files_seen,
+                           (SELECT count(*) FROM image_files
+                            WHERE drop_id = $drop_id AND vanished_at IS NULL)::INTEGER
+                               AS files_ingested,
+                           (SELECT count(*) FROM rejected_files
+                            WHERE drop_id = $drop_id AND vanished_at IS NULL)::INTEGER
+                               AS files_rejected,
+                           (SELECT count(*) FROM images WHERE first_drop_id = $drop_id)::INTEGER
+                               AS images_new,
+                           ((SELECT count(*) FROM image_files
+                             WHERE drop_id = $drop_id AND vanished_at IS NOT NULL)
+                          + (SELECT count(*) FROM rejected_files
+                             WHERE drop_id = $drop_id AND vanished_at IS NOT NULL))::INTEGER
+                               AS files_vanished
+                ) AS s ON drops.drop_id = s.drop_id
+                WHEN MATCHED THEN UPDATE SET
                     last_ingested_at = CASE
-                        WHEN NOT $changed AND drops.files_seen = excluded.files_seen
-                         AND drops.files_ingested = excluded.files_ingested
-                         AND drops.files_rejected = excluded.files_rejected
-                         AND drops.files_vanished IS NOT DISTINCT FROM excluded.files_vanished
-                        THEN drops.last_ingested_at ELSE excluded.last_ingested_at END,
-                    files_seen = excluded.files_seen, files_ingested = excluded.files_ingested,
-                    files_rejected = excluded.files_rejected, images_new = excluded.images_new,
-                    files_vanished = excluded.files_vanished
+                        WHEN NOT $changed AND drops.files_seen = s.files_seen
+                         AND drops.files_ingested = s.files_ingested
+                         AND drops.files_rejected = s.files_rejected
+                         AND drops.files_vanished IS NOT DISTINCT FROM s.files_vanished
+                        THEN drops.last_ingested_at ELSE s.last_ingested_at END,
+                    files_seen = s.files_seen, files_ingested = s.files_ingested,
+                    files_rejected = s.files_rejected, images_new = s.images_new,
+                    files_vanished = s.files_vanished
+                WHEN NOT MATCHED THEN INSERT BY NAME
                 """,
                 {
                     "drop_id": drop.drop_id,
@@ -486,11 +517,13 @@ class DropIngestor:
                 },
             )
 
+        self.warehouse.write(write)
+
 
 def recorded_paths(warehouse: Warehouse, drop_id: str) -> list[str]:
     """Paths an earlier run recorded for `drop_id`, as the OS spells them (the real name of an
     escaped key): the file list of a loose drop re-run by hand."""
-    if not warehouse.path.exists():
+    if not warehouse.exists():
         return []
     rows = warehouse.rows(
         "SELECT path, os_path FROM image_files WHERE drop_id = $d"

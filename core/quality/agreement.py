@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 
+import duckdb
 import polars as pl
 from pydantic import BaseModel
 
@@ -137,7 +138,8 @@ def write_agreement(
         )
         for a in agreements
     ]
-    with warehouse.transaction() as conn:
+
+    def write(conn: duckdb.DuckDBPyConnection) -> None:
         conn.execute("DELETE FROM label_agreement WHERE drop_id = ?", [drop_id])
         if rows:
             conn.executemany(
@@ -146,6 +148,8 @@ def write_agreement(
                 " measure, per_value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
+
+    warehouse.write(write)
     return len(rows)
 
 

@@ -15,6 +15,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+import duckdb
 import polars as pl
 import pyarrow as pa
 
@@ -162,8 +163,9 @@ def replace_results(
     `written`: (key, fingerprint, images, sources, evaluation rows) per evaluated unit, key
     (field, predictor, model_id, task); each row is (model_id, task, field, source, metric,
     value, n, details JSON). `removed`: (key, sources) of units whose inputs are gone."""
-    inserted = 0
-    with warehouse.transaction() as conn:
+
+    def write(conn: duckdb.DuckDBPyConnection) -> int:
+        inserted = 0
         for (field, predictor, model_id, task), sources in [
             *((key, sources) for key, _, _, sources, _ in written),
             *removed,
@@ -191,7 +193,9 @@ def replace_results(
                     [(labelled_set, *row, run_id, at) for row in rows],
                 )
                 inserted += len(rows)
-    return inserted
+        return inserted
+
+    return warehouse.write(write)
 
 
 def current_results(warehouse: Warehouse, labelled_set: str | None = None) -> pl.DataFrame:

@@ -15,10 +15,27 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import duckdb
+import pyarrow as pa
 from pydantic import BaseModel, Field
 
 from core.warehouse import Warehouse
 from core.warehouse.queries import DROP_IMAGE_PATHS, DROP_IMAGES, first_paths, table_exists
+
+# quality_results' columns, in table order, for the MERGE source.
+_QUALITY_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("asset", pa.string()),
+        ("check_name", pa.string()),
+        ("partition", pa.string()),
+        ("passed", pa.bool_()),
+        ("severity", pa.string()),
+        ("value", pa.float64()),
+        ("threshold", pa.float64()),
+        ("details", pa.string()),
+        ("evaluated_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
 
 Severity = Literal["ERROR", "WARN"]
 SAMPLE_ROWS = 10
@@ -125,7 +142,7 @@ def offending_paths(
             if key.endswith("image_id") and isinstance(value, str)
         }
     )
-    if not ids or not warehouse.path.exists():
+    if not ids or not warehouse.exists():
         return {}
     with warehouse.reader() as conn:
         found: dict[str, str] = {}
@@ -384,8 +401,28 @@ def record_outcomes(
     ]
     if not rows:
         return 0
-    with warehouse.transaction() as conn:
-        conn.executemany(
-            "INSERT OR REPLACE INTO quality_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
-        )
+    # One row per key, the last one given winning (as INSERT OR REPLACE did): MERGE refuses two
+    # source rows for one target row.
+    rows = list({row[:4]: row for row in rows}.values())
+    batch = pa.Table.from_pylist(
+        [dict(zip(_QUALITY_SCHEMA.names, row, strict=True)) for row in rows], schema=_QUALITY_SCHEMA
+    )
+
+    def write(conn: duckdb.DuckDBPyConnection) -> None:
+        conn.register("quality_batch", batch)
+        try:
+            conn.execute(
+                "MERGE INTO quality_results USING quality_batch AS s"
+                " ON quality_results.run_id = s.run_id AND quality_results.asset = s.asset"
+                " AND quality_results.check_name = s.check_name"
+                " AND quality_results.partition = s.partition"
+                " WHEN MATCHED THEN UPDATE SET passed = s.passed, severity = s.severity,"
+                " value = s.value, threshold = s.threshold, details = s.details,"
+                " evaluated_at = s.evaluated_at"
+                " WHEN NOT MATCHED THEN INSERT BY NAME"
+            )
+        finally:
+            conn.unregister("quality_batch")
+
+    warehouse.write(write)
     return len(rows)

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import duckdb
 import polars as pl
 
 from core.clip.near_duplicates import DEFAULT_THRESHOLD
@@ -304,18 +305,20 @@ def _keep_unchanged_times(conn: Any, drop_id: str, frame: pl.DataFrame) -> pl.Da
 def write_queue(warehouse: Warehouse, report: QueueReport) -> int:
     """Replace the drop's queue in one transaction: a rerun never leaves old and new rows."""
     frame = report.frame if report.frame is not None else pl.DataFrame()
-    with warehouse.transaction() as conn:
-        if frame.height:
-            frame = _keep_unchanged_times(conn, report.drop_id, frame)
+
+    def write(conn: duckdb.DuckDBPyConnection) -> None:
+        rows = _keep_unchanged_times(conn, report.drop_id, frame) if frame.height else frame
         conn.execute("DELETE FROM review_queue WHERE drop_id = ?", [report.drop_id])
-        if frame.height:
-            conn.register("queue_rows", frame.to_arrow())
+        if rows.height:
+            conn.register("queue_rows", rows.to_arrow())
             try:
                 names = ", ".join(COLUMNS)
                 conn.execute(f"INSERT INTO review_queue ({names}) SELECT {names} FROM queue_rows")
             finally:
                 conn.unregister("queue_rows")
         ensure_final_labels_view(conn)  # picks up task tables that appeared since
+
+    warehouse.write(write)
     return frame.height
 
 

@@ -249,7 +249,8 @@ def write_human_labels(
             "imported_at": pa.array([now] * len(labels), pa.timestamp("us", "UTC")),
         }
     )
-    with warehouse.transaction() as conn:
+
+    def write(conn: duckdb.DuckDBPyConnection) -> int:
         conn.register("review_batch", batch)
         try:
             unknown = conn.execute(
@@ -279,6 +280,9 @@ def write_human_labels(
         finally:
             conn.unregister("review_batch")
         ensure_final_labels_view(conn, tasks)
+        return int(newer)
+
+    newer = warehouse.write(write)
     return {"labels": len(labels) - int(newer), "kept_newer": int(newer)}
 
 

@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 
 from core.atomic import atomic_write
 from core.clip.store import has_table, table_for
-from core.warehouse import Warehouse, locking
+from core.warehouse import FileWarehouse, Warehouse, locking
 from core.warehouse.stamp import warehouse_stamp
 
 IVF_FROM = 50_000  # below this many vectors, an exact flat index
@@ -72,6 +72,14 @@ class SyncReport:
     factory: str
 
 
+def index_root(warehouse: Warehouse) -> Path:
+    """Where the indexes of a warehouse live: beside the DuckDB file (`<file>.index`), or for
+    the lake in its local folder (`lake.index`)."""
+    if isinstance(warehouse, FileWarehouse):
+        return warehouse.path.with_name(warehouse.path.name + ".index")
+    return warehouse.local_dir / "lake.index"
+
+
 class VectorIndex:
     """The index of one (model, kind, dimension) of one warehouse."""
 
@@ -81,7 +89,7 @@ class VectorIndex:
         self.kind = kind
         self.dim = dim
         self.table = table_for(dim)
-        root = warehouse.path.with_name(warehouse.path.name + ".index")
+        root = index_root(warehouse)
         self.folder = root / f"{_slug(model_id)}__{kind}__d{dim}"
         self._index: faiss.Index | None = None
         self._ids: list[str] = []
@@ -470,7 +478,7 @@ def open_index(warehouse: Warehouse, model_id: str, kind: str, dim: int) -> Vect
     """The process's loaded index of (warehouse, model, kind, dim): repeated searches from one
     process (a notebook, a service) skip re-reading the files, which `_load` still re-reads
     whenever another process has written a newer generation."""
-    key = (str(warehouse.path), model_id, kind, dim)
+    key = (warehouse.key, model_id, kind, dim)
     index = _OPEN.pop(key, None)
     if index is None:
         index = VectorIndex(warehouse, model_id, kind, dim)

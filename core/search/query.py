@@ -56,8 +56,26 @@ class _OneConnection(Warehouse):
     tens of milliseconds, more than the point queries a search makes)."""
 
     def __init__(self, warehouse: Warehouse, conn: duckdb.DuckDBPyConnection) -> None:
-        super().__init__(warehouse.path, lock_timeout_s=warehouse.lock_timeout_s)
+        self._inner = warehouse
+        self.lock_timeout_s = warehouse.lock_timeout_s
         self._conn = conn
+
+    def __repr__(self) -> str:
+        return repr(self._inner)
+
+    def exists(self) -> bool:
+        return True  # a reader is open on it
+
+    def stamp(self) -> list | None:
+        return self._inner.stamp()
+
+    @property
+    def local_dir(self) -> Path:
+        return self._inner.local_dir
+
+    @property
+    def key(self) -> str:
+        return self._inner.key
 
     @contextlib.contextmanager
     def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -94,8 +112,8 @@ class StoredModel:
 
 def stored_models(warehouse: Warehouse, kind: str = "global") -> list[StoredModel]:
     """The models with stored embeddings of `kind`, most vectors first."""
-    if not warehouse.path.exists():
-        raise SearchError(f"no warehouse at {warehouse.path}: run `make demo` first")
+    if not warehouse.exists():
+        raise SearchError(f"no warehouse at {warehouse!r}: run `make demo` first")
     rows = warehouse.rows(
         "SELECT model_id, dim, count(*) FROM clip_embeddings WHERE kind = ?"
         " GROUP BY 1, 2 ORDER BY 3 DESC, 1",
@@ -248,7 +266,8 @@ def exact_search(
         where += " AND image_id <> $self"
         params["self"] = query.exclude_image_id
     rows = warehouse.rows(
-        f"SELECT image_id, array_cosine_similarity(embedding, $q::FLOAT[{model.dim}])::DOUBLE"
+        f"SELECT image_id, array_cosine_similarity(embedding::FLOAT[{model.dim}],"
+        f" $q::FLOAT[{model.dim}])::DOUBLE"
         f" AS score FROM {table_for(model.dim)} WHERE model_id = $model AND kind = $kind{where}"
         " ORDER BY score DESC, image_id LIMIT $k",
         {
@@ -375,8 +394,8 @@ def search(
     if method not in ("auto", "exact", "index"):
         raise SearchError(f"method must be auto, exact or index, not {method!r}")
     filters = [parse_where(condition) for condition in where]
-    if not warehouse.path.exists():
-        raise SearchError(f"no warehouse at {warehouse.path}: run `make demo` first")
+    if not warehouse.exists():
+        raise SearchError(f"no warehouse at {warehouse!r}: run `make demo` first")
     with _held(warehouse) as held:  # one connection for the model, the example and the table
         model = pick_model(held, model_id, kind)
         stored = _stored_image(held, str(like)) if like is not None else None

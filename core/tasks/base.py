@@ -194,7 +194,10 @@ class TaskTables:
 
         def create(name: str, columns: tuple[tuple[str, str], ...], key: list[str]) -> str:
             body = ", ".join(f'"{c}" {t}' for c, t in columns)
-            return f'CREATE TABLE IF NOT EXISTS "{name}" ({body}, PRIMARY KEY ({", ".join(key)}))'
+            # No PRIMARY KEY (the lake has none): writers delete a key's rows before inserting
+            # them, in one transaction (core/vlm/store.py).
+            del key
+            return f'CREATE TABLE IF NOT EXISTS "{name}" ({body})'
 
         key = [name for name, _ in self.KEY_COLUMNS]
         statements = [create(self.table, self.KEY_COLUMNS + self.columns, key)]

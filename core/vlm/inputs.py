@@ -35,8 +35,7 @@ def read_inputs(
         relative = next(c.relative for c in copies[image.image_id] if c.key == key)
         readable.append(ImageInput(image_id=image.image_id, path=drop_root / relative, data=data))
     if failed:
-        with warehouse.transaction() as conn:
-            record_unreadable(conn, failed)
+        warehouse.write(lambda conn: record_unreadable(conn, failed))
     results = [
         ExtractionResult(image_id=f.image_id, status=f.status, error=str(f), attempts=0)  # type: ignore[arg-type]
         for f in failed

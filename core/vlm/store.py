@@ -134,7 +134,8 @@ def write_batch(
     columns = {task.tables.table: keys + [c for c, _ in task.tables.columns]}
     for child in task.tables.children:
         columns[child.table] = [*keys, "idx", *(c for c, _ in child.columns)]
-    with warehouse.transaction() as conn:
+
+    def write(conn: duckdb.DuckDBPyConnection) -> None:
         ensure_task_tables(conn, task)
         conn.execute(
             "DELETE FROM vlm_extractions WHERE image_id IN (SELECT unnest($ids))"
@@ -172,6 +173,8 @@ def write_batch(
                 names = ", ".join(f'"{c}"' for c in columns[table])
                 marks = ", ".join("?" * len(columns[table]))
                 conn.executemany(f'INSERT INTO "{table}" ({names}) VALUES ({marks})', rows)
+
+    warehouse.write(write)
 
 
 def extraction_preview(

@@ -75,6 +75,10 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "vanished_at": "set when the latest ingestion found the file gone; the row is kept",
         "os_path": _OS_PATH,
     },
+    "write_guards": {
+        "name": "the table whose inserts this row serialises ('images')",
+        "bumps": "transactions that inserted into it (each bumps the row; see issue 19)",
+    },
     "clip_embeddings": {
         "image_id": _IMAGE,
         "model_id": _MODEL,

@@ -17,6 +17,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from core.warehouse.waits import add_wait
+
 
 class LockTimeout(TimeoutError):
     """The warehouse stayed locked by other processes for longer than the caller allowed."""
@@ -24,15 +26,19 @@ class LockTimeout(TimeoutError):
 
 def _acquire(fd: int, operation: int, deadline: float, what: str) -> None:
     delay = 0.001
-    while True:
-        try:
-            fcntl.flock(fd, operation | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                raise LockTimeout(f"timed out waiting for the {what}") from None
-            time.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 0.05)
+    started = time.monotonic()
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, operation | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise LockTimeout(f"timed out waiting for the {what}") from None
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 0.05)
+    finally:
+        add_wait(time.monotonic() - started if delay > 0.001 else 0.0)
 
 
 @contextlib.contextmanager

@@ -33,11 +33,22 @@ def _rows(db: Source, sql: str, params: Any) -> list[tuple]:
     return db.rows(sql, params)
 
 
+def is_lake(conn: duckdb.DuckDBPyConnection) -> bool:
+    """Whether `conn` works in a DuckLake catalog (no fixed-size arrays, no keys there)."""
+    row = conn.execute(
+        "SELECT type FROM duckdb_databases() WHERE database_name = current_database()"
+    ).fetchone()
+    return bool(row) and row[0] == "ducklake"
+
+
 def table_exists(db: Source, table: str) -> bool:
     """Whether `table` (or a view of that name) exists; False for a warehouse file not created yet."""
-    if isinstance(db, Warehouse) and not db.path.exists():
+    if isinstance(db, Warehouse) and not db.exists():
         return False
-    sql = "SELECT count(*) FROM information_schema.tables WHERE table_name = ?"
+    sql = (
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?"
+        " AND table_catalog = current_database()"
+    )
     return bool(_rows(db, sql, [table])[0][0])
 
 

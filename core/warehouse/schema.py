@@ -1,7 +1,7 @@
 """Versioned schema of the warehouse.
 
-Each migration runs once, in order, inside the writer's lock; `schema_migrations` records which
-ran. Features append migrations with new numbers and never edit one that has shipped.
+Each migration runs once, in order; `schema_migrations` records which ran. Features append
+migrations with new numbers and never edit one that has shipped.
 
 A migration whose statements duckdb 1.5 cannot commit together is split by `-- step` lines into
 steps, each its own transaction, the last one recording the migration; every step must be safe
@@ -9,6 +9,13 @@ to run again after a crash between steps (`IF NOT EXISTS`, `IF EXISTS`, idempote
 On a table holding rows, duckdb 1.5.5 fails the commit ("another transaction has altered this
 table") of a transaction that adds a column WITH a default and then alters or updates that table
 again: end a step after such an ADD COLUMN.
+
+The file backend applies them in its first write transaction of a process. The lake (DuckLake)
+has no PRIMARY KEY, UNIQUE, fixed-size ARRAY or list DEFAULT: a new lake is created in one
+snapshot from `lake_baseline()`, the tables these migrations produce (run on an in-memory
+DuckDB) without those constraints, with every migration of LAKE_BASELINE recorded as applied.
+Migrations not in LAKE_BASELINE run as written on both backends, so they must use only
+what DuckLake supports (plain columns, NOT NULL, scalar defaults; upserts are MERGE INTO).
 """
 
 from __future__ import annotations
@@ -420,10 +427,31 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE review_queue ADD COLUMN IF NOT EXISTS low_confidence_fields VARCHAR[] DEFAULT [];
         """,
     ),
+    # Issue 19 (the lake): writers that insert content-addressed rows (`images`) also bump
+    # their guard row in the same transaction. On DuckLake two such transactions committing at
+    # once then conflict (both delete the guard's old row) and the loser replays, seeing the
+    # winner's images, so two drops with the same bytes never make two `images` rows. On the
+    # file the writers' lock already serialises them and the bump costs one row update.
+    (
+        1901,
+        "write guards for content-addressed inserts",
+        """
+        CREATE TABLE write_guards (
+            name              VARCHAR NOT NULL,      -- the table whose inserts it serialises
+            bumps             BIGINT NOT NULL        -- one per committed transaction
+        );
+        INSERT INTO write_guards VALUES ('images', 0);
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = max(number for number, _, _ in MIGRATIONS)
 STEP = re.compile(r"^\s*-- step\s*$", re.MULTILINE)  # splits a migration into transactions
+# The migrations a new lake's baseline includes (all that existed when the lake backend came);
+# any other migration runs on the lake as written.
+LAKE_BASELINE = frozenset(
+    {1, 2, 3, 4, 111, 112, 1401, 1402, 1451, 1901, 2112, 2113, 2114, 2201, 2202}
+)
 
 
 def applied_versions(conn: duckdb.DuckDBPyConnection) -> set[int]:
@@ -474,3 +502,44 @@ def migrate(conn: duckdb.DuckDBPyConnection, *, only: frozenset[int] | None = No
                 raise
         applied.add(number)
     return applied
+
+
+def _lake_default(data_type: str, default: str | None) -> str:
+    """The column's DEFAULT clause, where DuckLake has one: literal scalars only."""
+    if default is None or data_type.endswith("]") or "(" in default.replace("CAST(", ""):
+        return ""
+    return f" DEFAULT {default}"
+
+
+def lake_baseline() -> list[str]:
+    """CREATE statements for a new lake with the migrations of LAKE_BASELINE: the migrations' tables and views as
+    an in-memory DuckDB ends up with them, minus what DuckLake lacks (keys, fixed arrays)."""
+    conn = duckdb.connect()
+    try:
+        migrate(conn, only=LAKE_BASELINE)
+        statements = []
+        tables = conn.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE NOT internal ORDER BY table_name"
+        ).fetchall()
+        for (table,) in tables:
+            columns = conn.execute(
+                "SELECT column_name, data_type, is_nullable, column_default"
+                " FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
+                [table],
+            ).fetchall()
+            body = ", ".join(
+                f'"{name}" {data_type}'
+                + ("" if nullable == "YES" else " NOT NULL")
+                + _lake_default(data_type, default)
+                for name, data_type, nullable, default in columns
+            )
+            statements.append(f'CREATE TABLE "{table}" ({body})')
+        views = conn.execute(
+            "SELECT sql FROM duckdb_views() WHERE NOT internal ORDER BY view_name"
+        ).fetchall()
+        statements += [sql.rstrip().rstrip(";") for (sql,) in views]
+        guards = conn.execute("SELECT name, bumps FROM write_guards").fetchall()
+        statements += [f"INSERT INTO write_guards VALUES ('{n}', {b})" for n, b in guards]
+        return statements
+    finally:
+        conn.close()

@@ -27,8 +27,8 @@ from core.tasks.label_sets import LABEL_SETS
 from core.warehouse import Warehouse
 from doubles.clip import StandinClip
 from resources.drop_folder import DropFolderResource
-from resources.warehouse import WarehouseResource
 from tests.conftest import SAMPLES, copy_samples
+from tests.fixtures.lake import warehouse_resource
 from tests.fixtures.metadata import column_of
 
 SEED0 = "standin-tiny-clip/seed0"
@@ -53,7 +53,7 @@ def run(
         instance=instance,
         partition_key=drop_id,
         resources={
-            "warehouse": WarehouseResource(path=str(warehouse.path)),
+            "warehouse": warehouse_resource(warehouse),
             "drop_folder": DropFolderResource(root=str(drop_root)),
             "clip_model": clip,
         },
@@ -159,6 +159,7 @@ def test_reruns_embed_nothing_new(instance, warehouse, drop_root, sample_drop, s
     assert set(labelled_now) == set(LABEL_SETS) and set(labelled_now.values()) == {0}
 
 
+@pytest.mark.both_backends  # its warehouse SQL runs on the file and the lake
 def test_an_image_in_two_drops_is_embedded_once(instance, warehouse, drop_root, standin_cache):
     copy_samples(drop_root, "first", ["coffee.jpg", "rocket.jpg"])
     copy_samples(drop_root, "second", ["rocket.jpg", "chelsea.jpg"])

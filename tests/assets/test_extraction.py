@@ -32,14 +32,14 @@ from orchestration.jobs import PIPELINE_JOB_NAME
 from resources.drop_folder import DropFolderResource
 from resources.sglang_server import SGLangServer
 from resources.vlm import VLM, VLMResource
-from resources.warehouse import WarehouseResource
+from tests.fixtures.lake import warehouse_resource
 
 (PEOPLE_CONSISTENCY_CHECK,) = consistency_check_names()  # the bundled spec declares one rule
 
 
 def _resources(warehouse, drop_root, vlm: VLM):
     return {
-        "warehouse": WarehouseResource(path=str(warehouse.path)),
+        "warehouse": warehouse_resource(warehouse),
         "drop_folder": DropFolderResource(root=str(drop_root)),
         "vlm": vlm,
     }
@@ -116,6 +116,7 @@ def test_demo_chain_fills_extractions_and_typed_tables(instance, warehouse, drop
         assert record["p10"] <= record["p50"] <= record["p90"] and 0 <= record["below"] <= 1
 
 
+@pytest.mark.both_backends
 def test_a_run_killed_after_some_batches_resumes_with_only_the_missing_images(
     instance, warehouse, drop_root, sample_drop, tmp_path: Path
 ):

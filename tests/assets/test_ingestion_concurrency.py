@@ -27,7 +27,9 @@ def make_drop(drop_root: Path, drop_id: str, seed: int) -> None:
 def reader(tmp_path: Path, warehouse: Warehouse):
     """Starts a SQL loop in another process; yields a function that stops it and returns its tally."""
     stop, out = tmp_path / "stop", tmp_path / "reader.json"
-    process = spawn.Process(target=query_loop, args=(str(warehouse.path), str(stop), str(out)))
+    process = spawn.Process(
+        target=query_loop, args=(warehouse.target, str(stop), str(out), warehouse.data_path)
+    )
     process.start()
 
     def finish() -> dict:
@@ -43,7 +45,8 @@ def reader(tmp_path: Path, warehouse: Warehouse):
 def _run_in_process(tmp_path: Path, warehouse: Warehouse, drop_root: Path, drop_id: str):
     out = tmp_path / f"{drop_id}.json"
     process = spawn.Process(
-        target=materialize_drop, args=(str(warehouse.path), str(drop_root), drop_id, str(out))
+        target=materialize_drop,
+        args=(warehouse.target, str(drop_root), drop_id, str(out), 4, warehouse.data_path),
     )
     process.start()
     return process, out
@@ -64,6 +67,7 @@ def test_a_sql_loop_in_another_process_never_fails_a_run_and_always_gets_answers
     assert warehouse.rows("SELECT count(*) FROM image_files") == [(FILES_PER_DROP,)]
 
 
+@pytest.mark.both_backends  # its warehouse SQL runs on the file and the lake
 def test_two_runs_of_different_drops_started_at_once_both_succeed(
     tmp_path, warehouse, drop_root, reader
 ):

@@ -3,6 +3,7 @@
 import re
 
 import dagster as dg
+import pytest
 
 from core.quality.summary import latest_check_outcomes, latest_evaluation
 from core.report import summary
@@ -23,7 +24,12 @@ def readme_sql() -> list[str]:
 
 def _tables(warehouse: Warehouse) -> dict[str, list[tuple]]:
     """Every row of every pipeline table, sorted, so two snapshots compare value for value."""
-    names = [name for (name,) in warehouse.rows("SELECT table_name FROM duckdb_tables()")]
+    names = [
+        name
+        for (name,) in warehouse.rows(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()"
+        )
+    ]
     return {
         name: sorted(warehouse.rows(f'SELECT * FROM "{name}"'), key=repr)
         for name in names
@@ -33,12 +39,13 @@ def _tables(warehouse: Warehouse) -> dict[str, list[tuple]]:
     }
 
 
+@pytest.mark.both_backends
 def test_the_demo_runs_the_chain_and_a_second_demo_changes_no_row(
     settings: Settings, instance: dg.DagsterInstance
 ):
     first = run_demo(settings, instance)
     assert first.success
-    warehouse = Warehouse(settings.warehouse_path)
+    warehouse = settings.warehouse()
     before = _tables(warehouse)
     assert len(before["images"]) == len(before["image_files"]) == 7
     report = summary(warehouse)

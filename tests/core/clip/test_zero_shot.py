@@ -9,6 +9,8 @@ from core.clip.zero_shot import classify, label_embeddings, probabilities
 from core.tasks.label_sets import LABEL_SETS, LabelSet
 from tests.fixtures.vocabulary import AGE_BINS, BASKETBALL_ACTIONS, SCENERY
 
+pytestmark = pytest.mark.both_backends  # the warehouse SQL runs on the file and the lake
+
 
 def test_label_sets_use_the_shared_vocabulary():
     assert LABEL_SETS["scenery"].labels == SCENERY

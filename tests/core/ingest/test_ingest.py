@@ -32,6 +32,7 @@ def test_samples_become_images_with_their_properties(ingested_samples: Warehouse
     assert ("samples/camera.jpg", "JPEG", "L", 512, 512) in rows.rows()
 
 
+@pytest.mark.both_backends  # its warehouse SQL runs on the file and the lake
 def test_running_the_same_drop_twice_changes_no_row(ingested_samples: Warehouse, drop_root: Path):
     before = snapshot(ingested_samples)
     report = DropIngestor(ingested_samples, drop_root).ingest(DropRef.folder("samples"))
@@ -41,6 +42,7 @@ def test_running_the_same_drop_twice_changes_no_row(ingested_samples: Warehouse,
         assert after[table].equals(before[table]), table
 
 
+@pytest.mark.both_backends  # its warehouse SQL runs on the file and the lake
 def test_two_drops_holding_the_same_image_share_one_images_row(ingested_samples, drop_root):
     copy_samples(drop_root, "again", names=["chelsea.jpg"])
     report = DropIngestor(ingested_samples, drop_root).ingest(DropRef.folder("again"))
@@ -75,6 +77,7 @@ def test_a_touched_file_is_rehashed_and_its_content_decides(ingested_samples, dr
     assert ingested_samples.rows("SELECT * FROM images ORDER BY ALL") == before
 
 
+@pytest.mark.both_backends  # its warehouse SQL runs on the file and the lake
 def test_a_file_fixed_after_rejection_moves_to_image_files(ingested_samples, drop_root):
     broken = drop_root / "samples" / "late.jpg"
     broken.write_bytes(jpeg_bytes(seed=7)[:300])
@@ -94,6 +97,7 @@ def test_a_file_fixed_after_rejection_moves_to_image_files(ingested_samples, dro
     )
 
 
+@pytest.mark.both_backends  # its warehouse SQL runs on the file and the lake
 def test_vanished_files_keep_their_rows_and_are_reported(ingested_samples, drop_root):
     (drop_root / "samples" / "rocket.jpg").unlink()
     report = DropIngestor(ingested_samples, drop_root).ingest(DropRef.folder("samples"))
@@ -142,6 +146,7 @@ def test_files_over_the_byte_limit_are_too_large_without_being_read(
     ]
 
 
+@pytest.mark.both_backends  # its warehouse SQL runs on the file and the lake
 def test_a_crash_mid_drop_leaves_whole_batches_and_the_rerun_completes(
     warehouse, drop_root, sample_drop, monkeypatch: pytest.MonkeyPatch
 ):
@@ -174,6 +179,7 @@ def test_ingestion_reads_through_links_inside_the_drop_root(warehouse, drop_root
     assert warehouse.rows("SELECT count(*) FROM image_files WHERE drop_id = 'linked'")[0][0] == 2
 
 
+@pytest.mark.both_backends  # its warehouse SQL runs on the file and the lake
 def test_raising_a_limit_re_evaluates_too_large_rejections(warehouse, drop_root, sample_drop):
     small = IngestOptions(limits=DecodeLimits(max_bytes=100_000))
     DropIngestor(warehouse, drop_root, small).ingest(DropRef.folder("samples"))

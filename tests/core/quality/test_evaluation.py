@@ -91,6 +91,7 @@ def test_side_by_side_table_and_stand_in_banner(warehouse, labelled_ages):
     assert report.markdown().startswith("**!!! standin-clip")
 
 
+@pytest.mark.both_backends  # its warehouse SQL runs on the file and the lake
 def test_evaluations_are_stored_once_per_labelled_set_model_task_field_and_metric(
     warehouse, labelled_ages
 ):
@@ -134,6 +135,7 @@ def _full(warehouse: Warehouse, labelled) -> list[tuple]:
     )
 
 
+@pytest.mark.both_backends  # its warehouse SQL runs on the file and the lake
 def test_a_second_run_with_nothing_new_evaluates_nothing_and_says_so(warehouse, labelled_ages):
     first = evaluate_changed(warehouse, labelled_ages, run_id="r1")
     assert [u.describe() for u in first.evaluated] == [
@@ -192,6 +194,7 @@ def test_new_predictions_evaluate_only_the_units_they_touch(warehouse, labelled_
     assert _stored(warehouse) == _full(warehouse, labelled_ages)
 
 
+@pytest.mark.both_backends  # its warehouse SQL runs on the file and the lake
 def test_gone_predictions_remove_their_results_and_changed_labels_re_evaluate(
     warehouse, labelled_ages, tmp_path
 ):

@@ -12,6 +12,8 @@ from core.quality.outcome import CheckOutcome, merge_outcomes, record_outcomes, 
 from core.warehouse import Warehouse
 from tests.fixtures.contracts import add_drop
 
+pytestmark = pytest.mark.both_backends  # the warehouse SQL runs on the file and the lake
+
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 

@@ -115,6 +115,7 @@ def test_exported_tasks_carry_the_image_the_reasons_and_the_vlm_answer_as_predic
     assert config.name == "samples.label_config.xml" and ET.fromstring(config.read_text())
 
 
+@pytest.mark.both_backends  # its warehouse SQL runs on the file and the lake
 def test_an_import_changes_final_labels_and_a_reimport_changes_nothing(warehouse, queued, tmp_path):
     tasks = export_tasks(warehouse, DROP)
     camera = next(t for t in tasks if t["data"]["image_id"] == queued["camera.jpg"])
@@ -199,6 +200,7 @@ def _count(warehouse: Warehouse) -> int:
     return warehouse.rows("SELECT count(*) FROM human_labels")[0][0]
 
 
+@pytest.mark.both_backends  # its warehouse SQL runs on the file and the lake
 def test_truncated_foreign_and_invalid_files_are_rejected_whole(warehouse, queued, tmp_path):
     tasks = export_tasks(warehouse, DROP)
     good = [annotate(t, {}, at="2026-12-01T10:00:00Z") for t in tasks[:3]]
@@ -283,7 +285,7 @@ def test_the_cli_exports_and_imports_and_refuses_a_bad_file(warehouse, queued, t
     from core.review.__main__ import main
 
     out = tmp_path / "reviews" / "samples.json"
-    db = ["--db", str(warehouse.path)]
+    db = ["--db", warehouse.target]
     assert main([*db, "export", "--drop", DROP, "--out", str(out)]) == 0
     assert "6 tasks" in capsys.readouterr().out
     tasks = json.loads(out.read_text())

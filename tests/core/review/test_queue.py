@@ -8,6 +8,8 @@ import pytest
 from core.review.queue import QueueOptions, compute_queue, write_queue
 from tests.core.review.planted import CLIP, DROP, VLM, plant
 
+pytestmark = pytest.mark.both_backends  # the warehouse SQL runs on the file and the lake
+
 
 @pytest.fixture
 def planted(warehouse, drop_root):

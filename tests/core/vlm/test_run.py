@@ -2,9 +2,13 @@ import dataclasses
 import threading
 from pathlib import Path
 
+import pytest
+
 from core.tasks.registry import get_task
 from core.vlm.run import TaskReport, extract_drop, run_batches
 from core.vlm.types import ExtractionResult, ImageInput, VLMBackend
+
+pytestmark = pytest.mark.both_backends  # the warehouse SQL runs on the file and the lake
 
 
 def _result(image_id: str, status: str, latency_ms: float, prompt: int, cached: int):

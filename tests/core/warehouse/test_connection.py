@@ -11,10 +11,18 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from core.warehouse import SCHEMA_VERSION, LockTimeout, Warehouse, WarehouseNotFound
+from core.warehouse import SCHEMA_VERSION, LockTimeout, Warehouse, WarehouseNotFound, connection
 from core.warehouse.schema import MIGRATIONS
 
 
+def _as_a_new_process(warehouse: Warehouse) -> None:
+    """Forget what this process knows of the warehouse (a file it migrated, a lake it attached):
+    the schema check runs once per process, at its first use."""
+    connection._MIGRATED.clear()
+    warehouse.close()
+
+
+@pytest.mark.both_backends
 def test_first_write_creates_every_migration_once(warehouse: Warehouse):
     warehouse.ensure_schema()
     warehouse.ensure_schema()
@@ -25,16 +33,22 @@ def test_first_write_creates_every_migration_once(warehouse: Warehouse):
     assert max(versions) == SCHEMA_VERSION
 
 
+@pytest.mark.both_backends
 def test_a_database_from_newer_code_is_not_written(warehouse: Warehouse):
     warehouse.ensure_schema()
     with warehouse.transaction() as conn:
         conn.execute(
-            "INSERT INTO schema_migrations (version, name) VALUES (9999, 'from the future')"
+            "INSERT INTO schema_migrations (version, name, applied_at) VALUES (9999, 'future', now())"
         )
-    with pytest.raises(RuntimeError, match="9999"), warehouse.transaction():
-        pass
+    _as_a_new_process(warehouse)
+    with pytest.raises(RuntimeError, match="9999"), warehouse.transaction() as conn:
+        conn.execute("INSERT INTO write_guards VALUES ('written', 0)")
+    _as_a_new_process(warehouse)
+    with pytest.raises(RuntimeError, match="9999"):
+        warehouse.ensure_schema()
 
 
+@pytest.mark.both_backends
 def test_a_failed_transaction_leaves_nothing(warehouse: Warehouse):
     warehouse.ensure_schema()
     with pytest.raises(ZeroDivisionError), warehouse.transaction() as conn:
