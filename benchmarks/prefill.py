@@ -316,6 +316,17 @@ def measure_client(
     return per_image, statuses
 
 
+def failed_rows(rows: dict[str, dict[str, ExtractionResult]]) -> list[str]:
+    """'<image> <task>: <status>: <error>' of each row that is not `ok`, so a table that counts
+    failures also says what they were."""
+    return [
+        f"{image_id} {task}: {result.status}: {result.error or ''}".rstrip(": ")
+        for image_id, results in rows.items()
+        for task, result in results.items()
+        if result.status != "ok"
+    ]
+
+
 def measure_combined(
     prompts: Prompts, answers: dict[str, dict[str, Any]], photos_url: str = "x"
 ) -> tuple[list[dict[str, Any]], Counter[str]]:
@@ -486,6 +497,7 @@ def main() -> None:
                 results[name] = summarize(
                     name, per_image, seconds, before, server_counters(url, key), statuses
                 )
+                results[name]["errors"] = failed_rows(rows)
                 print(f"{name}: {results[name]}", flush=True)
             if "combined" in wanted:
                 flush(url, key)

@@ -7,7 +7,14 @@ from pathlib import Path
 
 from PIL import Image
 
-from benchmarks.prefill import Prompts, make_photos, measure_client, summarize, table
+from benchmarks.prefill import (
+    Prompts,
+    failed_rows,
+    make_photos,
+    measure_client,
+    summarize,
+    table,
+)
 from core.tasks.registry import TASKS
 from core.vlm.tiny_models import ensure_tiny_qwen2_vl
 from core.vlm.types import ExtractionResult
@@ -60,3 +67,10 @@ def test_a_server_without_cached_tokens_is_not_reported_never_guessed(capsys):
     assert result["bound_prompt_tokens_per_image"] > VISION
     table({"x": result})
     assert "not reported" in capsys.readouterr().out
+
+
+def test_failed_rows_are_named_with_their_error():
+    ok = ExtractionResult(image_id="a", status="ok")
+    lost = ExtractionResult(image_id="b", status="error", error="ReadTimeout: no answer in 600 s")
+    rows = {"a": {"t1": ok}, "b": {"t1": ok, "t2": lost}}
+    assert failed_rows(rows) == ["b t2: error: ReadTimeout: no answer in 600 s"]
