@@ -155,7 +155,7 @@ bench-peer-venv: $(PEER_STAMP)
 
 ## Run the speed benchmarks (about 7 minutes on a quiet 2-core machine without the prefill
 ## benchmark, whose real-server run is timed in docs/extraction.md, and the multi-run benchmark,
-## timed in docs/deploy.md; the search benchmark's 1M size included); JSON lands in data/bench/. SEARCH_SIZES: e.g. make bench SEARCH_SIZES=100000
+## measured in docs/deploy.md at a smaller size; the search benchmark's 1M size included); JSON lands in data/bench/. SEARCH_SIZES: e.g. make bench SEARCH_SIZES=100000
 SEARCH_SIZES ?= 100000 1000000
 bench: $(STAMP) $(PEER_STAMP) $(SGLANG_STAMP)
 	$(BIN)/python benchmarks/ingest.py --out data/bench/ingest.json
