@@ -154,8 +154,8 @@ $(PEER_STAMP): $(STAMP)
 bench-peer-venv: $(PEER_STAMP)
 
 ## Run the speed benchmarks (about 7 minutes on a quiet 2-core machine without the prefill
-## benchmark, whose real-server run is timed in docs/extraction.md; the search benchmark's
-## 1M size included); JSON lands in data/bench/. SEARCH_SIZES: e.g. make bench SEARCH_SIZES=100000
+## benchmark, whose real-server run is timed in docs/extraction.md, and the multi-run benchmark,
+## measured in docs/deploy.md at a smaller size; the search benchmark's 1M size included); JSON lands in data/bench/. SEARCH_SIZES: e.g. make bench SEARCH_SIZES=100000
 SEARCH_SIZES ?= 100000 1000000
 bench: $(STAMP) $(PEER_STAMP) $(SGLANG_STAMP)
 	$(BIN)/python benchmarks/ingest.py --out data/bench/ingest.json
@@ -165,6 +165,7 @@ bench: $(STAMP) $(PEER_STAMP) $(SGLANG_STAMP)
 	$(BIN)/python benchmarks/sensor_tick.py --out data/bench/sensor_tick.json
 	$(BIN)/python benchmarks/review.py --out data/bench/review.json
 	$(BIN)/python benchmarks/search.py --sizes $(SEARCH_SIZES) --out data/bench/search.json
+	$(BIN)/python benchmarks/multirun.py --out data/bench/multirun.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

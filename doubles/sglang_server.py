@@ -26,7 +26,9 @@ A fleet, for the client benchmark: `servers` (N servers of `capacity` slots each
 each request routed to the one with the fewest running plus waiting requests, as sglang-router's
 load-aware policy; the router hop is not a second HTTP request) and `answers="schema"`: no model,
 an answer built afresh per request from the task's schema (the enum value rotates), so the double
-costs little CPU and never caches. `GET /stats` reports slot-seconds used, requests served and
+costs little CPU and never caches; with `vary_by="image"` (`--vary-by image`) the answer is a
+function of the image and the schema instead, so two runs over the same images agree (what the
+multi-run benchmark compares). `GET /stats` reports slot-seconds used, requests served and
 this process's CPU seconds; `POST /stats/reset` zeroes them. `python -m doubles.sglang_server
 --servers 16 --capacity 8 --service-time 1.5 --port-file F` serves such a fleet in its own
 process (what `benchmarks/extract_client.py` runs).
@@ -162,6 +164,9 @@ class FakeSGLangConfig:
     capacity: int = 8
     servers: int = 1  # simulated servers behind one URL, `capacity` slots each
     answers: Literal["model", "schema"] = "model"  # schema: no model, built per request
+    # schema answers vary by request (a counter) or are a function of the image and the schema
+    # (`image`: the same image and task always get the same answer, as a deterministic model's)
+    vary_by: Literal["request", "image"] = "request"
     max_queued: int | None = None
     error_rate: float = 0.0
     drop_rate: float = 0.0
@@ -543,7 +548,11 @@ class FakeSGLangServer:
         max_tokens = int(body.get("max_completion_tokens") or body.get("max_tokens") or 1024)
         if grammar_spec is not None and grammar_spec[0] == "schema":
             self._answered += 1
-            text = json.dumps(schema_answer(json.loads(grammar_spec[1]), self._answered))
+            n = self._answered
+            if self.config.vary_by == "image":
+                seed = hashlib.sha256(b"".join(image_bytes) + grammar_spec[1].encode()).digest()
+                n = int.from_bytes(seed[:4], "big")
+            text = json.dumps(schema_answer(json.loads(grammar_spec[1]), n))
             return await self._answer(
                 body, mode, text, "stop", 1000, 12, 100, len(image_bytes), started, max_tokens
             )
@@ -702,6 +711,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--error-rate", type=float, default=0.0)
     parser.add_argument("--drop-rate", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--vary-by",
+        choices=["request", "image"],
+        default="request",
+        help="image: the same image and task always get the same answer",
+    )
     parser.add_argument("--port-file", type=Path, required=True)
     args = parser.parse_args(argv)
     config = FakeSGLangConfig(
@@ -713,6 +728,7 @@ def main(argv: list[str] | None = None) -> None:
         error_rate=args.error_rate,
         drop_rate=args.drop_rate,
         seed=args.seed,
+        vary_by=args.vary_by,
     )
     server = FakeSGLangServer(None, config)
     server.start()

@@ -1,6 +1,10 @@
 """The one job the sensor launches per drop: the whole chain, a launched GPU server once per run
 (inside the extraction step)."""
 
+import json
+import os
+from collections.abc import Mapping
+
 import dagster as dg
 
 from assets.embeddings import clip_embeddings, clip_zero_shot
@@ -8,6 +12,7 @@ from assets.evaluation import evaluation, label_agreement
 from assets.extraction import vlm_extractions
 from assets.ingestion import images
 from assets.review import drop_page, review_queue
+from orchestration.warehouse_waits import WAREHOUSE_WAIT_HOOKS
 
 PIPELINE_JOB_NAME = "image_pipeline"
 
@@ -34,6 +39,37 @@ PIPELINE_EXECUTOR = dg.in_process_executor
 # from its failed steps up to twice; the sensor takes over once these are exhausted.
 RETRY_TAGS = {"dagster/max_retries": "2", "dagster/retry_strategy": "FROM_FAILURE"}
 
+# On Kubernetes (K8sRunLauncher) each run is a pod; this variable holds the JSON of the run's
+# `dagster-k8s/config` tag, e.g. the GPU its CLIP steps use (docs/deploy.md).
+K8S_CONFIG_ENV = "IMAGE_PIPELINE_RUN_K8S_CONFIG"
+K8S_CONFIG_TAG = "dagster-k8s/config"
+K8S_CONFIG_KEYS = {
+    "container_config",
+    "pod_spec_config",
+    "pod_template_spec_metadata",
+    "job_spec_config",
+    "job_metadata",
+}
+
+
+def run_tags(environ: Mapping[str, str] | None = None) -> dict[str, object]:
+    """The pipeline job's tags: run retries, and the run pod's Kubernetes config when set."""
+    env = os.environ if environ is None else environ
+    tags: dict[str, object] = dict(RETRY_TAGS)
+    raw = env.get(K8S_CONFIG_ENV, "").strip()
+    if raw:
+        try:
+            config = json.loads(raw)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{K8S_CONFIG_ENV} is not JSON: {error}") from None
+        if not isinstance(config, dict) or not set(config) <= K8S_CONFIG_KEYS:
+            raise ValueError(
+                f"{K8S_CONFIG_ENV} must be an object with keys among {sorted(K8S_CONFIG_KEYS)}"
+            )
+        tags[K8S_CONFIG_TAG] = config
+    return tags
+
+
 JOB_DESCRIPTION = """One drop (a partition of `image_drops`) through the whole chain, in one process:
 `images` (hash, decode, deduplicate) → `clip_embeddings` → `clip_zero_shot`, and
 `vlm_extractions` (structured labels into the task tables) → `label_agreement` →
@@ -46,6 +82,8 @@ image_pipeline_job = dg.define_asset_job(
     PIPELINE_JOB_NAME,
     selection=pipeline_assets,
     description=JOB_DESCRIPTION,
-    tags=RETRY_TAGS,
+    tags=run_tags(),
     executor_def=PIPELINE_EXECUTOR,
+    # each step's end logs the seconds the run's process waited on the warehouse
+    hooks=WAREHOUSE_WAIT_HOOKS,
 )
