@@ -16,6 +16,7 @@ from core.clip.loading import ClipModel
 from core.quality import cross_stage as checks
 from core.quality.agreement import FieldAgreement, drop_agreement, write_agreement
 from core.quality.evaluation import (
+    ECE,
     KIND_METRICS,
     STANDIN_NOTE,
     IncrementalEvaluation,
@@ -159,7 +160,7 @@ RESULT_COLUMNS = {
     "subset_accuracy": ("float", "multi-label: share of exactly right sets"),
     "jaccard": ("float", "multi-label: mean |truth & answer| / |truth | answer|"),
     "mae": ("float", "integer and number fields: mean absolute error"),
-    "expected_calibration_error": (
+    "ece": (
         "float",
         "VLM: expected calibration error of its per-field confidence (10 bins; the bins are in "
         "evaluations.details)",
@@ -168,7 +169,17 @@ RESULT_COLUMNS = {
     "top5": ("float", "zero-shot kNN top-5 accuracy (label sets of more than 5 classes)"),
     "this run": ("bool", "evaluated by this run (its inputs changed); else as of an earlier run"),
 }
-METRICS = ("coverage", "accuracy", "macro_f1", "adjacent", *KIND_METRICS, "top1", "top5")
+# Column names as the panel shows them: short where the metric's name would widen the table.
+SHORT = {"adjacent_accuracy": "adjacent", ECE: "ece"}
+METRICS = (
+    "coverage",
+    "accuracy",
+    "macro_f1",
+    "adjacent",
+    *(SHORT.get(name, name) for name in KIND_METRICS),
+    "top1",
+    "top5",
+)
 
 
 def set_name(source: str) -> str:
@@ -212,7 +223,7 @@ def _results_metadata(store: Warehouse, run_id: str, sets: list[LabelledSet]) ->
                 "accuracy": row["accuracy"],
                 "macro_f1": row["macro_f1"],
                 "adjacent": row["adjacent_accuracy"],
-                **{name: row[name] for name in KIND_METRICS},
+                **{SHORT.get(name, name): row[name] for name in KIND_METRICS},
                 "top1": row["top1"],
                 "top5": row["top5"],
                 "this run": row["run_id"] == run_id,
