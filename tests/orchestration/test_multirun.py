@@ -8,9 +8,10 @@ two SGLang test doubles, a reader process, SIGKILL of one run inside a warehouse
 
 Size: 4 drops (so that 3 run at once and one waits in the queue) of MULTIRUN_IMAGES images
 (default 8), one image in two of them. The issue's size, 60 images per drop, is the benchmark's
-default (`make bench`), not run to the end here: at 8 images the module already took 6 min 14 s
-and 8 min 51 s (load average 2 to 7 on 2 cores) and 20 min 49 s at load 15 to 22, most of it
-process starts and per-step work that does not depend on the number of images.
+default (`make bench`), not run to the end here: at 8 images, with the file's concurrent phase
+too (MULTIRUN_TARGETS=lake,file), the module took 6 min 14 s and 8 min 51 s (load average 2 to 7
+on 2 cores) and 20 min 49 s at load 15 to 22, most of it process starts and per-step work that
+does not depend on the number of images. `make test` runs the lake phase only.
 """
 
 from __future__ import annotations
