@@ -8,10 +8,9 @@ two SGLang test doubles, a reader process, SIGKILL of one run inside a warehouse
 
 Size: 4 drops (so that 3 run at once and one waits in the queue) of MULTIRUN_IMAGES images
 (default 8), one image in two of them. The issue's size, 60 images per drop, is the benchmark's
-default (`make bench`), not run to the end here: at 8 images, with the file's concurrent phase
-too (MULTIRUN_TARGETS=lake,file), the module took 6 min 14 s and 8 min 51 s (load average 2 to 7
-on 2 cores) and 20 min 49 s at load 15 to 22, most of it process starts and per-step work that
-does not depend on the number of images. `make test` runs the lake phase only.
+default (`make bench`; docs/deploy.md has its figures): most of the time goes to process starts
+and per-step work that does not depend on the number of images. `make test` runs the lake phase
+only; MULTIRUN_TARGETS=lake,file runs the file's concurrent phase too.
 """
 
 from __future__ import annotations
