@@ -1,7 +1,9 @@
-"""The multi-run benchmark's row-for-row comparison (benchmarks/multirun.py `compare`): a failed
-run's rows of a per-run history table are its own history, not part of the end state."""
+"""The multi-run benchmark's row-for-row comparison (benchmarks/multirun.py `compare`): of a
+per-run history table (`quality_results`) the end state is each check's latest outcome."""
 
 from __future__ import annotations
+
+import datetime as dt
 
 from benchmarks.multirun import compare
 
@@ -11,8 +13,14 @@ QUALITY = [
     ("check_name", "VARCHAR"),
     ("partition", "VARCHAR"),
     ("passed", "BOOLEAN"),
+    ("evaluated_at", "TIMESTAMP WITH TIME ZONE"),
 ]
 EXTRACTIONS = [("run_id", "VARCHAR"), ("image_id", "VARCHAR"), ("answer", "VARCHAR")]
+T0 = dt.datetime(2026, 12, 5, tzinfo=dt.UTC)
+
+
+def at(seconds: int) -> dt.datetime:
+    return T0 + dt.timedelta(seconds=seconds)
 
 
 def _snapshot(quality: list[tuple], extractions: list[tuple]) -> dict:
@@ -22,35 +30,44 @@ def _snapshot(quality: list[tuple], extractions: list[tuple]) -> dict:
     }
 
 
-def test_a_killed_runs_check_rows_are_left_out_and_its_retrys_compared():
-    serial = _snapshot([("s1", "images", "decodable", "drop-0", True)], [("s1", "a", "x")])
+SERIAL = _snapshot(
+    [
+        ("s1", "images", "decodable", "drop-0", True, at(0)),
+        ("s1", "clip_embeddings", "finite", "drop-0", True, at(1)),
+    ],
+    [("s1", "a", "x")],
+)
+
+
+def test_a_retried_steps_checks_are_compared_by_their_latest_outcome():
     here = _snapshot(
         [
-            ("killed", "images", "decodable", "drop-0", True),
-            ("retry", "images", "decodable", "drop-0", True),
+            # The killed run finished `images` (its checks stay, the retry does not redo them)
+            # and wrote a check of `clip_embeddings` before the kill; the retry wrote it again.
+            ("killed", "images", "decodable", "drop-0", True, at(10)),
+            ("killed", "clip_embeddings", "finite", "drop-0", False, at(11)),
+            ("retry", "clip_embeddings", "finite", "drop-0", True, at(20)),
         ],
         [("killed", "a", "x")],  # a committed batch of the killed run stays: the retry skips it
     )
-    found = compare(serial, here, failed_runs={"killed"})
+    found = compare(SERIAL, here)
     assert found["differences"] == {}
     assert found["left_out"] == {"quality_results": 1}
-    assert found["rows_compared"] == 2
+    assert found["rows_compared"] == 3
 
 
-def test_without_the_failed_run_named_its_rows_are_a_difference():
-    serial = _snapshot([("s1", "images", "decodable", "drop-0", True)], [])
+def test_a_latest_outcome_that_differs_is_a_difference():
     here = _snapshot(
         [
-            ("killed", "images", "decodable", "drop-0", True),
-            ("retry", "images", "decodable", "drop-0", True),
+            ("killed", "images", "decodable", "drop-0", True, at(10)),
+            ("retry", "clip_embeddings", "finite", "drop-0", True, at(11)),
+            ("retry", "clip_embeddings", "finite", "drop-0", False, at(20)),
         ],
-        [],
+        [("killed", "a", "x")],
     )
-    assert set(compare(serial, here)["differences"]) == {"quality_results"}
+    assert set(compare(SERIAL, here)["differences"]) == {"quality_results"}
 
 
-def test_a_failed_runs_rows_of_a_result_table_still_count():
-    serial = _snapshot([], [("s1", "a", "x")])
-    here = _snapshot([], [])  # the killed run's batch is missing: a real difference
-    found = compare(serial, here, failed_runs={"killed"})
-    assert set(found["differences"]) == {"vlm_extractions"}
+def test_a_missing_check_or_result_row_is_a_difference():
+    here = _snapshot([("retry", "images", "decodable", "drop-0", True, at(10))], [])
+    assert set(compare(SERIAL, here)["differences"]) == {"quality_results", "vlm_extractions"}
