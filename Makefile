@@ -91,7 +91,7 @@ test: $(STAMP) $(SGLANG_STAMP)
 	-$(MAKE) postgresql
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	IMAGE_PIPELINE_REQUIRE_SGLANG=1 $(BIN)/python -m pytest
+	IMAGE_PIPELINE_REQUIRE_SGLANG=1 $(BIN)/python -m pytest -n 2 --dist loadscope --no-loadscope-reorder
 
 ## Chromium for the browser tests: Debian's package, installed when missing and apt-get can
 ## (as root); otherwise say so and go on.

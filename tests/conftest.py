@@ -41,6 +41,24 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+# Under pytest-xdist (`make test` runs `-n 2 --dist loadscope`) a test module is one unit of work,
+# so its module-scoped fixtures (a real SGLang server, the multi-run harness) start once; the
+# longest units go first so that neither worker is left with one at the end.
+LONGEST_FIRST = (
+    "tests/orchestration/test_multirun.py",
+    "tests/integration/test_sglang_real.py",
+    "tests/integration/test_sglang_router.py",
+    "tests/ui/test_dagster_ui.py",
+    "tests/integration/test_sglang_user_spec.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        rank = {module: index for index, module in enumerate(LONGEST_FIRST)}
+        items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Tests marked `both_backends` that use `warehouse` run once per backend."""
     if metafunc.definition.get_closest_marker("both_backends") and (

@@ -100,17 +100,22 @@ def _materialize(instance, resources, **kwargs) -> dg.ExecuteInProcessResult:
 
 
 def _launched_servers() -> set[int]:
-    """Pids of SGLang servers started from this checkout's .venv-sglang."""
+    """Pids of SGLang servers this test process started from this checkout's .venv-sglang: not
+    other checkouts' servers on the host, nor those of another pytest-xdist worker."""
     found = set()
     ours = str(SGLANG_PYTHON).encode() + b"\0"
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
+                parent = int((entry / "stat").read_text().rsplit(") ", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
                 continue
-            # This checkout's venv only: other checkouts' servers on the host are not ours.
-            if cmdline.startswith(ours) and b"sglang.launch_server" in cmdline:
+            if (
+                cmdline.startswith(ours)
+                and b"sglang.launch_server" in cmdline
+                and parent == os.getpid()
+            ):
                 found.add(int(entry.name))
     return found
 
