@@ -47,6 +47,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.report import print_table, write_json
+from core.process_group import stop_process_group
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 INSTANCE_YAML = REPO_ROOT / "deploy" / "dagster-postgres.yaml"
@@ -139,23 +140,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def stop_group(process: subprocess.Popen, grace_s: float = 30.0) -> None:
-    """SIGTERM the process group (the daemon stops its code server and run workers), then
-    SIGKILL whatever of the group is left."""
-    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=wait_s)
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(process.pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.2)
-
-
 @dataclass
 class Fleet:
     """Two SGLang doubles behind the real sglang-router."""
@@ -171,7 +155,7 @@ class Fleet:
         if self.router is not None:
             self.router.stop()
         for server in self.servers:
-            stop_group(server, grace_s=5)
+            stop_process_group(server, grace_s=5)
 
 
 def start_fleet(work: Path, servers: int, service_time_s: float) -> Fleet:
@@ -702,12 +686,12 @@ def run_concurrent(
         finally:
             if catalog is not None:
                 catalog.close()
-            stop_group(daemon)
+            stop_process_group(daemon, grace_s=30)
             stop_reader.write_text("")
             try:
                 reader.wait(timeout=60)
             except subprocess.TimeoutExpired:
-                stop_group(reader, grace_s=1)
+                stop_process_group(reader, grace_s=1)
         result["reader"] = json.loads(reader_out.read_text()) if reader_out.exists() else None
         result["runs"] = run_table(instance)
         result["max_running_at_once"] = max_overlap(result["runs"])

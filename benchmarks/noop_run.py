@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.report import print_table, write_json  # noqa: E402
+from core.process_group import stop_process_group  # noqa: E402
 
 
 def _free_port() -> int:
@@ -140,12 +140,7 @@ def measure(repo: Path, timeout_s: float) -> dict:
             raise TimeoutError(f"the run did not finish in {timeout_s:.0f}s")
         wall_s = time.perf_counter() - launched
     finally:
-        os.killpg(dev.pid, signal.SIGTERM)
-        try:
-            dev.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(dev.pid, signal.SIGKILL)
-            dev.wait()
+        stop_process_group(dev, grace_s=30)
         log.close()
     shutil.rmtree(work, ignore_errors=True)
     return {

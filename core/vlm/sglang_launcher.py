@@ -13,11 +13,9 @@ ready (it parses the file once, at start) or stopped. Log lines that echo it are
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +28,8 @@ from pathlib import Path
 
 import httpx
 from pydantic import BaseModel, Field, field_validator
+
+from core.process_group import stop_process_group
 
 HOST = "127.0.0.1"
 # SGLang's CPU engine (no GPU): what `make sglang-env` installs runs with exactly these. The
@@ -125,16 +125,6 @@ def build_args(settings: LaunchSettings, port: int) -> list[str]:
         args.append("--constrained-json-disable-any-whitespace")
     args += settings.extra_args
     return args
-
-
-def _group_alive(group: int) -> bool:
-    try:
-        os.killpg(group, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class SGLangProcess:
@@ -274,19 +264,13 @@ class SGLangProcess:
         process = self.process
         if process is None:
             return
-        group = process.pid  # start_new_session: the leader's pid is the group id
         if process.poll() is None:
             self.log(f"stopping {self.name} (pid {process.pid})")
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(group, signal.SIGTERM)
-        deadline = time.monotonic() + self.stop_grace_s
-        while time.monotonic() < deadline and (process.poll() is None or _group_alive(group)):
-            time.sleep(0.05)
-        if process.poll() is None or _group_alive(group):
-            self.log(f"{self.name} did not stop on SIGTERM; sending SIGKILL")
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(group, signal.SIGKILL)
-            process.wait(timeout=10)
+        stop_process_group(
+            process,
+            self.stop_grace_s,
+            on_kill=lambda: self.log(f"{self.name} did not stop on SIGTERM; sending SIGKILL"),
+        )
         self._join_reader()
 
     def _join_reader(self) -> None:

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from core.process_group import stop_process_group
 from orchestration.settings import REPO_ROOT
 
 # Where the system Chromium lives; IMAGE_PIPELINE_CHROMIUM names another binary.
@@ -74,27 +75,6 @@ def _location_loaded(url: str) -> bool:
     return bool(entries) and all(
         e["loadStatus"] == "LOADED" and e.get("locationOrLoadError") for e in entries
     )
-
-
-def _stop(process: subprocess.Popen, grace_s: float = 20) -> None:
-    """SIGTERM the process group (dagster dev shuts its children down), SIGKILL stragglers."""
-    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=wait_s)
-        except subprocess.TimeoutExpired:
-            continue
-        # the leader is gone; children of the group may still be shutting down
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(process.pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.2)
 
 
 def descendants(pid: int) -> set[int]:
@@ -182,7 +162,7 @@ class DagsterDev:
                 os.killpg(self.process.pid, sig)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=grace_s)
-        _stop(self.process)
+        stop_process_group(self.process, grace_s=20)  # whatever of the group is left
 
     def wait_ready(self, timeout_s: float = 240) -> str:
         deadline = time.monotonic() + timeout_s
