@@ -22,6 +22,17 @@ from tests.fixtures.lake import LakeServer
 from tests.fixtures.lake import unavailable as lake_unavailable
 
 SAMPLES = REPO_ROOT / "data" / "samples"
+# The chain's assets, in order: each one a step of a drop's run and a writer of check results.
+CHAIN_ASSETS = (
+    "images",
+    "clip_embeddings",
+    "clip_zero_shot",
+    "vlm_extractions",
+    "label_agreement",
+    "evaluation",
+    "review_queue",
+    "drop_page",
+)
 
 
 @pytest.fixture

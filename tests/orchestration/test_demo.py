@@ -10,6 +10,7 @@ from core.report import summary
 from core.warehouse import Warehouse
 from orchestration.demo import run_demo
 from orchestration.settings import REPO_ROOT, Settings
+from tests.conftest import CHAIN_ASSETS
 
 DOCS_WITH_SQL = ("README.md", "docs/quality.md")
 
@@ -57,16 +58,7 @@ def test_the_demo_runs_the_chain_and_a_second_demo_changes_no_row(
     assert evaluated["standin"].all()
     outcomes = latest_check_outcomes(warehouse)
     assets = set(outcomes["asset"])
-    assert assets == {
-        "images",
-        "clip_embeddings",
-        "clip_zero_shot",
-        "vlm_extractions",
-        "label_agreement",
-        "evaluation",
-        "review_queue",
-        "drop_page",
-    }
+    assert assets == set(CHAIN_ASSETS)
     assert outcomes.filter(outcomes["severity"] == "ERROR")["passed"].all()
 
     second = run_demo(settings, instance)

@@ -21,22 +21,14 @@ import os
 import pytest
 
 from benchmarks.multirun import SGLANG_PYTHON, main
+from tests.conftest import CHAIN_ASSETS
 
 DROPS = 4
 IMAGES = int(os.environ.get("MULTIRUN_IMAGES", "8"))
 # `make test` runs the lake, the deployment this harness is about; the file's concurrent phase
 # (its warehouse waits beside the lake's) is in `make bench`: MULTIRUN_TARGETS=lake,file for both.
 TARGETS = [t for t in os.environ.get("MULTIRUN_TARGETS", "lake").split(",") if t]
-STEPS = {
-    "images",
-    "clip_embeddings",
-    "clip_zero_shot",
-    "vlm_extractions",
-    "label_agreement",
-    "evaluation",
-    "review_queue",
-    "drop_page",
-}
+STEPS = set(CHAIN_ASSETS)
 
 pytestmark = pytest.mark.timeout(2700)  # the module fixture runs the whole harness
 
